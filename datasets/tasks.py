@@ -1,0 +1,114 @@
+"""Task registry: a task is a dataset CSV + label dict + class names + prompt file.
+
+Built-in tasks are the three TCGA subtyping tasks of the paper and the generated ``demo`` task.
+Any other task works without code changes: put ``dataset_csv/<task>.csv`` (columns
+``case_id,slide_id,label,level0_mag``) and ``text_prompt/HiVE_MIL/<LLM>/<task>.json`` in place;
+the classes are the prompt file's keys, in file order (or the sorted CSV labels without a prompt file).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.errors import InputError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CSV_DIR = PROJECT_ROOT / "dataset_csv"
+DEFAULT_PROMPT_DIR = PROJECT_ROOT / "text_prompt"
+DEFAULT_LLM = "curated"
+CSV_COLUMNS = ("case_id", "slide_id", "label", "level0_mag")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything task-specific: where its slides are listed, its classes and its prompts."""
+
+    name: str
+    class_names: tuple[str, ...]
+    csv_path: Path
+    prompt_dir: Path = DEFAULT_PROMPT_DIR
+    label_dict: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def prompt_file(self, llm: str = DEFAULT_LLM) -> Path:
+        """``text_prompt/HiVE_MIL/<llm>/<task>.json``."""
+        return Path(self.prompt_dir) / "HiVE_MIL" / llm / f"{self.name}.json"
+
+
+_BUILTIN_CLASSES: dict[str, tuple[str, ...]] = {
+    "tcga_brca": ("IDC", "ILC"),
+    "tcga_nsclc": ("LUAD", "LUSC"),
+    "tcga_rcc": ("CCRCC", "CHRCC", "PRCC"),
+}
+
+
+def builtin_task_names() -> list[str]:
+    return [*sorted(_BUILTIN_CLASSES), "demo"]
+
+
+def _classes_from_prompt_file(path: Path) -> tuple[str, ...] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"{path}: expected a JSON object {{class: {{term: explanation}}}}")
+    return tuple(data)
+
+
+def _classes_from_csv(path: Path) -> tuple[str, ...]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype=str)
+    except Exception as err:  # pandas raises many types for unreadable CSVs
+        raise InputError(f"{path}: cannot read CSV ({err})") from None
+    if "label" not in frame.columns:
+        raise InputError(f"{path}: missing column 'label' (expected columns {', '.join(CSV_COLUMNS)})")
+    return tuple(sorted(frame["label"].dropna().unique()))
+
+
+def get_task(
+    name: str,
+    csv_dir: str | Path | None = None,
+    prompt_dir: str | Path | None = None,
+    llm: str = DEFAULT_LLM,
+) -> TaskSpec:
+    """Resolve a task by name.
+
+    ``demo`` is generated on first use (see :mod:`datasets.demo`). Built-in TCGA tasks have fixed
+    classes; other names are read from ``<csv_dir>/<name>.csv`` and the prompt file.
+    """
+    prompt_root = Path(prompt_dir) if prompt_dir is not None else DEFAULT_PROMPT_DIR
+    if name == "demo":
+        from datasets.demo import demo_task
+
+        return demo_task()
+    csv_root = Path(csv_dir) if csv_dir is not None else DEFAULT_CSV_DIR
+    csv_path = csv_root / f"{name}.csv"
+    if name in _BUILTIN_CLASSES:
+        classes = _BUILTIN_CLASSES[name]
+    else:
+        prompt_path = prompt_root / "HiVE_MIL" / llm / f"{name}.json"
+        classes = _classes_from_prompt_file(prompt_path)
+        if classes is None:
+            if not csv_path.is_file():
+                raise InputError(
+                    f"unknown task {name!r}: neither {csv_path} nor {prompt_path} exists "
+                    f"(built-in tasks: {', '.join(builtin_task_names())})"
+                )
+            classes = _classes_from_csv(csv_path)
+    return TaskSpec(
+        name=name,
+        class_names=tuple(classes),
+        csv_path=csv_path,
+        prompt_dir=prompt_root,
+        label_dict={c: i for i, c in enumerate(classes)},
+    )

@@ -1,0 +1,1 @@
+"""Training loop, metrics and results, seeding, atomic IO, logging and configuration."""
