@@ -1,0 +1,125 @@
+"""Typed options of HiVE-MIL, including the released-code behaviours (DESIGN.md section 4).
+
+``--variant reference`` (default) reproduces the authors' released code; ``--variant corrected``
+fixes every item. Each item is also its own switch, so one behaviour can be studied in isolation:
+
+=====================  ===================  ==========================================================
+switch                 reference            corrected
+=====================  ===================  ==========================================================
+``--text-encoding``    ``released``         ``causal``: batch-first, causal mask, pooled where the
+                                            tower pools, the tower's own projection
+``--hier-attention``   ``dense``            ``sparse``: attention only along true parent-child edges
+``--attn-residual``    ``double``           ``single``: the attention residual is added once
+``--logit-scale``      ``raw``              ``exp``: slide logits use exp(logit_scale)
+``--htcl-negatives``   ``zero``             ``real``: HTCL pushes anchors of other classes away
+``--padded-children``  ``keep``             ``mask``: zero-padded 20x children are not graph nodes
+=====================  ===================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields
+
+VARIANTS = ("reference", "corrected")
+
+# switch name -> (reference value, corrected value)
+SWITCHES: dict[str, tuple[str, str]] = {
+    "text_encoding": ("released", "causal"),
+    "hier_attention": ("dense", "sparse"),
+    "attn_residual": ("double", "single"),
+    "logit_scale": ("raw", "exp"),
+    "htcl_negatives": ("zero", "real"),
+    "padded_children": ("keep", "mask"),
+}
+
+
+@dataclass(frozen=True)
+class VariantSwitches:
+    """One value per released-code behaviour (see the module table)."""
+
+    text_encoding: str = "released"
+    hier_attention: str = "dense"
+    attn_residual: str = "double"
+    logit_scale: str = "raw"
+    htcl_negatives: str = "zero"
+    padded_children: str = "keep"
+
+    @classmethod
+    def for_variant(cls, variant: str, **overrides: str | None) -> VariantSwitches:
+        """Defaults of ``variant`` with any non-None ``overrides`` applied."""
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        column = VARIANTS.index(variant)
+        values = {name: pair[column] for name, pair in SWITCHES.items()}
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if name not in SWITCHES:
+                raise ValueError(f"unknown switch {name!r}")
+            if value not in SWITCHES[name]:
+                raise ValueError(f"switch {name} must be one of {SWITCHES[name]}, got {value!r}")
+            values[name] = value
+        return cls(**values)
+
+    @property
+    def is_reference(self) -> bool:
+        return all(getattr(self, n) == pair[0] for n, pair in SWITCHES.items())
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HiveMILOptions:
+    """Constructor options of HiVE-MIL (published defaults)."""
+
+    n_ctx: int = 16
+    class_specific_context: bool = False
+    class_token_position: str = "end"  # 'end' | 'middle' | 'front'
+    num_low_mag_texts: int = 4
+    num_high_mag_subtexts: int = 3
+    filter_alpha: float = 0.5
+    contrastive_lambda: float = 0.5
+    low_mag: int = 5
+    high_mag: int = 20
+    num_heads: int = 2
+    topk_high: int = 100
+    topk_low: int = 2
+    switches: VariantSwitches = VariantSwitches()
+
+    @property
+    def children_per_parent(self) -> int:
+        """(high / low)^2: 16 children per 5x patch for 5x -> 20x."""
+        return int(round((self.high_mag / self.low_mag) ** 2))
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "switches"}
+        out["switches"] = self.switches.to_dict()
+        return out
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--variant`` and one flag per released-code behaviour to ``parser``."""
+    group = parser.add_argument_group("HiVE-MIL variant (DESIGN.md section 4)")
+    group.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="reference",
+        help="reference: reproduce the released code (default); corrected: fix every listed behaviour",
+    )
+    for name, choices in SWITCHES.items():
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            choices=choices,
+            default=None,
+            help=f"override one behaviour (reference: {choices[0]}, corrected: {choices[1]})",
+        )
+
+
+def switches_from_namespace(ns) -> VariantSwitches:
+    """Resolve ``--variant`` plus per-switch overrides from an argparse namespace or config object."""
+    return VariantSwitches.for_variant(
+        getattr(ns, "variant", "reference"), **{n: getattr(ns, n, None) for n in SWITCHES}
+    )
