@@ -1,0 +1,82 @@
+"""Two-layer hierarchical heterogeneous GNN (DESIGN.md section 3.5, paper Sec. 3.4).
+
+One layer updates every node type as
+
+    h'_t = h_t + sum_{intra edge types e -> t} SAGE_e(h)  +  sum_{hier edge types e -> t} A_e(h)
+
+where SAGE_e is GraphSAGE with mean aggregation (``lin_l(mean_neighbours) + lin_r(h_dst)``) and A_e
+the modality-scale attention (:mod:`models.hier_attention`). The released attention term is
+``h_dst + MHA(...)``, so the residual is counted twice (``attn_residual="double"``); ``"single"`` adds
+only the attention output. The network is layer 1 -> ReLU -> layer 2 -> L2 normalisation.
+
+Parameter names follow the released checkpoints (``layer1.convs.convs.<src___rel___dst>``,
+``layer1.attn.mha``, ``layer1.attn.q_projs`` ...), including the four unused ``self`` convolutions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.data import HeteroData
+from torch_geometric.nn import HeteroConv, SAGEConv
+
+from models.hier_attention import ModalityScaleAttention
+from models.hier_graph import HIER_EDGE_TYPES, INTRA_EDGE_TYPES, NODE_SCALE
+
+# Released order of the convolutions (the 'self' ones are never fed edges but exist in checkpoints).
+_CONV_EDGE_TYPES = (
+    ("x5text", "self", "x5text"),
+    ("x20text", "self", "x20text"),
+    ("x5image", "self", "x5image"),
+    ("x20image", "self", "x20image"),
+    ("x20image", "x20_intra", "x20text"),
+    ("x20text", "x20_intra", "x20image"),
+    ("x5image", "x5_intra", "x5text"),
+    ("x5text", "x5_intra", "x5image"),
+)
+
+
+class HierGraphLayer(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, num_heads: int = 2, dense_attention: bool = True,
+                 double_residual: bool = True):
+        super().__init__()
+        if in_dim != out_dim:
+            raise ValueError("the residual update needs in_dim == out_dim")
+        self.convs = HeteroConv({et: SAGEConv(in_dim, out_dim, aggr="mean") for et in _CONV_EDGE_TYPES}, aggr="sum")
+        self.attn = ModalityScaleAttention(in_dim, num_heads)
+        self.dense_attention = dense_attention
+        self.double_residual = double_residual
+
+    def forward(self, graph: HeteroData, h: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        new_h = {t: x.clone() for t, x in h.items()}
+        intra = {et: graph[et].edge_index for et in INTRA_EDGE_TYPES if et in graph.edge_types}
+        conv_out = self.convs(h, intra)
+        for et in HIER_EDGE_TYPES:
+            if et not in graph.edge_types:
+                continue
+            src, rel, dst = et
+            if self.dense_attention:
+                out = self.attn.dense(rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src])
+            else:
+                out = self.attn.sparse(rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], graph[et].edge_index)
+            # Released: new_h += (h_dst + out), so h_dst is counted twice in the update.
+            new_h[dst] = new_h[dst] + (h[dst] + out if self.double_residual else out)
+        for t, x in conv_out.items():
+            new_h[t] = new_h[t] + x
+        return new_h
+
+
+class HierHeteroGNN(nn.Module):
+    """layer1 -> ReLU -> layer2 -> L2 normalise, for all four node types."""
+
+    def __init__(self, dim: int, num_heads: int = 2, dense_attention: bool = True, double_residual: bool = True):
+        super().__init__()
+        self.layer1 = HierGraphLayer(dim, dim, num_heads, dense_attention, double_residual)
+        self.layer2 = HierGraphLayer(dim, dim, num_heads, dense_attention, double_residual)
+
+    def forward(self, graph: HeteroData, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        h = self.layer1(graph, features)
+        h = {t: F.relu(x) for t, x in h.items()}
+        h = self.layer2(graph, h)
+        return {t: F.normalize(x, p=2, dim=-1) for t, x in h.items()}

@@ -1,0 +1,94 @@
+"""Hierarchical heterogeneous graph of one slide (DESIGN.md section 3.4, paper Sec. 3.4).
+
+Node types: ``x5image``, ``x5text``, ``x20image``, ``x20text``.
+Intra-scale edges: every kept TGDF entry (image i, text j) gives ``image -> text`` and ``text -> image``
+edges (``x5_intra`` / ``x20_intra``). Hierarchical edges link each 20x image to its 5x parent and each
+fine text to its coarse text, in both directions (``hier_x20tox5_*`` / ``hier_x5tox20_*``).
+
+The released code maps the r-th 20x node to 5x node ``r // 16``. After TGDF keeps only some 5x
+patches, the 20x nodes are the children of *kept* patches only, so that stride mapping points to the
+wrong parents (e.g. the children of kept patch 7 land on patch 0 when it is the first kept one).
+``true_parents=False`` reproduces it; ``True`` uses each child's real parent index. (The released
+model never reads these edges -- its attention is dense -- but the sparse attention does.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch_geometric.data import HeteroData
+
+X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT = "x5image", "x5text", "x20image", "x20text"
+NODE_TYPES = (X5_TEXT, X5_IMAGE, X20_TEXT, X20_IMAGE)
+
+INTRA_EDGE_TYPES = (
+    (X5_IMAGE, "x5_intra", X5_TEXT),
+    (X20_IMAGE, "x20_intra", X20_TEXT),
+    (X5_TEXT, "x5_intra", X5_IMAGE),
+    (X20_TEXT, "x20_intra", X20_IMAGE),
+)
+HIER_EDGE_TYPES = (
+    (X20_IMAGE, "hier_x20tox5_image", X5_IMAGE),
+    (X5_IMAGE, "hier_x5tox20_image", X20_IMAGE),
+    (X20_TEXT, "hier_x20tox5_text", X5_TEXT),
+    (X5_TEXT, "hier_x5tox20_text", X20_TEXT),
+)
+# Which magnification a node type lives at (index into the scale embeddings: 0 = 5x, 1 = 20x).
+NODE_SCALE = {X5_IMAGE: 0, X5_TEXT: 0, X20_IMAGE: 1, X20_TEXT: 1}
+
+
+def kept_entry_edges(kept: torch.Tensor) -> torch.Tensor:
+    """[2, E] (row, col) indices of the non-zero entries of ``kept``, row-major (as ``to_sparse``)."""
+    return kept.nonzero().t().contiguous()
+
+
+def stride_parents(num_children: int, stride: int, num_parents: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Released mapping: child ``r`` -> parent ``r // stride``, dropping children past the last parent."""
+    child = torch.arange(num_children, device=device)
+    parent = torch.div(child, stride, rounding_mode="floor")
+    valid = parent < num_parents
+    return child[valid], parent[valid]
+
+
+def build_hier_graph(
+    x5_kept: torch.Tensor,
+    x20_kept: torch.Tensor,
+    x20_parent: torch.Tensor,
+    texts_per_coarse: int,
+    children_per_parent: int,
+    true_parents: bool,
+) -> HeteroData:
+    """Build the slide graph from the two TGDF stages.
+
+    Args:
+        x5_kept: [N5, C*T5] kept 5x similarities (stage 1).
+        x20_kept: [N20, C*T20] kept 20x similarities (stage 2).
+        x20_parent: [N20] index of each 20x node's 5x parent (a row of ``x5_kept``).
+        texts_per_coarse: fine texts per coarse text (3).
+        children_per_parent: the released stride (16).
+        true_parents: use ``x20_parent`` (True) or the released stride mapping (False).
+    """
+    device = x5_kept.device
+    n5, n5_text = x5_kept.shape
+    n20, n20_text = x20_kept.shape
+    data = HeteroData()
+    data[X5_IMAGE].num_nodes = n5
+    data[X5_TEXT].num_nodes = n5_text
+    data[X20_IMAGE].num_nodes = n20
+    data[X20_TEXT].num_nodes = n20_text
+
+    for (src, rel, dst), kept in zip(INTRA_EDGE_TYPES, (x5_kept, x20_kept, x5_kept.t(), x20_kept.t())):
+        data[(src, rel, dst)].edge_index = kept_entry_edges(kept)
+
+    if true_parents:
+        img_child, img_parent = torch.arange(n20, device=device), x20_parent.to(device)
+    else:
+        img_child, img_parent = stride_parents(n20, children_per_parent, n5, device)
+    if img_child.numel() > 0:
+        data[HIER_EDGE_TYPES[0]].edge_index = torch.stack([img_child, img_parent])
+        data[HIER_EDGE_TYPES[1]].edge_index = torch.stack([img_parent, img_child])
+
+    txt_child, txt_parent = stride_parents(n20_text, texts_per_coarse, n5_text, device)
+    if txt_child.numel() > 0:
+        data[HIER_EDGE_TYPES[2]].edge_index = torch.stack([txt_child, txt_parent])
+        data[HIER_EDGE_TYPES[3]].edge_index = torch.stack([txt_parent, txt_child])
+    return data

@@ -1,0 +1,234 @@
+"""HiVE-MIL: composition of the mechanisms (DESIGN.md section 3, paper Fig. 2).
+
+    text tower + prompt learner  -> 5x texts [C*4, D], 20x texts [C*12, D]        (3.1-3.2)
+    TGDF stage 1 (5x), stage 2 (children of kept 5x patches, 20x)                 (3.3)
+    hierarchical heterogeneous graph -> two-layer GNN                             (3.4-3.5)
+    top-k slide logits at 5x and 20x, summed                                      (3.6)
+    aux loss = lambda * HTCL                                                      (3.7)
+
+Released-code behaviours are selected by :class:`models.hivemil_options.VariantSwitches`.
+The frozen text tower is a submodule (it follows ``.to(device)``) but is left out of ``state_dict``:
+checkpoints hold only the learned context and the GNN (the tower comes from its own weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from datasets.bag import SlideBag
+from models.base import ModelOutput, SlideClassifier
+from models.hier_gnn import HierHeteroGNN
+from models.hier_graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT, build_hier_graph
+from models.hivemil_options import HiveMILOptions
+from models.htcl import hierarchical_text_contrastive_loss
+from models.prompt_learner import PromptLearner
+from models.registry import register_model
+from models.slide_logits import topk_class_logits
+from models.tgdf import text_guided_filter
+from models.towers.base import TextTower
+from utils.errors import InputError
+
+TOWER_PREFIX = "text_tower."
+
+
+@dataclass
+class TextFeatures:
+    """Slide-independent text features (cacheable for a whole evaluation pass)."""
+
+    x5: torch.Tensor  # [C*T5, D]
+    x20: torch.Tensor  # [C*T20, D]
+
+
+class HiveMIL(SlideClassifier):
+    """HiVE-MIL slide classifier.
+
+    Args:
+        tower: frozen text tower (its ``embed_dim`` must equal the image feature dimension).
+        class_descriptions: per class, the description strings ``"<term> : <explanation>"``, coarse first.
+        options: constructor options and variant switches.
+    """
+
+    def __init__(self, tower: TextTower, class_descriptions: Sequence[Sequence[str]], options: HiveMILOptions):
+        super().__init__()
+        self.options = options
+        sw = options.switches
+        self.num_classes = len(class_descriptions)
+        per_class = options.num_low_mag_texts * (1 + options.num_high_mag_subtexts)
+        for c, descs in enumerate(class_descriptions):
+            if len(descs) != per_class:
+                raise InputError(
+                    f"class {c} has {len(descs)} descriptions; expected {options.num_low_mag_texts} coarse + "
+                    f"{options.num_low_mag_texts}x{options.num_high_mag_subtexts} fine = {per_class}"
+                )
+        self.released_text = sw.text_encoding == "released"
+        if self.released_text and tower.width != tower.embed_dim:
+            raise InputError(
+                f"--text-encoding released needs the text width ({tower.width}) to equal the projection "
+                f"dimension ({tower.embed_dim}); use --text-encoding causal"
+            )
+        self.text_tower = tower
+        self.prompt_learner = PromptLearner(
+            tower,
+            class_descriptions,
+            n_ctx=options.n_ctx,
+            class_specific=options.class_specific_context,
+            position=options.class_token_position,
+            released_name_lengths=self.released_text,
+        )
+        self.dim = tower.embed_dim
+        self.gnn = HierHeteroGNN(
+            self.dim,
+            num_heads=options.num_heads,
+            dense_attention=sw.hier_attention == "dense",
+            double_residual=sw.attn_residual == "double",
+        )
+        self._register_state_dict_hook(_drop_tower_keys)
+
+    # ----- text side -------------------------------------------------------------------------------
+    def encode_text(self) -> TextFeatures:
+        """Text features of all prompts with the current context (differentiable w.r.t. ``ctx``)."""
+        t5 = self.options.num_low_mag_texts
+        feats = [
+            self.text_tower.encode_embeddings(emb, self.prompt_learner.token_ids(c), self.released_text)
+            for c, emb in enumerate(self.prompt_learner())
+        ]
+        x5 = torch.cat([f[:t5] for f in feats])
+        x20 = torch.cat([f[t5:] for f in feats])
+        return TextFeatures(x5=x5, x20=x20)
+
+    @torch.no_grad()
+    def precompute(self) -> TextFeatures:
+        return self.encode_text()
+
+    # ----- slide side ------------------------------------------------------------------------------
+    def _select_children(self, bag: SlideBag, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """20x node features and each node's 5x parent, for the kept 5x patches ``parents``."""
+        rows = bag.x20[parents]  # [P, M, D]
+        owner = parents[:, None].expand(-1, rows.shape[1])
+        if self.options.switches.padded_children == "keep":
+            return rows.reshape(-1, rows.shape[-1]), owner.reshape(-1)
+        valid = bag.child_mask[parents]
+        return rows[valid], owner[valid]
+
+    def forward(self, bag: SlideBag, cache: TextFeatures | None = None) -> ModelOutput:
+        opts, sw = self.options, self.options.switches
+        if bag.x5.shape[-1] != self.dim:
+            raise InputError(f"slide {bag.slide_id}: features have dim {bag.x5.shape[-1]}, the model expects {self.dim}")
+        text = cache if cache is not None else self.encode_text()
+        logit_scale = self.text_tower.logit_scale
+
+        if sw.padded_children == "keep":
+            # Released data pipeline: 5x patches without children were deleted from the 5x file.
+            has_child = bag.child_mask.any(dim=1)
+            if bool(has_child.any()) and not bool(has_child.all()):
+                bag = SlideBag(bag.slide_id, bag.x5[has_child], bag.x20[has_child], bag.child_mask[has_child], bag.label)
+
+        stage1 = text_guided_filter(bag.x5, text.x5, logit_scale, opts.filter_alpha)
+        kept5 = stage1.image_mask
+        if not bool(kept5.any()):
+            # Released code crashes here (e.g. one 5x patch: std is NaN); keep every patch instead.
+            kept5 = torch.ones_like(kept5)
+        parents = kept5.nonzero().squeeze(1)
+        x20, x20_parent = self._select_children(bag, parents)
+        stage2 = text_guided_filter(x20, text.x20, logit_scale, opts.filter_alpha)
+
+        graph = build_hier_graph(
+            stage1.kept,
+            stage2.kept,
+            x20_parent,
+            texts_per_coarse=opts.num_high_mag_subtexts,
+            children_per_parent=opts.children_per_parent,
+            true_parents=sw.hier_attention == "sparse",
+        )
+        emb = self.gnn(graph, {X5_TEXT: text.x5, X5_IMAGE: bag.x5, X20_TEXT: text.x20, X20_IMAGE: x20})
+
+        scale = logit_scale if sw.logit_scale == "raw" else logit_scale.exp()
+        logits_5x = topk_class_logits(emb[X5_IMAGE], emb[X5_TEXT], self.num_classes, opts.topk_low, scale)
+        logits_20x = topk_class_logits(emb[X20_IMAGE], emb[X20_TEXT], self.num_classes, opts.topk_high, scale)
+        logits = (logits_5x + logits_20x).unsqueeze(0)
+        htcl = hierarchical_text_contrastive_loss(emb[X5_TEXT], emb[X20_TEXT], self.num_classes, sw.htcl_negatives)
+        extras = {
+            "htcl": htcl.detach(),
+            "x5_mask": stage1.image_mask,
+            "kept_5x": parents,
+            "x20_parent": x20_parent,
+            "n_x20_nodes": int(x20.shape[0]),
+            "logits_5x": logits_5x.detach(),
+            "logits_20x": logits_20x.detach(),
+            "embeddings": {t: v.detach() for t, v in emb.items()},
+            "x5_kept": stage1.kept.detach(),
+            "x20_kept": stage2.kept.detach(),
+        }
+        return ModelOutput(logits=logits, aux_loss=opts.contrastive_lambda * htcl, extras=extras)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(TOWER_PREFIX)]
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load our keys (tower keys ignored); ``strict`` checks every non-tower key."""
+        state = {k: v for k, v in state_dict.items() if not k.startswith(TOWER_PREFIX)}
+        result = super().load_state_dict(state, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith(TOWER_PREFIX)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"state_dict mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+        return result
+
+
+def _drop_tower_keys(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + TOWER_PREFIX)]:
+        del state_dict[key]
+
+
+def options_from_config(config) -> HiveMILOptions:
+    """HiVE-MIL options from a RunConfig / argparse namespace (published flag names)."""
+    from models.hivemil_options import switches_from_namespace
+
+    def mag(value, default):
+        return int(str(value if value is not None else default).rstrip("x"))
+
+    return HiveMILOptions(
+        n_ctx=int(getattr(config, "num_context_tokens", 16)),
+        class_specific_context=bool(getattr(config, "class_specific_token", False)),
+        class_token_position=getattr(config, "class_token_position", "end"),
+        num_low_mag_texts=int(getattr(config, "num_low_mag_texts", 4)),
+        num_high_mag_subtexts=int(getattr(config, "num_high_mag_subtexts", 3)),
+        filter_alpha=float(getattr(config, "filter_alpha", 0.5)),
+        contrastive_lambda=float(getattr(config, "contrastive_lambda", 0.5)),
+        low_mag=mag(getattr(config, "low_mag", None), 5),
+        high_mag=mag(getattr(config, "high_mag", None), 20),
+        switches=switches_from_namespace(config),
+    )
+
+
+@register_model("HiVE_MIL")
+def build_hivemil(config, task) -> HiveMIL:
+    """Registry builder: text tower + prompt file of ``task`` + options from ``config``."""
+    from models.towers import load_towers
+    from utils.prompt_file import load_prompt_file
+
+    options = options_from_config(config)
+    source = getattr(config, "text_tower", None)
+    extractor = getattr(config, "feature_extractor", "plip")
+    if extractor == "demo" and source is None:
+        from models.towers.tiny import ensure_demo_text_tower
+
+        source = ensure_demo_text_tower()
+    tower = load_towers(extractor, source=source, sides=("text",)).text
+    feature_dim = getattr(config, "feature_dim", None)
+    if feature_dim is not None and int(feature_dim) != tower.embed_dim:
+        raise InputError(
+            f"--feature_dim {feature_dim} does not match the text tower's embedding size {tower.embed_dim} "
+            f"({extractor}); image and text features must share one space"
+        )
+    prompts = load_prompt_file(
+        task.prompt_file(getattr(config, "LLM", "curated")),
+        class_names=task.class_names,
+        n_coarse=options.num_low_mag_texts,
+        n_fine_per_coarse=options.num_high_mag_subtexts,
+    )
+    descriptions = [[f"{term} : {expl}" for term, expl in prompts.entries(c)] for c in task.class_names]
+    return HiveMIL(tower, descriptions, options)

@@ -1,0 +1,48 @@
+"""Text-Guided Dynamic Filtering (TGDF), DESIGN.md section 3.3 (paper Sec. 3.3, Eqs. 3-4).
+
+For one magnification, with image features ``I`` [N, D] and text features ``T`` [M, D]:
+
+    S = (I @ T^T) * exp(logit_scale)                          similarity
+    S'_{:,j} = (S_{:,j} - min_j) / (max_j - min_j + 1e-8)      min-max per text column
+    tau_j = mean(S'_{:,j}) + alpha * std(S'_{:,j})             unbiased std, as torch.std
+    A_{ij} = S'_{ij} if S'_{ij} >= tau_j else 0                kept image-text entries
+
+A kept entry with value 0 is no edge (edges are the non-zero entries). Stage 1 runs at 5x; a 5x patch
+is kept when its row of ``A`` has any positive entry. Stage 2 runs on the 20x children of kept 5x
+patches against the 20x texts.
+
+Edge cases the released code does not survive: with a single image the std is NaN, every comparison
+is false and nothing is kept. ``keep_all_if_empty`` (used by the model) then keeps every 5x patch
+so a one-patch slide still produces a graph; this only triggers where the released code would crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MINMAX_EPS = 1e-8
+
+
+@dataclass
+class FilterResult:
+    """Output of one TGDF stage."""
+
+    kept: torch.Tensor  # [N, M] filtered, min-max normalised similarities (0 = dropped)
+    image_mask: torch.Tensor  # [N] bool, rows with any kept entry
+    threshold: torch.Tensor  # [M] per-text threshold tau_j
+
+
+def text_guided_filter(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, alpha: float
+) -> FilterResult:
+    """One TGDF stage (see module docstring). ``logit_scale`` is the log temperature."""
+    sim = (image @ text.t()) * logit_scale.exp()
+    col_min = sim.amin(dim=0, keepdim=True) if sim.shape[0] else sim.new_zeros(1, sim.shape[1])
+    col_max = sim.amax(dim=0, keepdim=True) if sim.shape[0] else sim.new_zeros(1, sim.shape[1])
+    sim = (sim - col_min) / (col_max - col_min + MINMAX_EPS)
+    threshold = sim.mean(dim=0, keepdim=True) + alpha * sim.std(dim=0, keepdim=True)
+    kept = torch.where(sim >= threshold, sim, torch.zeros_like(sim))
+    image_mask = kept.mean(dim=1) > 0
+    return FilterResult(kept=kept, image_mask=image_mask, threshold=threshold.squeeze(0))
