@@ -39,10 +39,15 @@ def text_guided_filter(
 ) -> FilterResult:
     """One TGDF stage (see module docstring). ``logit_scale`` is the log temperature."""
     sim = (image @ text.t()) * logit_scale.exp()
-    col_min = sim.amin(dim=0, keepdim=True) if sim.shape[0] else sim.new_zeros(1, sim.shape[1])
-    col_max = sim.amax(dim=0, keepdim=True) if sim.shape[0] else sim.new_zeros(1, sim.shape[1])
+    if sim.shape[0] == 0:
+        empty = sim.new_zeros(0, sim.shape[1])
+        return FilterResult(empty, torch.zeros(0, dtype=torch.bool, device=sim.device), sim.new_zeros(sim.shape[1]))
+    col_min = sim.amin(dim=0, keepdim=True)
+    col_max = sim.amax(dim=0, keepdim=True)
     sim = (sim - col_min) / (col_max - col_min + MINMAX_EPS)
-    threshold = sim.mean(dim=0, keepdim=True) + alpha * sim.std(dim=0, keepdim=True)
+    # One image: the unbiased std is NaN (as in the released code) and nothing is kept.
+    std = sim.std(dim=0, keepdim=True) if sim.shape[0] > 1 else torch.full_like(sim[:1], float("nan"))
+    threshold = sim.mean(dim=0, keepdim=True) + alpha * std
     kept = torch.where(sim >= threshold, sim, torch.zeros_like(sim))
     image_mask = kept.mean(dim=1) > 0
     return FilterResult(kept=kept, image_mask=image_mask, threshold=threshold.squeeze(0))
