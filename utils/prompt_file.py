@@ -1,0 +1,299 @@
+"""Hierarchical text prompts: load, validate and render ``{class: {term: explanation}}`` files.
+
+A prompt file (``text_prompt/HiVE_MIL/<LLM>/<task>.json``) holds, per class and in file order,
+``n_coarse`` coarse (5x) entries followed by ``n_coarse * n_fine_per_coarse`` fine (20x) entries;
+fine entries ``n_fine_per_coarse*j .. n_fine_per_coarse*j + n_fine_per_coarse - 1`` refine coarse
+entry ``j``. These are the paper's T5 = 4 and T20 = 12 texts per class (method step 2: the prompt
+learner splices context vectors into ``"<ctx tokens> <term> : <explanation>"``), and the fine->coarse
+grouping is what the hierarchical text edges and HTCL (step 7) are built on.
+
+Errors in the file are :class:`~utils.errors.InputError` (one line naming the file); softer problems
+(duplicate explanations, terms shared across classes, prompts longer than a text tower's context)
+are returned as warning lines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.errors import InputError
+
+Entry = tuple[str, str]  # (term, explanation)
+
+
+@dataclass(frozen=True)
+class HierarchicalPrompts:
+    """Validated prompts of one task.
+
+    Attributes:
+        classes: class names in task order.
+        coarse: per class, the ``n_coarse`` coarse (5x) ``(term, explanation)`` entries.
+        fine: per class, the ``n_coarse * n_fine_per_coarse`` fine (20x) entries; the j-th group of
+            ``n_fine_per_coarse`` consecutive entries refines ``coarse[cls][j]``.
+        n_coarse: coarse entries per class (4 in the paper).
+        n_fine_per_coarse: fine entries per coarse entry (3 in the paper).
+        path: where the prompts came from (a file, or a label such as ``"LLM reply"``).
+    """
+
+    classes: tuple[str, ...]
+    coarse: dict[str, list[Entry]]
+    fine: dict[str, list[Entry]]
+    n_coarse: int
+    n_fine_per_coarse: int
+    path: Path | str
+
+    @property
+    def n_fine(self) -> int:
+        return self.n_coarse * self.n_fine_per_coarse
+
+    @property
+    def n_per_class(self) -> int:
+        return self.n_coarse + self.n_fine
+
+    def entries(self, cls: str) -> list[Entry]:
+        """All entries of ``cls``: coarse then fine, in file order."""
+        self._require(cls)
+        return [*self.coarse[cls], *self.fine[cls]]
+
+    def fine_parent(self, fine_index: int) -> int:
+        """Index of the coarse entry that fine entry ``fine_index`` (0-based among fine) refines."""
+        return fine_index // self.n_fine_per_coarse
+
+    def prompt_texts(self, cls: str, n_ctx: int, ctx_token: str = "X") -> list[str]:
+        """Texts the prompt learner tokenizes: ``"X X ... X <term> : <explanation>"`` per entry.
+
+        ``n_ctx`` placeholder tokens (later replaced by learned context vectors) precede each
+        description; with ``n_ctx == 0`` there is no leading space.
+        """
+        if n_ctx < 0:
+            raise ValueError(f"n_ctx must be >= 0, got {n_ctx}")
+        prefix = " ".join([ctx_token] * n_ctx)
+        return [
+            f"{prefix} {term} : {explanation}" if n_ctx else f"{term} : {explanation}"
+            for term, explanation in self.entries(cls)
+        ]
+
+    def to_json_dict(self) -> dict[str, dict[str, str]]:
+        """The ``{class: {term: explanation}}`` form, classes and entries in order."""
+        return {cls: dict(self.entries(cls)) for cls in self.classes}
+
+    def _require(self, cls: str) -> None:
+        if cls not in self.coarse:
+            raise KeyError(
+                f"class {cls!r} not in prompts from {self.path} (classes: {', '.join(self.classes)})"
+            )
+
+
+class _Pairs(list):
+    """A JSON object kept as its ordered ``(key, value)`` pairs, so duplicate keys stay visible."""
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_prompt_text(
+    text: str,
+    source: Path | str,
+    class_names: Sequence[str] | None = None,
+    n_coarse: int = 4,
+    n_fine_per_coarse: int = 3,
+) -> HierarchicalPrompts:
+    """Parse and validate prompt JSON ``text``; ``source`` names it in error messages.
+
+    Raises :class:`InputError` for invalid JSON, a wrong shape, duplicate classes or terms, empty
+    strings, a wrong entry count per class, or class names that do not match ``class_names``.
+    Classes are ordered as ``class_names`` when given, else as in the file.
+    """
+    if n_coarse < 1 or n_fine_per_coarse < 0:
+        raise InputError(
+            f"{source}: need n_coarse >= 1 and n_fine_per_coarse >= 0, got {n_coarse} and {n_fine_per_coarse}"
+        )
+    try:
+        data = json.loads(text, object_pairs_hook=_Pairs)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{source}: not valid JSON ({err})") from None
+    shape = "expected a JSON object {class: {term: explanation}}"
+    if not isinstance(data, _Pairs) or not data:
+        raise InputError(f"{source}: {shape}")
+    n_fine = n_coarse * n_fine_per_coarse
+    expected = n_coarse + n_fine
+    per_class: dict[str, list[Entry]] = {}
+    for cls, body in data:
+        if cls in per_class:
+            raise InputError(f"{source}: class {cls!r} appears twice")
+        if not cls.strip():
+            raise InputError(f"{source}: empty class name")
+        if not isinstance(body, _Pairs):
+            raise InputError(f"{source}: class {cls!r} is not an object of term: explanation pairs ({shape})")
+        if len(body) != expected:
+            raise InputError(
+                f"{source}: class {cls!r} has {len(body)} entries, expected {n_coarse} + {n_coarse}x"
+                f"{n_fine_per_coarse} = {expected} ({n_coarse} coarse 5x entries, then {n_fine} fine 20x entries)"
+            )
+        seen: dict[str, int] = {}
+        for index, (term, explanation) in enumerate(body):
+            where = f"class {cls!r} entry {index + 1}"
+            if not term.strip():
+                raise InputError(f"{source}: {where} has an empty term")
+            if not isinstance(explanation, str):
+                kind = "object" if isinstance(explanation, _Pairs) else type(explanation).__name__
+                raise InputError(
+                    f"{source}: {where} ({_short(term)!r}): explanation must be a string, got {kind}"
+                )
+            if not explanation.strip():
+                raise InputError(f"{source}: {where} ({_short(term)!r}) has an empty explanation")
+            key = term.strip()
+            if key in seen:
+                raise InputError(
+                    f"{source}: class {cls!r} has the term {_short(key)!r} twice "
+                    f"(entries {seen[key] + 1} and {index + 1}); terms must be unique within a class"
+                )
+            seen[key] = index
+        per_class[cls] = [(term, explanation) for term, explanation in body]
+
+    order = tuple(per_class)
+    if class_names is not None:
+        order = tuple(class_names)
+        missing = [c for c in order if c not in per_class]
+        unexpected = [c for c in per_class if c not in order]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(map(repr, missing))}")
+            if unexpected:
+                parts.append(f"unexpected {', '.join(map(repr, unexpected))}")
+            raise InputError(
+                f"{source}: class names do not match the task ({'; '.join(parts)}; "
+                f"expected {', '.join(map(repr, order))})"
+            )
+    return HierarchicalPrompts(
+        classes=order,
+        coarse={c: per_class[c][:n_coarse] for c in order},
+        fine={c: per_class[c][n_coarse:] for c in order},
+        n_coarse=n_coarse,
+        n_fine_per_coarse=n_fine_per_coarse,
+        path=source,
+    )
+
+
+def load_prompt_file(
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    n_coarse: int = 4,
+    n_fine_per_coarse: int = 3,
+) -> HierarchicalPrompts:
+    """Read and validate a prompt file (see :func:`parse_prompt_text`); the file is only read."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: prompt file not found") from None
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{path}: not valid JSON (not UTF-8 text: {err.reason} at byte {err.start})"
+        ) from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read prompt file ({err.strerror or err})") from None
+    return parse_prompt_text(text, path, class_names, n_coarse, n_fine_per_coarse)
+
+
+def content_warnings(prompts: HierarchicalPrompts) -> list[str]:
+    """Soft problems: duplicate explanations, terms repeated across classes or differing only in case."""
+    warnings: list[str] = []
+    src = prompts.path
+    explanation_owner: dict[str, tuple[str, str]] = {}
+    term_classes: dict[str, list[str]] = {}
+    for cls in prompts.classes:
+        folded = Counter(term.strip().casefold() for term, _ in prompts.entries(cls))
+        for term, count in folded.items():
+            if count > 1:
+                warnings.append(
+                    f"{src}: class {cls!r} has {count} terms that differ only in case or spacing "
+                    f"({_short(term)!r})"
+                )
+        for term, explanation in prompts.entries(cls):
+            key = " ".join(explanation.split()).casefold()
+            if key in explanation_owner:
+                other_cls, other_term = explanation_owner[key]
+                warnings.append(
+                    f"{src}: class {cls!r} term {_short(term)!r} repeats the explanation of class "
+                    f"{other_cls!r} term {_short(other_term)!r}"
+                )
+            else:
+                explanation_owner[key] = (cls, term)
+            owners = term_classes.setdefault(term.strip().casefold(), [])
+            if cls not in owners:
+                owners.append(cls)
+    for term, owners in term_classes.items():
+        if len(owners) > 1:
+            warnings.append(
+                f"{src}: term {_short(term)!r} is used by several classes ({', '.join(owners)}); "
+                "class-specific terms separate the classes better"
+            )
+    return warnings
+
+
+def check_token_lengths(
+    prompts: HierarchicalPrompts,
+    count_tokens: Callable[[str], int],
+    context_length: int,
+    n_ctx: int,
+    label: str = "",
+) -> list[str]:
+    """Warning lines for prompt texts that a text tower would truncate.
+
+    ``count_tokens(text)`` must return the full sequence length including start and end tokens.
+    ``label`` (e.g. the tokenizer name) is put in front of each line.
+    """
+    warnings = []
+    lead = f"[{label}] " if label else ""
+    for cls in prompts.classes:
+        entries = prompts.entries(cls)
+        for (term, _), text in zip(entries, prompts.prompt_texts(cls, n_ctx)):
+            n_tokens = count_tokens(text)
+            if n_tokens > context_length:
+                warnings.append(
+                    f"{lead}{prompts.path}: class {cls!r} term {_short(term)!r} needs {n_tokens} tokens "
+                    f"> context length {context_length} (with n_ctx={n_ctx}); its end would be truncated"
+                )
+    return warnings
+
+
+def clip_token_counter() -> Callable[[str], int]:
+    """Token counter of the OpenAI CLIP BPE (PLIP, QuiltNet), via open_clip's bundled vocabulary (offline)."""
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    return lambda text: len(tokenizer.encode(text)) + 2  # + start and end tokens
+
+
+def validate_prompt_file(
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    n_coarse: int = 4,
+    n_fine_per_coarse: int = 3,
+    count_tokens: Callable[[str], int] | None = None,
+    context_length: int = 77,
+    n_ctx: int = 16,
+) -> tuple[HierarchicalPrompts, list[str]]:
+    """Load ``path`` strictly and collect warnings (content duplicates and over-long prompts).
+
+    ``count_tokens`` defaults to the CLIP BPE counter (:func:`clip_token_counter`) with
+    ``context_length`` 77, the text context of PLIP and QuiltNet.
+    """
+    prompts = load_prompt_file(path, class_names, n_coarse, n_fine_per_coarse)
+    warnings = content_warnings(prompts)
+    if count_tokens is None:
+        try:
+            count_tokens = clip_token_counter()
+        except ImportError:
+            warnings.append(f"{path}: token lengths not checked (open_clip is not installed)")
+            return prompts, warnings
+    warnings += check_token_lengths(prompts, count_tokens, context_length, n_ctx)
+    return prompts, warnings
