@@ -1,0 +1,146 @@
+"""Build hierarchical 5x->20x feature files: ``hierarchical_<extractor>_5x_20x/<slide>.h5``.
+
+For every slide in ``DATA_ROOT/<dataset>_<extractor>/<extractor>_5x`` this links each 20x patch to the
+5x patch that contains its top-left corner (near-linear grid-key lookup), keeps at most
+``--max-patches`` children per 5x patch (seeded, reproducible sub-sample) and writes ``features``,
+``coords``, ``parent_index`` and ``child_mask`` atomically. Finished slides are skipped, so an
+interrupted run resumes. A failing slide is reported and counted; the others continue.
+
+    python create_hierarchical_features.py --dataset-root-path R --dataset-name tcga_brca \
+        --feature-extractor-name plip --low-mag 5 --high-mag 20 --max-patches 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from datasets.features import FeatureLayout, list_slides
+from datasets.preprocess import (
+    SlideJob,
+    SlideOutcome,
+    default_max_children,
+    level0_mags_from_csv,
+    run_slide_job,
+)
+from utils.errors import InputError, run_cli
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset-root-path", required=True, help="DATA_ROOT holding <dataset>_<extractor>/")
+    parser.add_argument("--dataset-name", required=True, help="task name, e.g. tcga_brca")
+    parser.add_argument("--feature-extractor-name", required=True, help="e.g. plip, conch, quilt")
+    parser.add_argument("--low-mag", type=float, default=5, help="coarse magnification (default 5)")
+    parser.add_argument("--high-mag", type=float, default=20, help="fine magnification (default 20)")
+    parser.add_argument(
+        "--max-patches", type=int, default=None, help="children per 5x patch (default (high/low)^2)"
+    )
+    parser.add_argument(
+        "--csv", default=None, help="dataset CSV with level0_mag per slide (default dataset_csv/<name>.csv)"
+    )
+    parser.add_argument(
+        "--level0-mag", type=int, default=40, help="level-0 magnification of slides not in the CSV"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the >max-patches sub-sampling")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild finished slides too")
+    return parser.parse_args(argv)
+
+
+def mag_name(mag: float) -> str:
+    """Folder suffix of a magnification: 5 -> '5x', 2.5 -> '2.5x'."""
+    return f"{mag:g}x"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not 0 < args.low_mag < args.high_mag:
+        raise InputError(
+            f"--low-mag {args.low_mag:g} must be positive and below --high-mag {args.high_mag:g}"
+        )
+    max_children = args.max_patches or default_max_children(args.low_mag, args.high_mag)
+    if max_children <= 0:
+        raise InputError(f"--max-patches must be positive, got {args.max_patches}")
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    layout = FeatureLayout(
+        Path(args.dataset_root_path),
+        args.dataset_name,
+        args.feature_extractor_name,
+        low_mag=mag_name(args.low_mag),
+        high_mag=mag_name(args.high_mag),
+    )
+    for folder, flag in ((layout.low_dir, "5x"), (layout.high_dir, "20x")):
+        if not folder.is_dir():
+            raise InputError(
+                f"{flag} feature folder not found: {folder} (check --dataset-root-path and names)"
+            )
+    slides = list_slides(layout.low_dir)
+    if not slides:
+        raise InputError(f"no .h5 files in {layout.low_dir}")
+    if args.level0_mag not in (20, 40):
+        raise InputError(f"--level0-mag must be 20 or 40, got {args.level0_mag}")
+    from_csv, csv_used = level0_mags_from_csv(args.csv, args.dataset_name)
+    mags = {s: from_csv.get(s, args.level0_mag) for s in slides}
+    n_default = sum(1 for s in slides if s not in from_csv)
+    print(
+        f"{len(slides)} slides in {layout.low_dir}; level0_mag from {csv_used or '--level0-mag'}"
+        + (
+            f" ({n_default} slides not in the CSV use --level0-mag {args.level0_mag})"
+            if csv_used and n_default
+            else ""
+        )
+        + f"; writing {layout.hier_dir}"
+    )
+    jobs = [
+        SlideJob(layout, s, mags[s], args.low_mag, args.high_mag, max_children, args.seed, args.overwrite)
+        for s in slides
+    ]
+    outcomes = run_jobs(jobs, args.workers)
+    print(summarize(outcomes))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def run_jobs(jobs: list[SlideJob], workers: int) -> list[SlideOutcome]:
+    """Run the jobs (inline or in a process pool) with a progress bar; report failures as they come."""
+    outcomes: list[SlideOutcome] = []
+    progress = tqdm(total=len(jobs), desc="hierarchical features", unit="slide", file=sys.stderr)
+    if workers == 1:
+        results = map(run_slide_job, jobs)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(run_slide_job, jobs, chunksize=1)
+    try:
+        for outcome in results:
+            outcomes.append(outcome)
+            if outcome.status == "failed":
+                tqdm.write(f"failed {outcome.slide_id}: {outcome.message}", file=sys.stderr)
+            progress.update(1)
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return outcomes
+
+
+def summarize(outcomes: list[SlideOutcome]) -> str:
+    """One-paragraph summary of a run (patch counts cover the slides built in this run)."""
+    count = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    built = [o for o in outcomes if o.status == "done"]
+    return (
+        f"slides: {count['done']} done, {count['skipped']} skipped (already finished), {count['failed']} failed\n"
+        f"patches (slides built now): {sum(o.linked for o in built)} 20x linked, "
+        f"{sum(o.orphans20 for o in built)} 20x without parent, "
+        f"{sum(o.childless5 for o in built)} 5x without children, "
+        f"{sum(o.dropped for o in built)} 20x dropped by --max-patches"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,58 @@
+"""Make k patient-level few-shot splits: ``<splits_root>/<task>/<task>_<N>/splits_<i>.csv``.
+
+Per split: N training slides per class (whole cases), stratified val/test from the remaining cases,
+seeded. Existing split files are never overwritten without ``--overwrite``.
+
+    python create_splits.py --task tcga_brca --few_shot_num 16 --k 5 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from datasets.dataset_csv import read_dataset_csv
+from datasets.splits import make_few_shot_splits, split_csv_path, write_split
+from datasets.tasks import get_task
+from utils.errors import InputError, run_cli
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, help="task name (dataset_csv/<task>.csv)")
+    parser.add_argument("--csv", default=None, help="dataset CSV (default: the task's CSV)")
+    parser.add_argument("--few_shot_num", type=int, required=True, help="training slides per class")
+    parser.add_argument("--k", type=int, default=5, help="number of splits (default 5)")
+    parser.add_argument("--val_frac", type=float, default=0.3, help="fraction of the remaining cases for val")
+    parser.add_argument(
+        "--test_frac", type=float, default=0.3, help="fraction of the remaining cases for test"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    parser.add_argument("--splits_root", default="splits", help="output root (default splits)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing split files")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    task = get_task(args.task)
+    csv_path = Path(args.csv) if args.csv else task.csv_path
+    targets = [
+        split_csv_path(args.splits_root, task.name, args.few_shot_num, i) for i in range(max(args.k, 0))
+    ]
+    existing = [p for p in targets if p.exists()]
+    if existing and not args.overwrite:
+        raise InputError(
+            f"{existing[0]} already exists ({len(existing)} of {len(targets)} files); use --overwrite"
+        )
+    table = read_dataset_csv(csv_path, task)
+    splits = make_few_shot_splits(table, args.few_shot_num, args.k, args.seed, args.val_frac, args.test_frac)
+    for path, split in zip(targets, splits):
+        write_split(path, split)
+        print(f"{path}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

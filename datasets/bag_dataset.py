@@ -1,0 +1,93 @@
+"""A map-style dataset of slide bags with a bounded, thread-safe LRU cache.
+
+Few-shot training revisits the same handful of slides every epoch, so loaded bags are kept in memory
+up to ``cache_mb`` megabytes of tensor data (least recently used evicted first). A background
+prefetch thread may call ``__getitem__`` while the training loop does too; the cache is guarded by a
+lock, and slide files are read outside the lock so loads of different slides overlap.
+Cached bags are shared objects: callers must not modify their tensors in place.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from datasets.bag import SlideBag
+from datasets.features import FeatureLayout, read_slide_bag
+from utils.errors import InputError
+
+_MB = 1024 * 1024
+
+
+def bag_nbytes(bag: SlideBag) -> int:
+    """Bytes held by the tensors of ``bag``."""
+    tensors = (bag.x5, bag.x20, bag.child_mask, bag.coords5, bag.coords20)
+    return sum(t.element_size() * t.nelement() for t in tensors if t is not None)
+
+
+class BagDataset:
+    """Slides of one split: ``dataset[i]`` is the :class:`SlideBag` of ``slide_ids[i]`` with ``labels[i]``."""
+
+    def __init__(
+        self,
+        layout: FeatureLayout,
+        slide_ids: list[str],
+        labels: list[int],
+        cache_mb: float = 2048,
+        expected_dim: int | None = None,
+    ):
+        if len(slide_ids) != len(labels):
+            raise InputError(f"BagDataset: {len(slide_ids)} slide ids but {len(labels)} labels")
+        self.layout = layout
+        self.slide_ids = list(slide_ids)
+        self.labels = [int(v) for v in labels]
+        self.expected_dim = expected_dim
+        self.cache_bytes = max(0, int(cache_mb * _MB))
+        self._cache: OrderedDict[str, tuple[SlideBag, int]] = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.slide_ids)
+
+    def __getitem__(self, index: int) -> SlideBag:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} slides")
+        slide_id, label = self.slide_ids[index], self.labels[index]
+        key = f"{slide_id}\0{label}"
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return entry[0]
+            self.misses += 1
+        bag = read_slide_bag(self.layout, slide_id, label, expected_dim=self.expected_dim)
+        self._insert(key, bag)
+        return bag
+
+    def _insert(self, key: str, bag: SlideBag) -> None:
+        size = bag_nbytes(bag)
+        if size > self.cache_bytes:
+            return  # larger than the whole cache: not cached
+        with self._lock:
+            if key in self._cache:  # another thread loaded it meanwhile
+                self._cache.move_to_end(key)
+                return
+            while self._cache and self._cached_bytes + size > self.cache_bytes:
+                _, (_, old_size) = self._cache.popitem(last=False)
+                self._cached_bytes -= old_size
+            self._cache[key] = (bag, size)
+            self._cached_bytes += size
+
+    def cached_slides(self) -> list[str]:
+        """Slide ids in the cache, least recently used first."""
+        with self._lock:
+            return [key.split("\0", 1)[0] for key in self._cache]
+
+    @property
+    def cached_mb(self) -> float:
+        with self._lock:
+            return self._cached_bytes / _MB

@@ -1,0 +1,151 @@
+"""Building one slide's hierarchical 5x->20x feature file (the work of ``create_hierarchical_features.py``).
+
+For one slide: read the 5x and 20x files, link every 20x patch to the 5x patch containing its top-left
+corner (:func:`datasets.hierarchy.link_children`, seeded cap of ``(high/low)^2`` children), and write
+``features``/``coords``/``parent_index``/``child_mask`` atomically. The demo generator uses the same
+function, so demo files and user files are built identically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets.features import FeatureLayout, hier_file_is_complete, read_patch_file, write_hierarchical_file
+from datasets.hierarchy import link_children, patch_px, slide_salt
+from utils.errors import InputError
+
+SOURCE = "create_hierarchical_features.py"
+
+
+@dataclass
+class SlideOutcome:
+    """What happened to one slide."""
+
+    slide_id: str
+    status: str  # "done", "skipped" or "failed"
+    rows: int = 0
+    linked: int = 0
+    orphans20: int = 0
+    childless5: int = 0
+    dropped: int = 0
+    message: str = ""
+
+
+def default_max_children(low_mag: float, high_mag: float) -> int:
+    """``(high/low)^2``: how many high-magnification patches tile one low-magnification patch (16)."""
+    return int(round((float(high_mag) / float(low_mag)) ** 2))
+
+
+def build_slide_hierarchy(
+    layout: FeatureLayout,
+    slide_id: str,
+    level0_mag: int,
+    low_mag: float = 5,
+    high_mag: float = 20,
+    max_children: int = 16,
+    seed: int = 0,
+    overwrite: bool = False,
+    output: Path | None = None,
+) -> SlideOutcome:
+    """Create ``layout.hier_file(slide_id)`` (or ``output``) from the slide's 5x and 20x files.
+
+    Skips a finished output (exists and opens) unless ``overwrite``. Raises :class:`InputError` on a
+    bad input (missing file, wrong shapes, NaN/Inf, 5x/20x dimension mismatch); inputs are only read.
+    """
+    target = Path(output) if output is not None else layout.hier_file(slide_id)
+    if not overwrite and hier_file_is_complete(target):
+        return SlideOutcome(slide_id, "skipped")
+    low_path, high_path = layout.low_file(slide_id), layout.high_file(slide_id)
+    x5, coords5 = read_patch_file(low_path, f"{layout.low_mag} feature")
+    x20, coords20 = read_patch_file(high_path, f"{layout.high_mag} feature")
+    if x5.shape[1] != x20.shape[1]:
+        raise InputError(
+            f"{high_path}: feature dim {x20.shape[1]} disagrees with {x5.shape[1]} in {low_path}"
+        )
+    parent_size = patch_px(level0_mag, low_mag)
+    link = link_children(
+        coords5, coords20, parent_size, max_children=max_children, seed=seed, salt=slide_salt(slide_id)
+    )
+    if link.num_linked == 0:
+        raise InputError(
+            f"{high_path}: no 20x patch lies inside any 5x patch of {low_path} (level0_mag {level0_mag}?)"
+        )
+    attrs = {
+        "max_children": int(max_children),
+        "seed": int(seed),
+        "level0_mag": int(level0_mag),
+        "low_mag": float(low_mag),
+        "high_mag": float(high_mag),
+        "parent_size_px": int(parent_size),
+        "child_size_px": int(patch_px(level0_mag, high_mag)),
+        "source": SOURCE,
+        "slide_id": slide_id,
+        "num_5x": int(x5.shape[0]),
+        "num_20x": int(x20.shape[0]),
+        "num_orphans20": int(link.orphans20.size),
+        "num_childless5": int(link.childless5.size),
+        "num_dropped": int(link.num_dropped),
+    }
+    rows = write_hierarchical_file(target, x20, coords20, link, attrs)
+    return SlideOutcome(
+        slide_id,
+        "done",
+        rows=rows,
+        linked=link.num_linked,
+        orphans20=int(link.orphans20.size),
+        childless5=int(link.childless5.size),
+        dropped=link.num_dropped,
+    )
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """Arguments of :func:`run_slide_job` (picklable, for a process pool)."""
+
+    layout: FeatureLayout
+    slide_id: str
+    level0_mag: int
+    low_mag: float
+    high_mag: float
+    max_children: int
+    seed: int
+    overwrite: bool
+
+
+def run_slide_job(job: SlideJob) -> SlideOutcome:
+    """:func:`build_slide_hierarchy` that reports a failure as an outcome instead of raising."""
+    try:
+        return build_slide_hierarchy(
+            job.layout,
+            job.slide_id,
+            job.level0_mag,
+            low_mag=job.low_mag,
+            high_mag=job.high_mag,
+            max_children=job.max_children,
+            seed=job.seed,
+            overwrite=job.overwrite,
+        )
+    except InputError as err:
+        return SlideOutcome(job.slide_id, "failed", message=str(err))
+    except Exception as err:  # one bad slide must not stop the others; report it on one line
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        return SlideOutcome(job.slide_id, "failed", message=message)
+
+
+def level0_mags_from_csv(
+    csv_path: str | Path | None, dataset_name: str
+) -> tuple[dict[str, int], Path | None]:
+    """``{slide_id: level0_mag}`` from ``csv_path``, or from ``dataset_csv/<dataset>.csv`` when that exists.
+
+    Returns ``(mags, the CSV used or None)``; slides absent from the result take the CLI default.
+    """
+    from datasets.dataset_csv import read_level0_mags
+    from datasets.tasks import DEFAULT_CSV_DIR
+
+    if csv_path is not None:
+        return read_level0_mags(csv_path), Path(csv_path)
+    default_csv = DEFAULT_CSV_DIR / f"{dataset_name}.csv"
+    if default_csv.is_file():
+        return read_level0_mags(default_csv), default_csv
+    return {}, None

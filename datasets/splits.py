@@ -1,0 +1,193 @@
+"""Few-shot splits: ``splits/<task>/<task>_<N>/splits_<fold>.csv`` reading, writing and making.
+
+File format (the published one): header ``,train,val,test``, an integer index column, one slide id per
+cell, shorter columns padded with blanks::
+
+    ,train,val,test
+    0,slideA,slideC,slideE
+    1,,slideD,slideF
+
+Splits are patient-level: all slides of a case go to the same part, so no case appears in two parts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utils.atomic_io import atomic_write_text
+from utils.errors import InputError
+
+PARTS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """Slide ids of one few-shot split."""
+
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+
+    def part(self, name: str) -> list[str]:
+        return getattr(self, name)
+
+    def all_ids(self) -> list[str]:
+        return [*self.train, *self.val, *self.test]
+
+
+def split_csv_path(splits_root: str | Path, task: str, few_shot_num: int, fold: int) -> Path:
+    """``<splits_root>/<task>/<task>_<N>/splits_<fold>.csv``."""
+    return Path(splits_root) / task / f"{task}_{few_shot_num}" / f"splits_{fold}.csv"
+
+
+def read_split(path: str | Path) -> Split:
+    """Parse a split CSV (published format). One-line :class:`InputError` on any format problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"split file not found: {path} (make one with create_splits.py)")
+    try:
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: cannot read split CSV ({err})") from None
+    if not rows:
+        raise InputError(f"{path}: empty split file (expected header ',train,val,test')")
+    header = [h.strip() for h in rows[0]]
+    missing = [p for p in PARTS if p not in header]
+    if missing:
+        raise InputError(
+            f"{path}: missing column(s) {', '.join(missing)} (expected header ',train,val,test')"
+        )
+    columns = {p: header.index(p) for p in PARTS}
+    parts: dict[str, list[str]] = {p: [] for p in PARTS}
+    for row in rows[1:]:
+        if not any(cell.strip() for cell in row):
+            continue
+        for part, col in columns.items():
+            value = row[col].strip() if col < len(row) else ""
+            if value:
+                parts[part].append(value)
+    for part, ids in parts.items():
+        dup = sorted(s for s, n in Counter(ids).items() if n > 1)
+        if dup:
+            raise InputError(f"{path}: slide {dup[0]} listed twice in '{part}'")
+    leaked = sorted(set(parts["train"]) & (set(parts["val"]) | set(parts["test"])))
+    if leaked:
+        raise InputError(f"{path}: slide {leaked[0]} is in train and in val/test ({len(leaked)} such slides)")
+    return Split(**parts)
+
+
+def format_split(split: Split) -> str:
+    """The CSV text of ``split`` in the published format."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["", *PARTS])
+    length = max(len(split.part(p)) for p in PARTS)
+    for i in range(length):
+        writer.writerow([i, *(split.part(p)[i] if i < len(split.part(p)) else "" for p in PARTS)])
+    return buffer.getvalue()
+
+
+def write_split(path: str | Path, split: Split) -> None:
+    """Write ``split`` to ``path`` atomically in the published format."""
+    atomic_write_text(path, format_split(split))
+
+
+def check_split_against_csv(split: Split, df: pd.DataFrame) -> list[str]:
+    """Slide ids of ``split`` (first-seen order, no repeats) that are not in the dataset CSV ``df``."""
+    known = set(df["slide_id"].astype(str))
+    return list(dict.fromkeys(s for s in split.all_ids() if s not in known))
+
+
+def _cases_by_class(df: pd.DataFrame) -> dict[str, list[tuple[str, list[str]]]]:
+    """``{label: [(case_id, [slide ids]), ...]}`` sorted by case id, slides sorted; one label per case."""
+    missing = [c for c in ("case_id", "slide_id", "label") if c not in df.columns]
+    if missing:
+        raise InputError(f"dataset table lacks column(s) {', '.join(missing)}")
+    frame = df[["case_id", "slide_id", "label"]].astype(str)
+    labels_per_case = frame.groupby("case_id")["label"].nunique()
+    mixed = labels_per_case.index[labels_per_case > 1].tolist()
+    if mixed:
+        raise InputError(f"case {mixed[0]} has slides with different labels; cases must have one label")
+    grouped: dict[str, list[tuple[str, list[str]]]] = {}
+    for case_id, rows in sorted(frame.groupby("case_id"), key=lambda item: item[0]):
+        grouped.setdefault(rows["label"].iloc[0], []).append((case_id, sorted(rows["slide_id"])))
+    return dict(sorted(grouped.items()))
+
+
+def make_few_shot_splits(
+    df: pd.DataFrame,
+    n_shots: int,
+    k: int = 5,
+    seed: int = 1,
+    val_frac: float = 0.3,
+    test_frac: float = 0.3,
+) -> list[Split]:
+    """Make ``k`` patient-level few-shot splits.
+
+    Per split and class, whole cases are drawn at random until the class has exactly ``n_shots``
+    training slides; of the remaining cases of that class, ``round(val_frac * n)`` go to val and
+    ``round(test_frac * n)`` to test (at least one each when the fraction is positive); the rest are
+    unused. Split ``i`` draws from ``numpy.random.default_rng((seed, i))`` over cases sorted by id,
+    so the result depends only on the table's content and the seed, not on its row order.
+    """
+    if n_shots <= 0 or k <= 0:
+        raise InputError(f"few-shot number ({n_shots}) and number of splits ({k}) must be positive")
+    if val_frac < 0 or test_frac < 0 or val_frac + test_frac > 1:
+        raise InputError(f"--val_frac {val_frac} and --test_frac {test_frac} must be >= 0 and sum to <= 1")
+    by_class = _cases_by_class(df)
+    for label, cases in by_class.items():
+        rest = len(cases) - 1
+        need_val = 1 if val_frac > 0 else 0
+        need_test = 1 if test_frac > 0 else 0
+        n_slides = sum(len(slides) for _, slides in cases)
+        if n_slides < n_shots or rest < need_val + need_test:
+            raise InputError(
+                f"class {label!r} has {len(cases)} cases / {n_slides} slides: too few for {n_shots} training "
+                f"slides plus {need_val + need_test} val/test case(s)"
+            )
+    splits = []
+    for fold in range(k):
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, fold]))
+        split = Split()
+        for label, cases in by_class.items():
+            order = rng.permutation(len(cases))
+            taken, total = set(), 0
+            for i in order:
+                size = len(cases[i][1])
+                if total + size <= n_shots:
+                    taken.add(int(i))
+                    split.train.extend(cases[i][1])
+                    total += size
+                if total == n_shots:
+                    break
+            if total != n_shots:
+                raise InputError(
+                    f"class {label!r}: cannot pick exactly {n_shots} training slides from whole cases "
+                    f"(cases with several slides stay together); try another --seed or --few_shot_num"
+                )
+            rest = [cases[i] for i in order if int(i) not in taken]
+            n_val = _part_size(val_frac, len(rest))
+            n_test = _part_size(test_frac, len(rest))
+            if n_val + n_test > len(rest):
+                n_test = len(rest) - n_val
+            if (val_frac > 0 and n_val == 0) or (test_frac > 0 and n_test == 0):
+                raise InputError(f"class {label!r}: too few cases left for val and test after training")
+            for _, slides in rest[:n_val]:
+                split.val.extend(slides)
+            for _, slides in rest[n_val : n_val + n_test]:
+                split.test.extend(slides)
+        splits.append(split)
+    return splits
+
+
+def _part_size(frac: float, n: int) -> int:
+    if frac <= 0:
+        return 0
+    return min(n, max(1, int(round(frac * n))))
