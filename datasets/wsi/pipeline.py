@@ -1,0 +1,227 @@
+"""One slide from raw file to its 5x and 20x feature files (the work of ``extract_features.py``).
+
+Steps: open the slide (:mod:`datasets.wsi.reader`), settle its level-0 magnification, read a thumbnail
+at the tissue-mask resolution and segment it (:mod:`datasets.wsi.tissue`), select the nested 5x/20x
+tiles (:mod:`datasets.wsi.tiling`), encode them (:mod:`datasets.wsi.encode`) and write
+``<extractor>_5x/<slide>.h5`` and ``<extractor>_20x/<slide>.h5`` atomically (20x first, so a slide is
+finished exactly when both exist). ``--thumbnails`` adds a PNG with the mask and the kept tiles
+(``<task>_<extractor>/thumbnails/<slide>.png``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from datasets.features import FeatureLayout, write_patch_file
+from datasets.wsi.encode import StageTimes, TileGroup, encode_tiles
+from datasets.wsi.reader import SlideError, open_slide, read_downsampled
+from datasets.wsi.sources import SlideSource
+from datasets.wsi.tiling import TileGeometry, TilePlan, choose_level, plan_tiles, resolve_level0_mag
+from datasets.wsi.tissue import TissueParams, segment_tissue
+from models.towers.base import ImageTower
+from utils.atomic_io import atomic_path
+
+FORMAT_SOURCE = "extract_features.py"
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Settings shared by all slides of a run."""
+
+    extractor: str
+    weights: str | None = None
+    level0_mag: float | None = None
+    min_tissue: float = 0.25
+    batch_size: int = 64
+    workers: int = 2
+    device: str = "cpu"
+    amp: bool = False
+    thumbnails: bool = False
+    backends: tuple[str, ...] | None = None
+
+
+@dataclass
+class SlideResult:
+    """What happened to one slide; ``times`` holds seconds per stage."""
+
+    slide_id: str
+    status: str  # "done", "skipped" or "failed"
+    num_low: int = 0
+    num_high: int = 0
+    tissue_fraction: float = 0.0
+    seconds: float = 0.0
+    level0_mag: int | None = None
+    mag_source: str = ""
+    backend: str = ""
+    message: str = ""
+    times: dict[str, float] = field(default_factory=dict)
+
+    def summary_line(self) -> str:
+        if self.status == "failed":
+            return f"failed {self.slide_id}: {self.message}"
+        if self.status == "skipped":
+            return f"skipped {self.slide_id} (both feature files exist)"
+        return (
+            f"{self.slide_id}: {self.num_low} tiles 5x / {self.num_high} tiles 20x, "
+            f"tissue {100 * self.tissue_fraction:.1f}%, level0 {self.level0_mag}x ({self.mag_source}), "
+            f"{self.backend}, {self.seconds:.1f} s"
+        )
+
+
+def is_finished(layout: FeatureLayout, slide_id: str) -> bool:
+    """Both output files exist (they are written atomically, so existing means complete)."""
+    return layout.low_file(slide_id).is_file() and layout.high_file(slide_id).is_file()
+
+
+def thumbnail_path(layout: FeatureLayout, slide_id: str) -> Path:
+    """``<task>_<extractor>/thumbnails/<slide>.png``."""
+    return layout.root / "thumbnails" / f"{slide_id}.png"
+
+
+def extract_slide(
+    source: SlideSource,
+    layout: FeatureLayout,
+    tower: ImageTower,
+    options: ExtractOptions,
+    progress: Callable[[int, str], Callable[[int], object]] | None = None,
+) -> SlideResult:
+    """Extract one slide; any :class:`SlideError` (unreadable file, unknown magnification, no tissue)
+    propagates with a one-line message. ``progress(total, description)`` returns a per-batch callback."""
+    start = time.perf_counter()
+    if source.path is None:
+        raise SlideError("no slide file with this id was found (check --slides / --slide-dir)")
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    reader = open_slide(source.path, options.backends)
+    times["open"] = time.perf_counter() - t
+    with reader:
+        mag, mag_source = resolve_level0_mag(
+            options.level0_mag, source.level0_mag, reader.objective_power, reader.mpp
+        )
+        geometry = TileGeometry(mag)
+        t = time.perf_counter()
+        thumb = read_downsampled(reader, geometry.mask_downsample)
+        times["thumbnail"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tissue = segment_tissue(thumb, TissueParams.for_tile(geometry.mask_px_per_child))
+        plan = plan_tiles(tissue.mask, geometry, reader.dimensions, options.min_tissue)
+        times["tissue"] = time.perf_counter() - t
+        if options.thumbnails:  # before encoding, so a slide that fails later still has its preview
+            write_preview(thumbnail_path(layout, source.slide_id), thumb, tissue.mask, plan)
+        if len(plan.coords_low) == 0:
+            rows, cols = plan.grid_low
+            raise SlideError(
+                f"no 5x tile (of {rows}x{cols}) with >= {options.min_tissue:g} tissue "
+                f"(slide tissue {100 * tissue.tissue_fraction:.1f}%); check --thumbnails or lower --min-tissue"
+            )
+        low_level = choose_level(reader.level_downsamples, geometry.low_px, geometry.patch_size)
+        high_level = choose_level(reader.level_downsamples, geometry.high_px, geometry.patch_size)
+        total = len(plan.coords_low) + len(plan.coords_high)
+        callback = progress(total, source.slide_id) if progress is not None else None
+        (feats_low, feats_high), stage = encode_tiles(
+            reader,
+            [TileGroup(plan.coords_low, low_level), TileGroup(plan.coords_high, high_level)],
+            tower,
+            batch_size=options.batch_size,
+            device=options.device,
+            amp=options.amp,
+            workers=options.workers,
+            progress=callback,
+        )
+        times.update(_stage_dict(stage))
+        t = time.perf_counter()
+        common = {
+            "level0_mag": int(mag),
+            "level0_mag_source": mag_source,
+            "patch_size": int(geometry.patch_size),
+            "extractor": options.extractor,
+            "weights": options.weights or "",
+            "min_tissue": float(options.min_tissue),
+            "slide_file": source.path.name,
+            "slide_id": source.slide_id,
+            "backend": reader.backend,
+            "tissue_fraction": float(tissue.tissue_fraction),
+            "source": FORMAT_SOURCE,
+        }
+        for feats, coords, mag_here, tile_px, level, path in (
+            (
+                feats_high,
+                plan.coords_high,
+                geometry.high_mag,
+                geometry.high_px,
+                high_level,
+                layout.high_file(source.slide_id),
+            ),
+            (
+                feats_low,
+                plan.coords_low,
+                geometry.low_mag,
+                geometry.low_px,
+                low_level,
+                layout.low_file(source.slide_id),
+            ),
+        ):
+            attrs = {
+                **common,
+                "magnification": float(mag_here),
+                "patch_size_level0": int(tile_px),
+                "patch_level": int(level.level),
+                "level_downsample": float(level.downsample),
+                "read_size": int(level.read_size),
+            }
+            write_patch_file(path, feats, coords, attrs)
+        times["write"] = time.perf_counter() - t
+    return SlideResult(
+        slide_id=source.slide_id,
+        status="done",
+        num_low=len(plan.coords_low),
+        num_high=len(plan.coords_high),
+        tissue_fraction=tissue.tissue_fraction,
+        seconds=time.perf_counter() - start,
+        level0_mag=mag,
+        mag_source=mag_source,
+        backend=reader.backend,
+        times=times,
+    )
+
+
+def _stage_dict(stage: StageTimes) -> dict[str, float]:
+    return {
+        "read": stage.read,
+        "resize": stage.resize,
+        "preprocess": stage.preprocess,
+        "wait": stage.wait,
+        "encode": stage.encode,
+    }
+
+
+def write_preview(
+    path: Path, thumb: np.ndarray, mask: np.ndarray, plan: TilePlan, max_side: int = 1600
+) -> None:
+    """PNG of the thumbnail with tissue tinted green, kept 20x tiles outlined thin, kept 5x tiles blue."""
+    from PIL import Image, ImageDraw
+
+    rgb = thumb.astype(np.float32)
+    tint = np.array([40, 200, 40], dtype=np.float32)
+    rgb[mask] = 0.65 * rgb[mask] + 0.35 * tint
+    image = Image.fromarray(rgb.astype(np.uint8))
+    scale = min(4.0, max_side / max(1, max(image.size)))  # shrink big thumbnails, enlarge tiny ones
+    if scale != 1.0:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(image)
+    px = scale / plan.geometry.mask_downsample  # preview pixels per level-0 pixel
+    for coords, side, colour, width in (
+        (plan.coords_high, plan.geometry.high_px, (255, 160, 0), 1),
+        (plan.coords_low, plan.geometry.low_px, (0, 60, 255), 2),
+    ):
+        for x, y in coords:
+            box = (x * px, y * px, (x + side) * px - 1, (y + side) * px - 1)
+            draw.rectangle(box, outline=colour, width=width)
+    with atomic_path(path, suffix=".png.tmp") as tmp:
+        image.save(tmp, format="PNG")

@@ -1,0 +1,198 @@
+"""Raw slides -> 5x and 20x patch-feature bags: ``DATA_ROOT/<task>_<extractor>/<extractor>_{5x,20x}/<slide>.h5``.
+
+For every slide: tissue segmentation on a thumbnail, nested 5x/20x tiling (each kept 5x tile holds a
+4x4 block of 20x tiles; a 20x tile is kept when it has enough tissue and its 5x parent is kept),
+batched encoding with the image side of the chosen tower, atomic HDF5 output (``features`` [N, D]
+float32, ``coords`` [N, 2] int64 level-0 top-left corners). Finished slides are skipped, so an
+interrupted run resumes; a slide that fails is reported in one line and the others continue (exit
+code 1 when any failed).
+
+    python extract_features.py --slides SLIDES_DIR --data-root R --task tcga_brca --feature-extractor plip
+    python create_hierarchical_features.py --dataset-root-path R --dataset-name tcga_brca \
+        --feature-extractor-name plip --low-mag 5 --high-mag 20 --max-patches 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from datasets.features import FeatureLayout
+from datasets.wsi.pipeline import ExtractOptions, SlideResult, extract_slide, is_finished
+from datasets.wsi.sources import SlideSource, find_slides
+from utils.errors import InputError, run_cli
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--slides", required=True, help="folder of slide files (searched recursively) or a CSV"
+    )
+    parser.add_argument(
+        "--slide-dir", default=None, help="where a CSV without a 'path' column finds <slide_id>.<ext>"
+    )
+    parser.add_argument("--data-root", required=True, help="DATA_ROOT; output goes to <task>_<extractor>/")
+    parser.add_argument("--task", required=True, help="task name used in the output folder, e.g. tcga_brca")
+    parser.add_argument(
+        "--feature-extractor", required=True, help="plip, quiltnet, conch or an open_clip model name"
+    )
+    parser.add_argument("--weights", default=None, help="hub name, local folder or checkpoint of the tower")
+    parser.add_argument("--level0-mag", type=float, default=None, help="level-0 magnification of every slide")
+    parser.add_argument(
+        "--min-tissue", type=float, default=0.25, help="minimum tissue fraction of a kept tile"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="background tile-reader threads (0: inline)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)"
+    )
+    parser.add_argument(
+        "--thumbnails", action="store_true", help="write thumbnails/<slide>.png (mask and tiles)"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="process at most N slides (in listing order)")
+    return parser.parse_args(argv)
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """One-line :class:`InputError` for a bad flag, before any heavy work."""
+    if not _SAFE_NAME.match(args.feature_extractor):
+        raise InputError(
+            f"--feature-extractor {args.feature_extractor!r}: use letters, digits and . _ + - only"
+        )
+    if not _SAFE_NAME.match(args.task):
+        raise InputError(f"--task {args.task!r}: use letters, digits and . _ + - only")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {args.workers}")
+    if not 0 < args.min_tissue <= 1:
+        raise InputError(f"--min-tissue must be in (0, 1], got {args.min_tissue}")
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {args.limit}")
+    if args.level0_mag is not None and not args.level0_mag > 0:
+        raise InputError(f"--level0-mag must be positive, got {args.level0_mag}")
+    if args.slide_dir is not None and not Path(args.slide_dir).is_dir():
+        raise InputError(f"--slide-dir {args.slide_dir}: not a folder")
+
+
+def resolve_device_flag(name: str):
+    """``--device`` -> torch.device; an unavailable CUDA device is a flag error."""
+    import torch
+
+    from datasets.wsi.encode import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except RuntimeError as err:
+        raise InputError(f"--device {name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def load_image_tower(extractor: str, weights: str | None, device):
+    """The image side of ``extractor`` (weights from ``weights`` when given), frozen, on ``device``."""
+    from models.towers import load_towers
+
+    try:
+        towers = load_towers(extractor, source=weights, sides=("image",), device=device)
+    except InputError as err:  # the loader names its training-time flag; here the flag is --weights
+        raise InputError(str(err).replace("--text_tower", "--weights")) from None
+    return towers.image.eval()
+
+
+def extract_one(source: SlideSource, layout: FeatureLayout, tower, options: ExtractOptions) -> SlideResult:
+    """Extract one slide with a tile progress bar; any failure becomes a one-line failed result."""
+    bars: list[tqdm] = []
+
+    def tile_progress(total: int, name: str):
+        bars.append(tqdm(total=total, desc=f"tiles {name[:24]}", unit="tile", leave=False, file=sys.stderr))
+        return bars[-1].update
+
+    name = source.path if source.path is not None else source.slide_id
+    try:
+        return extract_slide(source, layout, tower, options, progress=tile_progress)
+    except InputError as err:  # SlideError: unreadable file, unknown magnification, no tissue
+        return SlideResult(source.slide_id, "failed", message=f"{name}: {err}")
+    except Exception as err:  # e.g. a corrupt tile met while reading: report it, go on with the next slide
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        return SlideResult(source.slide_id, "failed", message=f"{name}: {message}")
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+def run_slides(
+    sources: list[SlideSource], layout: FeatureLayout, tower, options: ExtractOptions | None
+) -> list[SlideResult]:
+    """Extract the unfinished slides with a progress bar; print one summary line per slide."""
+    results = []
+    for source in tqdm(sources, desc="slides", unit="slide", file=sys.stderr):
+        if is_finished(layout, source.slide_id) or options is None:
+            result = SlideResult(source.slide_id, "skipped")
+        else:
+            result = extract_one(source, layout, tower, options)
+        tqdm.write(result.summary_line(), file=sys.stderr if result.status == "failed" else sys.stdout)
+        results.append(result)
+    return results
+
+
+def summarize(results: list[SlideResult], seconds: float) -> str:
+    """Final summary: slide counts, tiles, throughput and where the time went."""
+    done = [r for r in results if r.status == "done"]
+    count = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    tiles = sum(r.num_low + r.num_high for r in done)
+    stages: dict[str, float] = {}
+    for r in done:
+        for key, value in r.times.items():
+            stages[key] = stages.get(key, 0.0) + value
+    lines = [
+        f"slides: {count['done']} extracted, {count['skipped']} skipped (already done), {count['failed']} failed",
+        f"tiles: {sum(r.num_low for r in done)} 5x + {sum(r.num_high for r in done)} 20x in {seconds:.1f} s"
+        + (f" ({tiles / seconds:.1f} tiles/s)" if tiles and seconds > 0 else ""),
+    ]
+    if stages:
+        lines.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    validate_args(args)
+    sources = find_slides(args.slides, args.slide_dir)
+    if args.limit is not None:
+        sources = sources[: args.limit]
+    layout = FeatureLayout(Path(args.data_root), args.task, args.feature_extractor)
+    pending = [s for s in sources if not is_finished(layout, s.slide_id)]
+    print(f"{len(sources)} slides, {len(sources) - len(pending)} already done; output in {layout.root}")
+    tower = options = None
+    if pending:  # load the tower only when there is work
+        device = resolve_device_flag(args.device)
+        tower = load_image_tower(args.feature_extractor, args.weights, device)
+        options = ExtractOptions(
+            extractor=args.feature_extractor,
+            weights=args.weights,
+            level0_mag=args.level0_mag,
+            min_tissue=args.min_tissue,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=str(device),
+            amp=args.amp,
+            thumbnails=args.thumbnails,
+        )
+    start = time.perf_counter()
+    results = run_slides(sources, layout, tower, options)
+    print(summarize(results, time.perf_counter() - start))
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,249 @@
+"""Slide reading, tissue segmentation and nested 5x/20x tiling (datasets/wsi), on hand-made inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datasets.wsi.reader import (
+    SlideError,
+    available_backends,
+    best_level_for_downsample,
+    open_slide,
+    read_downsampled,
+)
+from datasets.wsi.synthetic import expected_tiles, synthetic_image, write_pyramid_tiff
+from datasets.wsi.tiling import TileGeometry, choose_level, plan_tiles, resolve_level0_mag, tissue_fractions
+from datasets.wsi.tissue import (
+    TissueParams,
+    fill_small_holes,
+    majority_filter,
+    otsu_threshold,
+    pen_mask,
+    remove_small_objects,
+    rgb_to_hsv,
+    saturation_u8,
+    segment_tissue,
+)
+
+# ----------------------------------------------------------------------------------------------- tissue
+
+
+def test_otsu_threshold_splits_two_levels_and_matches_brute_force():
+    values = np.array([10] * 100 + [200] * 60, dtype=np.uint8)
+    # any t in [10, 199] separates the two levels perfectly; argmax takes the first
+    assert otsu_threshold(values) == 10
+    rng = np.random.default_rng(0)
+    mixed = np.concatenate([rng.normal(40, 8, 500), rng.normal(150, 15, 300)]).clip(0, 255).astype(np.uint8)
+
+    def between(t: int) -> float:  # direct definition: w0 * w1 * (mu0 - mu1)^2
+        lo, hi = mixed[mixed <= t].astype(float), mixed[mixed > t].astype(float)
+        if lo.size == 0 or hi.size == 0:
+            return -1.0
+        return lo.size * hi.size / mixed.size**2 * (lo.mean() - hi.mean()) ** 2
+
+    best = max(range(256), key=between)
+    assert otsu_threshold(mixed) == best
+
+
+def test_median_blur_then_threshold_equals_majority_of_threshold():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    sat = rng.integers(0, 256, size=(40, 50), dtype=np.uint8)
+    for t in (30, 128, 200):
+        expected = ndimage.median_filter(sat, size=7, mode="nearest") > t
+        np.testing.assert_array_equal(majority_filter(sat > t, 7), expected)
+
+
+def test_saturation_u8_matches_float_hsv():
+    rgb = np.random.default_rng(2).integers(0, 256, size=(30, 30, 3), dtype=np.uint8)
+    _, s, _ = rgb_to_hsv(rgb)
+    value, low = rgb.max(axis=2).astype(float), rgb.min(axis=2).astype(float)
+    expected = np.floor((value - low) * 255 / np.maximum(value, 1) + 0.5)  # round half up
+    np.testing.assert_array_equal(saturation_u8(rgb), expected)
+    assert np.abs(saturation_u8(rgb) - s * 255).max() <= 0.5 + 1e-3
+
+
+def test_pen_mask_flags_blue_green_black_but_not_stain():
+    pixels = np.array(
+        [
+            [40, 70, 170],  # blue marker
+            [60, 160, 80],  # green marker
+            [30, 30, 45],  # black marker
+            [214, 140, 190],  # eosin pink
+            [120, 90, 170],  # hematoxylin purple
+            [242, 242, 240],  # glass
+        ],
+        dtype=np.uint8,
+    )[None]
+    assert pen_mask(pixels)[0].tolist() == [True, True, True, False, False, False]
+
+
+def test_remove_small_objects_and_fill_small_holes():
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[2:4, 2:4] = True  # 4 px object
+    mask[8:18, 8:18] = True  # 100 px object ...
+    mask[12:14, 12:14] = False  # ... with a 4 px hole
+    mask[0:3, 15:20] = False
+    kept = remove_small_objects(mask, min_size=5)
+    assert not kept[2:4, 2:4].any() and kept[8:12, 8:18].all()
+    filled = fill_small_holes(kept, max_size=4)
+    assert filled[12:14, 12:14].all()
+    assert not fill_small_holes(kept, max_size=3)[12:14, 12:14].any()
+    # background touching the border is never a hole
+    assert not fill_small_holes(kept, max_size=10_000)[0, 0]
+
+
+def test_segment_tissue_excludes_pen_and_keeps_stain():
+    thumb = synthetic_image(tile_px=32)[::2, ::2]  # 128 x 128, 16 px per 20x tile
+    tissue = segment_tissue(thumb, TissueParams.for_tile(16))
+    # tissue A occupies x [16, 112), y [16, 48); the blue pen band x [80, 128), y [88, 112)
+    assert tissue.mask[20:44, 20:108].mean() > 0.99
+    assert tissue.mask[90:110, 82:126].sum() == 0
+    assert tissue.pen_fraction > 0
+    without_pen = segment_tissue(thumb, TissueParams.for_tile(16, exclude_pen=False))
+    assert without_pen.mask[90:110, 82:126].mean() > 0.9
+
+
+# ----------------------------------------------------------------------------------------------- tiling
+
+
+def test_geometry_sides_at_40x_and_20x():
+    g40, g20 = TileGeometry(40), TileGeometry(20)
+    assert (g40.low_px, g40.high_px, g40.children_per_side, g40.mask_downsample) == (2048, 512, 4, 32)
+    assert (g20.low_px, g20.high_px, g20.children_per_side, g20.mask_downsample) == (1024, 256, 4, 16)
+    with pytest.raises(SlideError, match="below"):
+        TileGeometry(10)
+
+
+def test_plan_tiles_selection_rule_by_hand():
+    geometry = TileGeometry(20)  # 5x tile 1024 px, 20x tile 256 px, 16 mask px per 20x tile
+    slide = (2048 + 100, 1024 + 500)  # 2 x 1 full 5x tiles; the margins are never tiled
+    mask = np.zeros((slide[1] // 16, slide[0] // 16), dtype=bool)
+    cell = 16
+
+    def fill(col: int, row: int, frac: float = 1.0) -> None:  # fill the left part of one 20x cell
+        mask[row * cell : (row + 1) * cell, col * cell : col * cell + int(cell * frac)] = True
+
+    for col, row in [(0, 0), (1, 0), (2, 0), (0, 1)]:  # 4/16 in 5x tile (0, 0): kept (>= 0.25)
+        fill(col, row)
+    fill(3, 3, 0.25)  # a 25%-tissue child of the kept tile: kept
+    fill(2, 2, 0.125)  # 12.5%: dropped
+    for col, row in [(4, 0), (5, 1), (6, 2)]:  # 3/16 in 5x tile (1, 0): dropped with its full children
+        fill(col, row)
+    mask[0:cell, 2048 // 16 :] = True  # tissue in the right margin (outside the grid): ignored
+    plan = plan_tiles(mask, geometry, slide, min_tissue=0.25)
+
+    assert plan.grid_low == (1, 2)
+    assert plan.coords_low.tolist() == [[0, 0]]
+    assert plan.coords_high.tolist() == [[0, 0], [256, 0], [512, 0], [0, 256], [768, 768]]
+    assert plan.coords_low.dtype == np.int64 and plan.coords_high.dtype == np.int64
+    assert plan.parent_of_high.tolist() == [0] * 5
+    np.testing.assert_allclose(plan.tissue_low, [(4 + 0.25 + 0.125) / 16])
+    np.testing.assert_allclose(plan.tissue_high, [1, 1, 1, 1, 0.25])
+
+
+def test_every_kept_5x_tile_has_a_kept_child_and_children_nest():
+    rng = np.random.default_rng(3)
+    geometry = TileGeometry(40)
+    slide = (2048 * 5, 2048 * 4)
+    mask = rng.random((slide[1] // 32, slide[0] // 32)) < rng.random((slide[1] // 32, 1)) * 0.6
+    plan = plan_tiles(mask, geometry, slide, min_tissue=0.25)
+    assert len(plan.coords_low) > 0
+    assert set(plan.parent_of_high.tolist()) == set(range(len(plan.coords_low)))
+    parents = plan.coords_low[plan.parent_of_high]
+    delta = plan.coords_high - parents
+    assert ((delta >= 0) & (delta < geometry.low_px)).all()
+    assert (plan.coords_low % 2048 == 0).all() and (plan.coords_high % 512 == 0).all()
+    # 5x fraction == mean of its 16 children's fractions
+    frac20 = tissue_fractions(mask, 16, 20, 16)
+    np.testing.assert_allclose(
+        plan.tissue_low,
+        [frac20[y // 512 : y // 512 + 4, x // 512 : x // 512 + 4].mean() for x, y in plan.coords_low],
+        rtol=1e-6,
+    )
+
+
+def test_choose_level_picks_largest_downsample_not_above_target():
+    assert best_level_for_downsample([1.0, 4.0, 16.0], 8.0) == 1
+    assert best_level_for_downsample([1.0, 4.0, 16.0], 0.5) == 0
+    g = TileGeometry(40)
+    low, high = choose_level([1.0, 4.0, 16.0], g.low_px), choose_level([1.0, 4.0, 16.0], g.high_px)
+    assert (low.level, low.read_size, low.exact) == (1, 512, False)
+    assert (high.level, high.read_size, high.exact) == (0, 512, False)
+    rounded = choose_level([1.0, 4.0002, 16.003], g.low_px)  # pyramids round level sizes
+    assert (rounded.level, rounded.read_size) == (1, 512)
+    exact = choose_level([1.0, 2.0, 8.0, 32.0], g.low_px)
+    assert (exact.level, exact.read_size, exact.exact) == (2, 256, True)
+    g20 = TileGeometry(20)
+    assert choose_level([1.0, 4.0, 16.0], g20.low_px).exact and choose_level([1.0, 4.0], g20.high_px).exact
+
+
+def test_resolve_level0_mag_precedence():
+    assert resolve_level0_mag(20, 40, 40, 0.25) == (20, "--level0-mag")
+    assert resolve_level0_mag(None, 20, 40, 0.25) == (20, "csv")
+    assert resolve_level0_mag(None, None, 40.0, 0.5) == (40, "metadata")
+    assert resolve_level0_mag(None, None, None, 0.49) == (20, "mpp")
+    assert resolve_level0_mag(None, None, None, 0.26) == (40, "mpp")
+    with pytest.raises(SlideError, match="--level0-mag"):
+        resolve_level0_mag(None, None, None, 0.35)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+@pytest.fixture(scope="module")
+def small_slides(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slides")
+    image = synthetic_image(tile_px=64)  # 512 x 512
+    svs = write_pyramid_tiff(folder / "a.svs", image, downsamples=(1, 4), objective_power=40)
+    tif = write_pyramid_tiff(folder / "g.tif", image, downsamples=(1, 4))
+    return image, svs, tif
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide", "tifffile"])
+def test_backends_read_identical_pixels_and_white_outside(small_slides, backend):
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    image, svs, tif = small_slides
+    for path in (svs, tif):
+        with open_slide(path, backends=(backend,)) as reader:
+            assert reader.backend == backend
+            assert reader.level_dimensions == [(512, 512), (128, 128)]
+            np.testing.assert_allclose(reader.level_downsamples, [1.0, 4.0])
+            np.testing.assert_array_equal(reader.read_region((100, 37), 0, (80, 50)), image[37:87, 100:180])
+            np.testing.assert_array_equal(
+                reader.read_region((64, 128), 1, (16, 8)), image[::4, ::4][32:40, 16:32]
+            )
+            edge = reader.read_region((480, 500), 0, (64, 64))
+            np.testing.assert_array_equal(edge[:12, :32], image[500:, 480:])
+            assert (edge[12:] == 255).all() and (edge[:, 32:] == 255).all()
+    with open_slide(svs, backends=(backend,)) as reader:
+        assert (reader.objective_power, reader.mpp) == (40.0, 0.25)
+        thumb = read_downsampled(reader, 8)
+        assert thumb.shape == (64, 64, 3)
+        np.testing.assert_allclose(thumb[10, 10], image[80:88, 80:88].reshape(-1, 3).mean(0), atol=25)
+
+
+def test_open_slide_rejects_corrupt_file_in_one_line(tmp_path):
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    before = bad.read_bytes()
+    with pytest.raises(SlideError) as info:
+        open_slide(bad)
+    assert "cannot read slide" in str(info.value) and "\n" not in str(info.value)
+    assert bad.read_bytes() == before
+    with pytest.raises(SlideError, match="not found"):
+        open_slide(tmp_path / "missing.svs")
+
+
+def test_synthetic_layout_gives_the_hand_count():
+    """The planted layout (datasets/wsi/synthetic.py) through segmentation + tiling gives the hand count."""
+    image = synthetic_image(tile_px=256)  # 2048 x 2048, 20x tiles of 256 px at level0_mag 20
+    thumb = image.reshape(128, 16, 128, 16, 3).mean(axis=(1, 3)).astype(np.uint8)
+    geometry = TileGeometry(20)
+    plan = plan_tiles(segment_tissue(thumb, TissueParams.for_tile(16)).mask, geometry, (2048, 2048))
+    low, high = expected_tiles()
+    assert {(x // 1024, y // 1024) for x, y in plan.coords_low.tolist()} == low
+    assert {(x // 256, y // 256) for x, y in plan.coords_high.tolist()} == high
