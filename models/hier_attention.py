@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.utils import scatter, softmax
 
 HIER_RELATIONS = ("hier_x20tox5_image", "hier_x5tox20_image", "hier_x20tox5_text", "hier_x5tox20_text")
@@ -49,11 +50,24 @@ class ModalityScaleAttention(nn.Module):
         k = self.k_projs[relation](key + emb[key_scale])
         return q, k
 
-    def dense(self, relation: str, query, key, query_scale: int, key_scale: int) -> torch.Tensor:
-        """``MHA(q, k, k)`` with all-to-all attention (released behaviour)."""
+    def dense(
+        self, relation: str, query, key, query_scale: int, key_scale: int, chunk: int = 0
+    ) -> torch.Tensor:
+        """``MHA(q, k, k)`` with all-to-all attention (released behaviour).
+
+        With ``chunk > 0`` the queries are processed in blocks of ``chunk`` rows whose attention maps are
+        recomputed in the backward pass (activation checkpointing): the same result with memory
+        O(chunk x N_keys) instead of O(N_queries x N_keys).
+        """
         q, k = self._project(relation, query, key, query_scale, key_scale)
-        out, _ = self.mha(q, k, k, need_weights=False)
-        return out
+        if chunk <= 0 or q.shape[0] <= chunk:
+            return self.mha(q, k, k, need_weights=False)[0]
+
+        def block(q_part, k_all):
+            return self.mha(q_part, k_all, k_all, need_weights=False)[0]
+
+        parts = [checkpoint(block, q_part, k, use_reentrant=False) for q_part in q.split(chunk)]
+        return torch.cat(parts, dim=0)
 
     def sparse(
         self, relation: str, query, key, query_scale: int, key_scale: int, edge_index: torch.Tensor

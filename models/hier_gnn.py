@@ -39,7 +39,7 @@ _CONV_EDGE_TYPES = (
 
 class HierGraphLayer(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, num_heads: int = 2, dense_attention: bool = True,
-                 double_residual: bool = True):
+                 double_residual: bool = True, attention_chunk: int = 0):
         super().__init__()
         if in_dim != out_dim:
             raise ValueError("the residual update needs in_dim == out_dim")
@@ -47,6 +47,7 @@ class HierGraphLayer(nn.Module):
         self.attn = ModalityScaleAttention(in_dim, num_heads)
         self.dense_attention = dense_attention
         self.double_residual = double_residual
+        self.attention_chunk = attention_chunk
 
     def forward(self, graph: HeteroData, h: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         new_h = {t: x.clone() for t, x in h.items()}
@@ -57,7 +58,7 @@ class HierGraphLayer(nn.Module):
                 continue
             src, rel, dst = et
             if self.dense_attention:
-                out = self.attn.dense(rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src])
+                out = self.attn.dense(rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], self.attention_chunk)
             else:
                 out = self.attn.sparse(rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], graph[et].edge_index)
             # Released: new_h += (h_dst + out), so h_dst is counted twice in the update.
@@ -70,10 +71,11 @@ class HierGraphLayer(nn.Module):
 class HierHeteroGNN(nn.Module):
     """layer1 -> ReLU -> layer2 -> L2 normalise, for all four node types."""
 
-    def __init__(self, dim: int, num_heads: int = 2, dense_attention: bool = True, double_residual: bool = True):
+    def __init__(self, dim: int, num_heads: int = 2, dense_attention: bool = True, double_residual: bool = True,
+                 attention_chunk: int = 0):
         super().__init__()
-        self.layer1 = HierGraphLayer(dim, dim, num_heads, dense_attention, double_residual)
-        self.layer2 = HierGraphLayer(dim, dim, num_heads, dense_attention, double_residual)
+        self.layer1 = HierGraphLayer(dim, dim, num_heads, dense_attention, double_residual, attention_chunk)
+        self.layer2 = HierGraphLayer(dim, dim, num_heads, dense_attention, double_residual, attention_chunk)
 
     def forward(self, graph: HeteroData, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h = self.layer1(graph, features)

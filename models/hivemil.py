@@ -85,6 +85,7 @@ class HiveMIL(SlideClassifier):
             num_heads=options.num_heads,
             dense_attention=sw.hier_attention == "dense",
             double_residual=sw.attn_residual == "double",
+            attention_chunk=options.attention_chunk,
         )
         self._register_state_dict_hook(_drop_tower_keys)
 
@@ -107,11 +108,13 @@ class HiveMIL(SlideClassifier):
     # ----- slide side ------------------------------------------------------------------------------
     def _select_children(self, bag: SlideBag, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """20x node features and each node's 5x parent, for the kept 5x patches ``parents``."""
-        rows = bag.x20[parents]  # [P, M, D]
+        rows, valid = bag.x20[parents], bag.child_mask[parents]  # [P, M, D], [P, M]
+        cap = self.options.max_children
+        if 0 < cap < rows.shape[1]:
+            rows, valid = cap_children(rows, valid, cap)
         owner = parents[:, None].expand(-1, rows.shape[1])
         if self.options.switches.padded_children == "keep":
             return rows.reshape(-1, rows.shape[-1]), owner.reshape(-1)
-        valid = bag.child_mask[parents]
         return rows[valid], owner[valid]
 
     def forward(self, bag: SlideBag, cache: TextFeatures | None = None) -> ModelOutput:
@@ -178,6 +181,17 @@ class HiveMIL(SlideClassifier):
         return result
 
 
+def cap_children(rows: torch.Tensor, valid: torch.Tensor, cap: int, seed: int = 0):
+    """Keep at most ``cap`` real children per row: a seeded random subset, real children first.
+
+    The choice depends only on ``seed`` and the row's child validity pattern, not on the device.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand(valid.shape, generator=gen).to(valid.device)
+    order = torch.argsort(noise - 2.0 * valid.to(noise.dtype), dim=1)[:, :cap]  # valid ones sort first
+    return rows.gather(1, order.unsqueeze(-1).expand(-1, -1, rows.shape[-1])), valid.gather(1, order)
+
+
 def _drop_tower_keys(module, state_dict, prefix, local_metadata):
     for key in [k for k in state_dict if k.startswith(prefix + TOWER_PREFIX)]:
         del state_dict[key]
@@ -200,6 +214,8 @@ def options_from_config(config) -> HiveMILOptions:
         contrastive_lambda=float(getattr(config, "contrastive_lambda", 0.5)),
         low_mag=mag(getattr(config, "low_mag", None), 5),
         high_mag=mag(getattr(config, "high_mag", None), 20),
+        max_children=int(getattr(config, "max_children", 0) or 0),
+        attention_chunk=int(getattr(config, "attention_chunk", 0) or 0),
         switches=switches_from_namespace(config),
     )
 

@@ -86,6 +86,8 @@ class HiveMILOptions:
     num_heads: int = 2
     topk_high: int = 100
     topk_low: int = 2
+    max_children: int = 0  # >0: use at most this many 20x children per kept 5x patch (seeded subset)
+    attention_chunk: int = 0  # >0: dense attention over query chunks of this size, recomputed in backward
     switches: VariantSwitches = VariantSwitches()
 
     @property
@@ -107,6 +109,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=VARIANTS,
         default="reference",
         help="reference: reproduce the released code (default); corrected: fix every listed behaviour",
+    )
+    group.add_argument(
+        "--max-children",
+        dest="max_children",
+        type=int,
+        default=0,
+        help="use at most this many 20x children per kept 5x patch (seeded subset; 0 = all)",
+    )
+    group.add_argument(
+        "--attention-chunk",
+        dest="attention_chunk",
+        type=int,
+        default=0,
+        help="dense hierarchical attention in query chunks of this size, recomputed in backward "
+        "(bounds memory of --hier-attention dense; 0 = one block)",
     )
     for name, choices in SWITCHES.items():
         group.add_argument(

@@ -192,3 +192,33 @@ def test_htcl_value_both_variants_by_hand():
     got = hierarchical_text_contrastive_loss(coarse, fine, num_classes=2, negatives="real")
     assert got.item() == pytest.approx(real.item(), abs=1e-6)
     assert real.item() != pytest.approx(zero.item(), abs=1e-3)
+
+
+def test_chunked_dense_attention_equals_one_block_values_and_grads():
+    torch.manual_seed(3)
+    attn = ModalityScaleAttention(8, num_heads=2)
+    query = torch.randn(11, 8, requires_grad=True)
+    key = torch.randn(7, 8, requires_grad=True)
+    full = attn.dense("hier_x5tox20_text", query, key, 1, 0)
+    full.square().sum().backward()
+    grads_full = (query.grad.clone(), key.grad.clone(), attn.mha.in_proj_weight.grad.clone())
+    for t in (query, key, attn.mha.in_proj_weight):
+        t.grad = None
+    chunked = attn.dense("hier_x5tox20_text", query, key, 1, 0, chunk=4)
+    chunked.square().sum().backward()
+    assert torch.allclose(full, chunked, atol=1e-6)
+    for a, b in zip(grads_full, (query.grad, key.grad, attn.mha.in_proj_weight.grad)):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_cap_children_keeps_real_children_first_and_is_seeded():
+    from models.hivemil import cap_children
+
+    valid = torch.tensor([[True, False, True, True, False], [False, False, False, False, True]])
+    rows = torch.arange(10.0).reshape(2, 5, 1)
+    r1, v1 = cap_children(rows, valid, 2)
+    r2, v2 = cap_children(rows, valid, 2)
+    assert torch.equal(r1, r2) and torch.equal(v1, v2)
+    assert v1[0].all()  # row 0 has 3 real children: two of them are kept
+    assert set(r1[0, :, 0].tolist()) <= {0.0, 2.0, 3.0}
+    assert v1[1].tolist().count(True) == 1 and 4.0 in r1[1, :, 0].tolist()  # the single real child survives
