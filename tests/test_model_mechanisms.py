@@ -221,4 +221,4 @@ def test_cap_children_keeps_real_children_first_and_is_seeded():
     assert torch.equal(r1, r2) and torch.equal(v1, v2)
     assert v1[0].all()  # row 0 has 3 real children: two of them are kept
     assert set(r1[0, :, 0].tolist()) <= {0.0, 2.0, 3.0}
-    assert v1[1].tolist().count(True) == 1 and 4.0 in r1[1, :, 0].tolist()  # the single real child survives
+    assert v1[1].tolist().count(True) == 1 and 9.0 in r1[1, :, 0].tolist()  # the single real child survives
