@@ -15,13 +15,17 @@ from __future__ import annotations
 import torch
 
 
+def topk_text_scores(image: torch.Tensor, text: torch.Tensor, k_max: int, scale: torch.Tensor) -> torch.Tensor:
+    """[C*K] per-text scores: ``scale *`` mean of the top-k image similarities of each text (0 without images)."""
+    sim = image @ text.t()
+    k = min(k_max, sim.shape[0])
+    if k == 0:
+        return sim.new_zeros(sim.shape[1])
+    return scale * torch.topk(sim, k, dim=0).values.mean(0)
+
+
 def topk_class_logits(
     image: torch.Tensor, text: torch.Tensor, num_classes: int, k_max: int, scale: torch.Tensor
 ) -> torch.Tensor:
     """[C] logits: per text, mean of the top-k image similarities; per class, mean over its texts."""
-    sim = image @ text.t()
-    k = min(k_max, sim.shape[0])
-    if k == 0:
-        return sim.new_zeros(num_classes)
-    per_text = scale * torch.topk(sim, k, dim=0).values.mean(0)
-    return per_text.reshape(num_classes, -1).mean(1)
+    return topk_text_scores(image, text, k_max, scale).reshape(num_classes, -1).mean(1)

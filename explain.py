@@ -1,0 +1,69 @@
+"""Explain one slide's HiVE-MIL prediction: description contributions, slide heatmaps, 5x -> 20x drill-down.
+
+    python explain.py --checkpoint RESULTS/<task>/<extractor>/<shots>/<run> --slide SLIDE_ID [--fold 0] \\
+        [--config config.json] [--out DIR] [--top 5]
+
+``--checkpoint`` is a run folder (``config.json`` + ``s_<fold>_checkpoint.pt``) or a checkpoint file
+(its folder's ``config.json`` unless ``--config`` is given). Writes ``contributions_5x.png``,
+``contributions_20x.png``, ``heatmap_5x.png``, ``heatmap_20x.png``, ``drilldown.csv`` and
+``explanation.json`` (all numbers) into ``--out`` (default ``<run folder>/explanations/fold_<k>/<slide>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from utils.errors import InputError, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="explain.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file (PATH_OR_RUN_DIR)")
+    p.add_argument("--config", default=None, help="the run's config.json (default: next to the checkpoint)")
+    p.add_argument(
+        "--fold", type=int, default=0, help="fold whose checkpoint is loaded from a run folder (default: 0)"
+    )
+    p.add_argument("--slide", required=True, help="slide id (a row of the task's dataset CSV)")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/explanations/fold_<k>/<slide>)")
+    p.add_argument("--top", type=int, default=5, help="top patches listed per description (default: 5)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top < 1:
+        raise InputError(f"--top must be >= 1, got {args.top}")
+    from interpretability.attribution import explain_slide
+    from interpretability.loading import (
+        load_prompts,
+        load_run,
+        load_slide,
+        read_run_config,
+        resolve_run_files,
+        run_task,
+    )
+    from interpretability.plots import save_report
+
+    files = resolve_run_files(args.checkpoint, args.fold, config=args.config)
+    # Cheap checks first (model type, task, slide, prompts), then the model.
+    config = read_run_config(files.config)
+    task = run_task(config)
+    bag = load_slide(config, task, args.slide)
+    prompts = load_prompts(config, task)
+    model, task, config = load_run(files.config, args.fold, checkpoint=files.checkpoint)
+    explanation = explain_slide(model, bag, task.class_names, prompts, top_n=args.top)
+    out = (
+        Path(args.out)
+        if args.out
+        else files.checkpoint.parent / "explanations" / f"fold_{args.fold}" / args.slide
+    )
+    save_report(explanation, out)
+    probs = ", ".join(f"{n} {p:.3f}" for n, p in zip(task.class_names, explanation.probabilities))
+    print(f"slide {args.slide}: predicted {explanation.predicted_name} ({probs}); wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,249 @@
+"""From a finished ``main.py`` run to a model, its prompts and one slide.
+
+A run folder (``results_dir/<task>/<extractor>/<shots>/<exp_code>_s<seed>/``) holds ``config.json``
+(the resolved run config under ``"config"``) and ``s_<fold>_checkpoint.pt`` per fold. The model is
+rebuilt from the config exactly as training built it (:func:`models.registry.build_model`: same text
+tower, prompts and variant switches) and the fold's learned state is loaded into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from datasets.bag import SlideBag
+from datasets.tasks import PROJECT_ROOT, TaskSpec, get_task
+from utils.config import RunConfig
+from utils.errors import InputError
+from utils.prompt_file import HierarchicalPrompts, load_prompt_file
+
+CONFIG_FILE = "config.json"
+SUPPORTED_MODEL = "HiVE_MIL"
+QUICK_DEMO_DIRNAME = "interpretability_demo"
+
+
+def checkpoint_name(fold: int) -> str:
+    """Published checkpoint name of fold ``fold``."""
+    return f"s_{fold}_checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The config and checkpoint files of one fold of a run."""
+
+    config: Path
+    checkpoint: Path
+
+
+def resolve_run_files(
+    path: str | Path, fold: int = 0, checkpoint: str | Path | None = None, config: str | Path | None = None
+) -> RunFiles:
+    """Find config and checkpoint from a run folder, a ``config.json`` or a checkpoint file.
+
+    ``config``/``checkpoint`` override what ``path`` implies; both files must exist (one-line errors).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{path}: no such run folder, config.json or checkpoint")
+    if fold < 0:
+        raise InputError(f"--fold must be >= 0, got {fold}")
+    if path.is_dir():
+        run_dir, implied_config, implied_ckpt = path, path / CONFIG_FILE, path / checkpoint_name(fold)
+    elif path.suffix.lower() == ".json":
+        run_dir, implied_config, implied_ckpt = path.parent, path, path.parent / checkpoint_name(fold)
+    else:
+        run_dir, implied_config, implied_ckpt = path.parent, path.parent / CONFIG_FILE, path
+    config_path = Path(config).expanduser() if config is not None else implied_config
+    ckpt_path = Path(checkpoint).expanduser() if checkpoint is not None else implied_ckpt
+    if not config_path.is_file():
+        raise InputError(f"{config_path}: run config not found (pass the run folder or --config config.json)")
+    if not ckpt_path.is_file():
+        raise InputError(f"{ckpt_path}: checkpoint not found (fold {fold} of run {run_dir})")
+    return RunFiles(config=config_path, checkpoint=ckpt_path)
+
+
+def read_run_config(path: str | Path) -> RunConfig:
+    """The :class:`RunConfig` stored in a run's ``config.json`` (or a bare config dict); HiVE-MIL runs only."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot read run config ({err})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object with the run config")
+    try:
+        config = RunConfig.from_dict(data)
+    except TypeError as err:
+        raise InputError(f"{path}: not a run config ({err})") from None
+    if not config.task:
+        raise InputError(f"{path}: the run config names no task")
+    if config.model_type != SUPPORTED_MODEL:
+        raise InputError(
+            f"{path}: model_type {config.model_type!r} is not {SUPPORTED_MODEL}; only HiVE-MIL runs can be explained"
+        )
+    return config
+
+
+def run_task(config: RunConfig) -> TaskSpec:
+    """The task of a run (the demo task from the demo tree the run's features live in)."""
+    if config.task == "demo" and config.data_root_dir:
+        from datasets.demo import MARKER, ensure_demo_data
+
+        root = Path(config.resolve_path(config.data_root_dir)).parent
+        try:
+            seed = int(json.loads((root / MARKER).read_text(encoding="utf-8"))["seed"])
+        except (OSError, ValueError, KeyError, TypeError):
+            seed = None
+        if seed is not None:
+            return ensure_demo_data(root, seed=seed).task
+    return get_task(
+        config.task,
+        csv_dir=config.resolve_path(config.csv_dir),
+        prompt_dir=config.resolve_path(config.prompt_dir),
+        llm=config.LLM,
+    )
+
+
+def load_run(
+    results_dir_or_config: str | Path,
+    fold: int = 0,
+    checkpoint: str | Path | None = None,
+    config: str | Path | None = None,
+    device: str | torch.device = "cpu",
+):
+    """Rebuild a run's HiVE-MIL model and load fold ``fold``'s checkpoint; returns ``(model, task, config)``.
+
+    Args:
+        results_dir_or_config: the run folder, its ``config.json``, or a checkpoint file next to one.
+        fold: which ``s_<fold>_checkpoint.pt`` to load (ignored when ``checkpoint`` is given).
+        checkpoint: explicit checkpoint file (ours or a released one, see :mod:`models.convert_checkpoint`).
+        config: explicit ``config.json``.
+        device: where the model goes (eval mode).
+    """
+    from models.convert_checkpoint import load_model_state
+    from models.registry import build_model
+
+    files = resolve_run_files(results_dir_or_config, fold, checkpoint, config)
+    run_config = read_run_config(files.config)
+    task = run_task(run_config)
+    model = build_model(run_config.model_type, run_config, task)
+    load_model_state(model, files.checkpoint)
+    return model.to(device).eval(), task, run_config
+
+
+def load_prompts(config: RunConfig, task: TaskSpec) -> HierarchicalPrompts:
+    """The run's hierarchical prompts (the texts behind the model's description columns)."""
+    return load_prompt_file(
+        task.prompt_file(config.LLM),
+        class_names=task.class_names,
+        n_coarse=config.num_low_mag_texts,
+        n_fine_per_coarse=config.num_high_mag_subtexts,
+    )
+
+
+def first_test_slide(config: RunConfig, task: TaskSpec, fold: int = 0) -> str:
+    """The first test slide of fold ``fold``'s split file."""
+    from datasets.splits import read_split, split_csv_path
+
+    path = split_csv_path(config.resolve_path(config.splits_root), task.name, config.few_shot_num, fold)
+    split = read_split(path)
+    if not split.test:
+        raise InputError(f"{path}: no test slides")
+    return split.test[0]
+
+
+def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
+    """Read one slide of the run's task (label and ``level0_mag`` from the dataset CSV into the bag)."""
+    from datasets.dataset_csv import read_dataset_csv
+    from datasets.features import FeatureLayout, missing_feature_slides, read_slide_bag
+
+    frame = read_dataset_csv(task.csv_path, task)
+    rows = frame[frame["slide_id"].astype(str) == str(slide_id)]
+    if rows.empty:
+        raise InputError(
+            f"--slide {slide_id}: not in {task.csv_path} (task {task.name}, {len(frame)} slides)"
+        )
+    row = rows.iloc[0]
+    layout = FeatureLayout(
+        config.resolve_path(config.data_root_dir),
+        task.name,
+        config.feature_extractor,
+        config.low_mag,
+        config.high_mag,
+    )
+    if missing_feature_slides(layout, [str(slide_id)]):
+        raise InputError(
+            f"--slide {slide_id}: feature files missing ({layout.low_file(slide_id)} / {layout.hier_file(slide_id)})"
+        )
+    bag = read_slide_bag(layout, str(slide_id), int(row["label_idx"]), expected_dim=config.feature_dim)
+    bag.meta["level0_mag"] = int(row["level0_mag"])
+    return bag
+
+
+# ------------------------------------------------------------------------------------------ demo run
+
+
+def demo_run_dir(results_dir: str | Path) -> Path:
+    """Where ``python main.py --task demo --results_dir results_dir`` puts its run."""
+    from datasets import demo
+
+    config = RunConfig(task="demo", feature_extractor=demo.EXTRACTOR, few_shot_num=demo.FEW_SHOT_NUM)
+    config.results_dir = str(results_dir)
+    return config.run_dir
+
+
+def _has_fold(run_dir: Path, fold: int) -> bool:
+    return (run_dir / CONFIG_FILE).is_file() and (run_dir / checkpoint_name(fold)).is_file()
+
+
+def ensure_demo_run(
+    max_epochs: int = 3,
+    fold: int = 0,
+    results_dir: str | Path | None = None,
+    train: Callable[[list[str]], int | None] | None = None,
+) -> Path:
+    """A demo run folder with fold ``fold``: the one ``python main.py --task demo`` made, else a quick one.
+
+    The default run (``./results`` or ``<project>/results``) is used when it holds the fold. Otherwise
+    a short run (``max_epochs`` epochs, that fold only) is trained through ``main.main`` into
+    ``results_dir`` (default ``$HIVEMIL_CACHE`` or ``<project>/cache``, then ``interpretability_demo/
+    e<max_epochs>``), so the default results folder is never touched; a finished quick run is reused.
+    """
+    for root in (Path.cwd() / "results", PROJECT_ROOT / "results"):
+        if _has_fold(demo_run_dir(root), fold):
+            return demo_run_dir(root)
+    if max_epochs < 1:
+        raise InputError(f"max_epochs must be >= 1, got {max_epochs}")
+    if results_dir is None:
+        cache = os.environ.get("HIVEMIL_CACHE")
+        results_dir = (
+            (Path(cache) if cache else PROJECT_ROOT / "cache") / QUICK_DEMO_DIRNAME / f"e{max_epochs}"
+        )
+    run_dir = demo_run_dir(results_dir)
+    if _has_fold(run_dir, fold):
+        return run_dir
+    if train is None:
+        try:
+            from main import main as train
+        except ImportError as err:
+            raise InputError(
+                f"no demo run found and main.py cannot be imported ({err}); train one with "
+                "`python main.py --task demo` or point RUN_DIR at a finished run"
+            ) from None
+    argv = [
+        "--task", "demo", "--max_epochs", str(max_epochs), "--k_start", str(fold), "--k_end", str(fold + 1),
+        "--results_dir", str(results_dir), "--quiet",
+    ]  # fmt: skip
+    code = train(argv)
+    if code not in (0, None) or not _has_fold(run_dir, fold):
+        raise InputError(
+            f"demo training did not produce {run_dir / checkpoint_name(fold)} (exit code {code})"
+        )
+    return run_dir
