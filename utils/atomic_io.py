@@ -31,11 +31,19 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes 0600 files; give the result the usual umask-based mode
+            os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(target: str | Path, text: str, encoding: str = "utf-8") -> None:
