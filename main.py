@@ -1,0 +1,29 @@
+"""Train and evaluate a few-shot WSI classifier (HiVE-MIL by default) over k few-shot folds.
+
+Published command (works unchanged; add ``--text_tower PATH`` to load the text tower offline)::
+
+    python main.py --seed 1 --drop_out --early_stopping --lr 1e-4 --k 5 --few_shot_num 16 \\
+        --feature_extractor plip --feature_dim 512 --bag_loss ce --task tcga_brca \\
+        --results_dir RESULTS --model_type HiVE_MIL --data_root_dir R
+
+``python main.py --task demo`` trains on the generated demo data. See :mod:`utils.config` for every
+flag and :mod:`utils.training` for what a run does and writes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from utils.config import parse_config
+from utils.errors import run_cli
+from utils.training import run_experiment
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    run_experiment(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,376 @@
+"""Training loop pieces (early stopping, sampling, prefetch, evaluation, fit) and a full k-fold run.
+
+The model is a tiny mean-pooling linear classifier registered here under a test-only name; the data
+are small H5 files written in ``tmp_path`` in the published formats.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from datasets.bag import SlideBag
+from datasets.features import FeatureLayout, write_patch_file
+from datasets.splits import Split, split_csv_path, write_split
+from models import registry
+from models.base import ModelOutput, SlideClassifier
+from utils.config import RunConfig
+from utils.early_stopping import EarlyStopping
+from utils.evaluation import EvalResult, evaluate
+from utils.prefetch import prefetch
+from utils.run_logging import RunLog
+from utils.trainer import LoopOptions, build_optimizer, epoch_order, fit, restore_state, snapshot_state
+from utils.training import run_experiment
+
+TEST_MODEL = "test_meanpool"
+DIM = 8
+TASK = "toy"
+CLASSES = ("A", "B")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+class MeanPoolLinear(SlideClassifier):
+    """Mean of 5x features and of real 20x children, scored against per-class "text" vectors.
+
+    ``precompute`` returns the normalised text matrix (slide-independent, like text features).
+    """
+
+    def __init__(self, dim: int, num_classes: int, drop_out: bool = False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.proj = nn.Linear(2 * dim, dim)
+        self.text = nn.Parameter(torch.randn(num_classes, dim) * 0.1)
+        self.frozen = nn.Parameter(torch.ones(1), requires_grad=False)
+        self.dropout = nn.Dropout(0.25 if drop_out else 0.0)
+        self.precompute_calls = 0
+        self.seen_caches: list[object] = []
+
+    def precompute(self):
+        self.precompute_calls += 1
+        return self.text / self.text.norm(dim=1, keepdim=True)
+
+    def forward(self, bag: SlideBag, cache=None) -> ModelOutput:
+        self.seen_caches.append(cache)
+        text = cache if cache is not None else self.text / self.text.norm(dim=1, keepdim=True)
+        mask = bag.child_mask[..., None].float()
+        x20 = (bag.x20 * mask).sum(dim=(0, 1)) / mask.sum().clamp(min=1)
+        h = self.proj(self.dropout(torch.cat([bag.x5.mean(0), x20])))
+        logits = (h @ text.T)[None] * 5
+        return ModelOutput(logits=logits, aux_loss=0.01 * self.text.pow(2).mean())
+
+
+def _build_test_model(config, task):
+    return MeanPoolLinear(config.feature_dim, task.num_classes, config.drop_out)
+
+
+if TEST_MODEL not in registry._BUILDERS:
+    registry.register_model(TEST_MODEL)(_build_test_model)
+
+
+def write_slide(
+    layout: FeatureLayout, slide_id: str, label: int, rng: np.random.Generator, dim: int = DIM
+) -> None:
+    """One slide: N5 5x patches (published-format hierarchical file, rows aligned with the 5x file)."""
+    n5 = int(rng.integers(2, 5))
+    shift = 1.5 if label == 1 else -1.5
+    x5 = rng.normal(shift, 1.0, size=(n5, dim)).astype(np.float32)
+    coords5 = np.stack([np.arange(n5) * 2048, np.zeros(n5)], axis=1).astype(np.int64)
+    x20 = np.zeros((n5, 16, dim), dtype=np.float32)
+    coords20 = np.zeros((n5, 16, 2), dtype=np.int64)
+    for i in range(n5):
+        m = int(rng.integers(1, 17))
+        x20[i, :m] = rng.normal(shift, 1.0, size=(m, dim))
+        coords20[i, :m] = coords5[i] + np.stack([np.arange(m) % 4 * 512, np.arange(m) // 4 * 512], axis=1)
+    write_patch_file(layout.low_file(slide_id), x5, coords5)
+    layout.hier_dir.mkdir(parents=True, exist_ok=True)
+    with h5py.File(layout.hier_file(slide_id), "w") as f:
+        f.create_dataset("features", data=x20)
+        f.create_dataset("coords", data=coords20)
+
+
+def make_toy_data(root, k: int = 3, shots: int = 2, n_slides: int = 12, seed: int = 0) -> dict:
+    """Dataset CSV, features and k split files for the 2-class task ``toy``; returns CLI paths."""
+    rng = np.random.default_rng(seed)
+    slides = [f"slide_{i:02d}" for i in range(n_slides)]
+    labels = [i % 2 for i in range(n_slides)]
+    csv_dir = root / "dataset_csv"
+    csv_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "case_id": [f"case_{i:02d}" for i in range(n_slides)],
+            "slide_id": slides,
+            "label": [CLASSES[v] for v in labels],
+            "level0_mag": 40,
+        }
+    ).to_csv(csv_dir / f"{TASK}.csv", index=False)
+    layout = FeatureLayout(root / "features", TASK, "toyfe")
+    for s, y in zip(slides, labels):
+        write_slide(layout, s, y, rng)
+    for fold in range(k):
+        order = rng.permutation(n_slides)
+        by_class = {c: [slides[i] for i in order if labels[i] == c] for c in (0, 1)}
+        split = Split(
+            train=by_class[0][:shots] + by_class[1][:shots],
+            val=by_class[0][shots : shots + 2] + by_class[1][shots : shots + 2],
+            test=by_class[0][shots + 2 :] + by_class[1][shots + 2 :],
+        )
+        write_split(split_csv_path(root / "splits", TASK, shots, fold), split)
+    return {
+        "root": root,
+        "slides": slides,
+        "labels": labels,
+        "layout": layout,
+        "k": k,
+        "shots": shots,
+        "argv": [
+            "--task", TASK, "--model_type", TEST_MODEL, "--feature_extractor", "toyfe", "--feature_dim", str(DIM),
+            "--data_root_dir", str(root / "features"), "--csv_dir", str(csv_dir), "--prompt_dir", str(root / "prompts"),
+            "--splits_root", str(root / "splits"), "--few_shot_num", str(shots), "--k", str(k),
+            "--device", "cpu", "--quiet", "--max_epochs", "3", "--lr", "1e-2",
+        ],
+    }  # fmt: skip
+
+
+def toy_config(data: dict, results_dir, **overrides) -> RunConfig:
+    from utils.config import parse_config
+
+    config = parse_config([*data["argv"], "--results_dir", str(results_dir)])
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
+
+
+def toy_bags(n: int = 6, seed: int = 0) -> list[SlideBag]:
+    g = torch.Generator().manual_seed(seed)
+    bags = []
+    for i in range(n):
+        label = i % 2
+        x5 = torch.randn(3, DIM, generator=g) + (1.0 if label else -1.0)
+        x20 = torch.randn(3, 16, DIM, generator=g) + (1.0 if label else -1.0)
+        bags.append(SlideBag(f"s{i}", x5, x20, torch.ones(3, 16, dtype=torch.bool), label=label))
+    return bags
+
+
+# ------------------------------------------------------------------------------------- early stopping
+def test_early_stopping_counts_epochs_without_improvement():
+    stopper = EarlyStopping(patience=2, stop_epoch=3)
+    losses = [1.0, 0.8, 0.9, 0.95, 0.8, 0.85, 0.9]
+    improved = [stopper.step(epoch, loss) for epoch, loss in enumerate(losses)]
+    # a tie (0.8 at epoch 4) counts as an improvement, as in the published rule
+    assert improved == [True, True, False, False, True, False, False]
+    assert stopper.best_epoch == 4 and stopper.should_stop  # counter 2 at epoch 6 > stop_epoch 3
+
+
+def test_early_stopping_waits_for_stop_epoch():
+    stopper = EarlyStopping(patience=1, stop_epoch=3)
+    for epoch, loss in enumerate([1.0, 2.0, 2.0, 2.0]):
+        stopper.step(epoch, loss)
+        assert stopper.should_stop == (epoch > 3)
+    stopper.step(4, 2.0)
+    assert stopper.should_stop
+
+
+# -------------------------------------------------------------------------------------------- sampling
+def test_epoch_order_is_a_seeded_permutation():
+    order_a = epoch_order([0, 1, 0, 1, 1], torch.Generator().manual_seed(3), weighted=False)
+    order_b = epoch_order([0, 1, 0, 1, 1], torch.Generator().manual_seed(3), weighted=False)
+    assert order_a == order_b and sorted(order_a) == [0, 1, 2, 3, 4]
+
+
+def test_weighted_order_balances_classes():
+    labels = [0] * 9 + [1]  # 9:1 imbalance
+    g = torch.Generator().manual_seed(0)
+    draws = [i for _ in range(200) for i in epoch_order(labels, g, weighted=True)]
+    share_minority = sum(labels[i] for i in draws) / len(draws)
+    assert 0.45 < share_minority < 0.55  # ~0.5 with class-balanced weights, 0.1 without
+
+
+# -------------------------------------------------------------------------------------------- prefetch
+def test_prefetch_keeps_order_and_bounds_lookahead():
+    started = 0
+    lock = threading.Lock()
+
+    def load(i):
+        nonlocal started
+        with lock:
+            started += 1
+        time.sleep(0.002)
+        return i * 10
+
+    got, ahead = [], []
+    for item in prefetch(load, range(20), depth=3, workers=4):
+        time.sleep(0.003)  # a slow consumer lets the loaders run ahead as far as allowed
+        got.append(item)
+        with lock:
+            ahead.append(started - len(got))
+    assert got == [i * 10 for i in range(20)]
+    assert max(ahead) == 3  # never more than `depth` loads beyond the item being consumed
+    assert list(prefetch(load, range(5), depth=0)) == [0, 10, 20, 30, 40]
+
+
+def test_prefetch_reraises_and_shuts_down():
+    loaded = []
+
+    def load(i):
+        if i == 3:
+            raise OSError("bad file 3")
+        loaded.append(i)
+        return i
+
+    before = threading.active_count()
+    got = []
+    with pytest.raises(OSError, match="bad file 3"):
+        for item in prefetch(load, range(100), depth=2):
+            got.append(item)
+    assert got == [0, 1, 2]
+    assert max(loaded) <= 5  # the window stopped moving at the failure
+    gen = prefetch(load, range(3), depth=2)
+    assert next(gen) == 0
+    gen.close()  # consumer stops early: pending loads cancelled, threads joined
+    assert threading.active_count() == before
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def test_evaluate_precomputes_once_and_passes_cache():
+    torch.manual_seed(0)
+    model = MeanPoolLinear(DIM, 2)
+    bags = toy_bags(5)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    result = evaluate(model, bags.__getitem__, [0, 2, 4], loss_fn, torch.device("cpu"), 2)
+    assert model.precompute_calls == 1
+    assert len(model.seen_caches) == 3 and all(c is model.seen_caches[0] for c in model.seen_caches)
+    assert model.training  # mode restored
+    assert result.slide_ids == ["s0", "s2", "s4"] and result.labels.tolist() == [0, 0, 0]
+    with torch.no_grad():
+        logits = torch.cat([model(bags[i]).logits for i in (0, 2, 4)])
+    assert np.allclose(result.probs, torch.softmax(logits, 1).numpy(), atol=1e-6)
+    expected_loss = float(np.mean([loss_fn(logits[j : j + 1], torch.tensor([0])).item() for j in range(3)]))
+    assert result.loss == pytest.approx(expected_loss, rel=1e-5)
+    uncached = evaluate(
+        model, bags.__getitem__, [0, 2, 4], loss_fn, torch.device("cpu"), 2, use_text_cache=False
+    )
+    assert model.precompute_calls == 1 and np.allclose(uncached.probs, result.probs, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ fit
+def _scripted_validate(losses):
+    it = iter(losses)
+
+    def validate():
+        loss = next(it)
+        return EvalResult(
+            ["s"], np.array([0]), np.array([[0.6, 0.4]]), loss, {"acc": 1.0, "auc": float("nan"), "f1": 1.0}
+        )
+
+    return validate
+
+
+def test_fit_keeps_best_state_and_stops_early():
+    torch.manual_seed(0)
+    model = MeanPoolLinear(DIM, 2)
+    bags = toy_bags(4)
+    states = []
+    losses = [1.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
+
+    def validate():
+        states.append(snapshot_state(model))
+        return _scripted_validate([losses[len(states) - 1]])()
+
+    optimizer = build_optimizer("adam", model.trainable_parameters(), 1e-2, 0.0)
+    result = fit(
+        model, bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags], validate, optimizer, nn.CrossEntropyLoss(),
+        torch.device("cpu"), max_epochs=8, generator=torch.Generator().manual_seed(0),
+        early_stopping=EarlyStopping(patience=3, stop_epoch=2), log=lambda _msg: None,
+    )  # fmt: skip
+    assert result.best_epoch == 1 and result.stopped_early and result.epochs_run == 5
+    assert "frozen" not in result.best_state  # frozen parameters are not copied
+    restore_state(model, result.best_state)
+    assert all(torch.equal(dict(model.named_parameters())[n], t) for n, t in states[1].items())
+
+
+def test_fit_without_early_stopping_keeps_last_epoch():
+    torch.manual_seed(0)
+    model = MeanPoolLinear(DIM, 2)
+    bags = toy_bags(4)
+    optimizer = build_optimizer("sgd", model.trainable_parameters(), 1e-2, 1e-5)
+    result = fit(
+        model, bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags], _scripted_validate([0.1, 0.5, 0.9]),
+        optimizer, nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=3, generator=torch.Generator().manual_seed(0),
+        options=LoopOptions(prefetch_depth=0), log=lambda _msg: None,
+    )  # fmt: skip
+    assert result.best_epoch == 2 and not result.stopped_early
+    assert result.best_val.loss == 0.9
+
+
+def test_training_updates_only_trainable_parameters():
+    torch.manual_seed(0)
+    model = MeanPoolLinear(DIM, 2)
+    bags = toy_bags(4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer("adam", model.trainable_parameters(), 1e-2, 1e-5)
+    fit(
+        model, bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags], _scripted_validate([1.0]), optimizer,
+        nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=1, generator=torch.Generator().manual_seed(0),
+        log=lambda _msg: None,
+    )  # fmt: skip
+    after = dict(model.named_parameters())
+    assert torch.equal(after["frozen"], before["frozen"])
+    assert not torch.equal(after["proj.weight"], before["proj.weight"])
+
+
+# ----------------------------------------------------------------------------------------- full run
+def test_run_experiment_writes_published_layout(tmp_path):
+    data = make_toy_data(tmp_path / "in")
+    config = toy_config(data, tmp_path / "results", early_stopping=True, log_data=True)
+    rows = run_experiment(config, RunLog(quiet=True))
+    run_dir = tmp_path / "results" / TASK / "toyfe" / "2" / f"{TASK}_toyfe_{TEST_MODEL}_2_s1"
+    assert config.run_dir == run_dir
+    assert [r["fold"] for r in rows] == [0, 1, 2]
+    for name in ("results.csv", "summary.csv", "config.json", "log.txt"):
+        assert (run_dir / name).is_file(), name
+    summary = pd.read_csv(run_dir / "summary.csv")
+    results = pd.read_csv(run_dir / "results.csv")
+    assert results["metric"].tolist() == ["mean", "std"]
+    for col in ("test_acc", "test_auc", "test_f1", "val_acc", "val_auc", "val_f1"):
+        assert results[col].tolist() == pytest.approx([np.mean(summary[col]), np.std(summary[col])])
+    for fold in range(3):
+        preds = pd.read_csv(run_dir / f"fold_{fold}" / "predictions_test.csv")
+        assert list(preds.columns) == ["slide_id", "label", "pred", "prob_A", "prob_B"]
+        assert np.allclose(preds[["prob_A", "prob_B"]].sum(axis=1), 1.0)
+        acc = float((preds["label"] == preds["pred"]).mean())
+        assert summary.loc[fold, "test_acc"] == pytest.approx(acc)
+        state = torch.load(run_dir / f"s_{fold}_checkpoint.pt", weights_only=True)
+        assert set(state) == {"proj.weight", "proj.bias", "text", "frozen"}
+        assert list((run_dir / "tb" / f"fold_{fold}").iterdir())
+    log = (run_dir / "log.txt").read_text()
+    assert "fold 2: best epoch" in log and "mean ± std" in log
+
+
+def test_checkpoint_reproduces_test_predictions(tmp_path):
+    data = make_toy_data(tmp_path / "in", k=1)
+    config = toy_config(data, tmp_path / "results")
+    run_experiment(config, RunLog(quiet=True))
+    from datasets.tasks import get_task
+
+    task = get_task(TASK, csv_dir=tmp_path / "in" / "dataset_csv", prompt_dir=tmp_path / "none")
+    model = _build_test_model(config, task)
+    model.load_state_dict(torch.load(config.run_dir / "s_0_checkpoint.pt", weights_only=True))
+    model.eval()
+    preds = pd.read_csv(config.run_dir / "fold_0" / "predictions_test.csv")
+    from datasets.features import read_slide_bag
+
+    label_of = dict(zip(data["slides"], data["labels"]))
+    for _, row in preds.iterrows():
+        with torch.no_grad():
+            prob = torch.softmax(
+                model(read_slide_bag(data["layout"], row["slide_id"], label_of[row["slide_id"]])).logits, 1
+            )
+        assert prob[0, 1].item() == pytest.approx(row["prob_B"], abs=1e-6)
