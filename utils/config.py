@@ -26,7 +26,19 @@ from utils.errors import InputError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Flags whose default depends on the task (``--task demo``); the parser leaves them None when not given.
-TASK_DEPENDENT = ("data_root_dir", "feature_extractor", "feature_dim", "k", "few_shot_num", "splits_root")
+TASK_DEPENDENT = (
+    "data_root_dir",
+    "feature_extractor",
+    "feature_dim",
+    "k",
+    "few_shot_num",
+    "splits_root",
+    "lr",
+    "max_epochs",
+)
+# Training defaults of ``--task demo`` (a tiny random text tower on synthetic data learns in a few epochs
+# at a larger learning rate; the published defaults stay for every other task).
+DEMO_TRAINING = {"lr": 1e-3, "max_epochs": 10}
 
 # Fields that do not change a fold's results: a run may be resumed with different values.
 RESUME_INDEPENDENT = frozenset(
@@ -204,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data_root_dir", type=str, default=None, help="feature root: DATA_ROOT/<task>_<extractor>/..."
     )
     p.add_argument(
-        "--max_epochs", type=int, default=d.max_epochs, help="maximum number of epochs (default: 50)"
+        "--max_epochs", type=int, default=None, help="maximum number of epochs (default: 50; demo: 10)"
     )
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: 1e-4)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-4; demo: 1e-3)")
     p.add_argument(
         "--feature_extractor",
         type=str,
@@ -349,6 +361,7 @@ def _apply_task_defaults(values: dict) -> None:
             "k": demo.num_folds,
             "few_shot_num": demo.few_shot_num,
             "splits_root": str(demo.splits_root),
+            **DEMO_TRAINING,
         }
         for name in missing:
             values[name] = demo_values[name]
