@@ -1,0 +1,10 @@
+"""Baselines behind the model registry (``--model_type``).
+
+Conventional MIL on 20x patches by default (``<name>_5x`` or ``baseline_mag="5x"`` for 5x):
+``mean_pool``, ``max_pool``, ``MIL_fc``, ``ABMIL``, ``TransMIL``, ``LiteMIL`` (lowercase aliases too).
+Vision-language MIL over the frozen text tower: ``zero_shot`` (no training) and ``ViLa_MIL``.
+"""
+
+from models.baselines import abmil, litemil, mil_fc, pooling, transmil, vila_mil, zero_shot
+
+__all__ = ["abmil", "litemil", "mil_fc", "pooling", "transmil", "vila_mil", "zero_shot"]

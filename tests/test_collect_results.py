@@ -1,0 +1,205 @@
+"""collect_results.py: finds results.csv files in the published layout and tabulates mean ± std."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import collect_results as cr
+from utils.errors import InputError, run_cli
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def write_run(root: Path, task: str, extractor: str, shots: str, model: str, seed: int, mean, std) -> Path:
+    """A results.csv as main.py writes it (metric,test_acc,test_auc,test_f1,val_...)."""
+    run_dir = root / task / extractor / shots / f"{task}_{extractor}_{model}_{shots}_s{seed}"
+    run_dir.mkdir(parents=True)
+    frame = pd.DataFrame(
+        {
+            "metric": ["mean", "std"],
+            "test_acc": [mean[0], std[0]],
+            "test_auc": [mean[1], std[1]],
+            "test_f1": [mean[2], std[2]],
+            "val_acc": [0.5, 0.1],
+        }
+    )
+    path = run_dir / "results.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    root = tmp_path / "R"
+    write_run(root, "tcga_brca", "plip", "16", "ABMIL", 1, (0.8, 0.9, 0.75), (0.05, 0.02, 0.04))
+    write_run(root, "tcga_brca", "plip", "16", "HiVE_MIL", 1, (0.85125, 0.93, 0.8), (0.01, 0.015, 0.02))
+    write_run(root, "tcga_brca", "plip", "16", "mean_pool_5x", 1, (0.7, 0.75, 0.65), (0.1, 0.1, 0.1))
+    write_run(root, "tcga_brca", "plip", "4", "ABMIL", 1, (0.6, 0.65, 0.55), (0.0, 0.0, 0.0))
+    write_run(root, "tcga_rcc", "conch", "16", "TransMIL", 1, (0.9, 0.95, 0.88), (0.02, 0.01, 0.03))
+    write_run(root, "tcga_rcc", "conch", "16", "TransMIL", 2, (0.92, 0.96, 0.9), (0.01, 0.01, 0.01))
+    (root / "tcga_brca" / "plip" / "16" / "stray.txt").write_text("not a run")
+    return root
+
+
+def test_parse_run_name_handles_underscores_in_method_and_task():
+    assert cr.parse_run_name("tcga_brca_plip_mean_pool_5x_16_s3", "tcga_brca", "plip", "16") == (
+        "mean_pool_5x",
+        "3",
+    )
+    assert cr.parse_run_name("something_else", "tcga_brca", "plip", "16") == ("something_else", "?")
+
+
+def test_markdown_and_csv_by_hand(results: Path, tmp_path: Path):
+    out = tmp_path / "tables" / "table.md"
+    md_path, csv_path, count = cr.collect(results, None, out)
+    assert count == 6 and csv_path == out.with_suffix(".csv")
+    expected = """## tcga_brca / plip / 4-shot
+
+| Method | ACC (%) | AUC (%) | F1 (%) |
+|---|---|---|---|
+| ABMIL | 60.00 ± 0.00 | 65.00 ± 0.00 | 55.00 ± 0.00 |
+
+## tcga_brca / plip / 16-shot
+
+| Method | ACC (%) | AUC (%) | F1 (%) |
+|---|---|---|---|
+| HiVE_MIL | 85.12 ± 1.00 | 93.00 ± 1.50 | 80.00 ± 2.00 |
+| ABMIL | 80.00 ± 5.00 | 90.00 ± 2.00 | 75.00 ± 4.00 |
+| mean_pool_5x | 70.00 ± 10.00 | 75.00 ± 10.00 | 65.00 ± 10.00 |
+
+## tcga_rcc / conch / 16-shot
+
+| Method | ACC (%) | AUC (%) | F1 (%) |
+|---|---|---|---|
+| TransMIL (s1) | 90.00 ± 2.00 | 95.00 ± 1.00 | 88.00 ± 3.00 |
+| TransMIL (s2) | 92.00 ± 1.00 | 96.00 ± 1.00 | 90.00 ± 1.00 |
+"""
+    assert md_path.read_text(encoding="utf-8") == expected
+    frame = pd.read_csv(csv_path, dtype={"few_shot": str, "seed": str})
+    assert list(frame.columns) == cr.CSV_COLUMNS
+    hive = frame[(frame.method == "HiVE_MIL")].iloc[0]
+    assert (hive.task, hive.extractor, hive.few_shot, hive.seed) == ("tcga_brca", "plip", "16", "1")
+    assert hive.acc_mean == pytest.approx(0.85125) and hive.f1_std == pytest.approx(0.02)
+    assert not list(out.parent.glob(".*"))  # no temporary files left behind
+
+
+def test_task_filter_and_default_output(results: Path, capsys):
+    assert cr.main(["--results_dir", str(results), "--task", "tcga_rcc"]) == 0
+    table = (results / cr.DEFAULT_OUT_NAME).read_text(encoding="utf-8")
+    assert "tcga_rcc / conch / 16-shot" in table and "tcga_brca" not in table
+    assert "collected 2 run(s)" in capsys.readouterr().out
+
+
+def test_nothing_found_is_one_clear_error(tmp_path: Path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no results.csv found"):
+        cr.find_results(tmp_path / "empty")
+    assert run_cli(cr.main, ["--results_dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --results_dir") and "not a folder" in err
+
+
+def test_malformed_results_csv_names_the_file_and_is_not_modified(tmp_path: Path):
+    path = write_run(tmp_path, "t", "e", "8", "ABMIL", 1, (0.5, 0.5, 0.5), (0.0, 0.0, 0.0))
+    path.write_text("metric,test_acc,test_auc\nmean,0.5,0.5\nstd,0,0\n")
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=r"results\.csv: missing column\(s\) test_f1"):
+        cr.collect(tmp_path, None, tmp_path / "out.md")
+    path.write_text("metric,test_acc,test_auc,test_f1\nmean,0.5,0.5,0.5\n")
+    with pytest.raises(InputError, match="no row with metric = 'std'"):
+        cr.collect(tmp_path, None, tmp_path / "out.md")
+    assert not (tmp_path / "out.md").exists()
+    path.write_text("metric,test_acc,test_auc\nmean,0.5,0.5\nstd,0,0\n")
+    assert path.read_bytes() == before
+
+
+def test_cli_runs_as_a_script(results: Path, tmp_path: Path):
+    out = tmp_path / "cli.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT / "collect_results.py"),
+            "--results_dir",
+            str(results),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and out.with_suffix(".csv").is_file()
+    bad = subprocess.run(
+        [sys.executable, str(PROJECT / "collect_results.py"), "--results_dir", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+    )
+    assert (
+        bad.returncode == 2
+        and bad.stderr.startswith("error: --results_dir")
+        and "Traceback" not in bad.stderr
+    )
+
+
+def test_reproduce_script_usage_on_wrong_arguments(tmp_path: Path):
+    script = PROJECT / "scripts" / "reproduce.sh"
+    proc = subprocess.run(["bash", str(script), "tcga_brca"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage:")
+    proc = subprocess.run(
+        ["bash", str(script), "tcga_brca", "plip", str(tmp_path / "nope")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "DATA_ROOT" in proc.stderr and "not a folder" in proc.stderr
+
+
+def test_reproduce_script_runs_every_model_with_published_flags(tmp_path: Path):
+    """A fake interpreter records the main.py calls; collect_results gets the results folder."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{log}"\n')
+    fake.chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake)}
+    proc = subprocess.run(
+        [
+            "bash",
+            str(PROJECT / "scripts" / "reproduce.sh"),
+            "tcga_brca",
+            "plip",
+            str(data),
+            str(tmp_path / "R"),
+            "--text_tower",
+            "/w",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    models = [
+        "HiVE_MIL",
+        "zero_shot",
+        "ViLa_MIL",
+        "mean_pool",
+        "max_pool",
+        "MIL_fc",
+        "ABMIL",
+        "TransMIL",
+        "LiteMIL",
+    ]
+    assert len(calls) == len(models) + 1
+    for call, model in zip(calls, models):
+        assert call.endswith(
+            "main.py --seed 1 --drop_out --early_stopping --lr 1e-4 --k 5 --few_shot_num 16 --feature_extractor plip "
+            f"--feature_dim 512 --bag_loss ce --task tcga_brca --results_dir {tmp_path / 'R'} --model_type {model} "
+            f"--data_root_dir {data} --text_tower /w"
+        )
+    assert calls[-1].endswith(f"collect_results.py --results_dir {tmp_path / 'R'} --task tcga_brca")
