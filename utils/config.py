@@ -53,6 +53,7 @@ RESUME_INDEPENDENT = frozenset(
         "num_workers",
         "prefetch_depth",
         "overwrite",
+        "threads",
     }
 )
 
@@ -124,6 +125,8 @@ class RunConfig:
     num_workers: int = 1
     prefetch_depth: int = 2
     max_slides: int | None = None
+    amp: str = "off"
+    threads: int = 0
     deterministic: bool = True
     overwrite: bool = False
     quiet: bool = False
@@ -335,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="debug: first N slides per split part",
     )
     g.add_argument(
+        "--amp",
+        choices=("off", "bf16", "fp16"),
+        default=d.amp,
+        help="mixed precision for the forward pass: bf16 (CPU/GPU) or fp16 (CUDA, with gradient scaling)",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help="CPU threads for torch (0: torch's default); small slides on CPU are often fastest with 1",
+    )
+    g.add_argument(
         *_both("no_deterministic"),
         dest="deterministic",
         action="store_false",
@@ -390,6 +405,7 @@ def validate_config(config: RunConfig) -> None:
         (config.prefetch_depth >= 0, "--prefetch_depth must be >= 0"),
         (config.patience >= 1, "--patience must be >= 1"),
         (config.max_slides is None or config.max_slides >= 1, "--max_slides must be >= 1"),
+        (config.threads >= 0, "--threads must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:

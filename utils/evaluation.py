@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from datasets.bag import SlideBag
+from utils.amp import autocast
 from utils.metrics import classification_metrics
 from utils.prefetch import prefetch
 from utils.run_logging import bar
@@ -53,6 +54,7 @@ def evaluate(
     workers: int = 1,
     progress: bool = False,
     desc: str = "eval",
+    amp: str = "off",
 ) -> EvalResult:
     """Evaluate ``model`` on bags ``load(i)`` for ``i`` in ``indices`` (eval mode, no gradients).
 
@@ -66,14 +68,14 @@ def evaluate(
     probs: list[np.ndarray] = []
     total_loss = 0.0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(amp, device):
             cache = model.precompute() if use_text_cache else None
             bags = prefetch(load, indices, depth=prefetch_depth, workers=workers)
             for bag in bar(bags, total=len(indices), desc=desc, enabled=progress, leave=False):
                 bag = bag.to(device)
                 out = model(bag, cache=cache)
                 target = torch.tensor([bag.label], device=out.logits.device)
-                total_loss += float(loss_fn(out.logits, target))
+                total_loss += float(loss_fn(out.logits.float(), target))
                 probs.append(torch.softmax(out.logits.float(), dim=1).reshape(-1).cpu().numpy())
                 labels.append(int(bag.label))
                 slide_ids.append(bag.slide_id)

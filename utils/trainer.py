@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from datasets.bag import SlideBag
+from utils.amp import autocast, grad_scaler
 from utils.early_stopping import EarlyStopping
 from utils.evaluation import EvalResult
 from utils.prefetch import prefetch
@@ -30,6 +31,7 @@ class LoopOptions:
     prefetch_depth: int = 2
     workers: int = 1
     progress: bool = False
+    amp: str = "off"  # 'off' | 'bf16' | 'fp16' (utils.amp)
 
 
 @dataclass
@@ -110,15 +112,18 @@ def train_one_epoch(
     """One pass over ``indices`` (already in visiting order), one slide per optimiser step."""
     model.train()
     total_loss, wrong = 0.0, 0
+    scaler = grad_scaler(options.amp, device)
     bags = prefetch(load, indices, depth=options.prefetch_depth, workers=options.workers)
     for bag in bar(bags, total=len(indices), desc=desc, enabled=options.progress, leave=False):
         bag = bag.to(device)
-        out = model(bag)
+        with autocast(options.amp, device):
+            out = model(bag)
         target = torch.tensor([bag.label], device=out.logits.device)
-        loss = loss_fn(out.logits, target) + out.aux_loss
+        loss = loss_fn(out.logits.float(), target) + out.aux_loss.float()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         total_loss += float(loss.detach())
         wrong += int(out.logits.detach().argmax(dim=1).item() != bag.label)
     n = max(len(indices), 1)

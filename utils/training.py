@@ -35,7 +35,7 @@ from utils.errors import InputError
 from utils.evaluation import EvalResult, evaluate
 from utils.run_logging import RunLog, ScalarLog, progress_enabled
 from utils.seed import configure_determinism, seed_everything
-from utils.trainer import LoopOptions, build_optimizer, fit, restore_state
+from utils.trainer import FitResult, LoopOptions, build_optimizer, fit, restore_state
 
 MAX_LISTED = 5
 
@@ -194,9 +194,13 @@ def run_fold(
     task, dataset, idx = data.task, data.dataset, data.folds[fold]
     model = (model if model is not None else seeded_model(config, task)).to(device)
     loss_fn = build_bag_loss(config.bag_loss, task.num_classes).to(device)
-    optimizer = build_optimizer(config.opt, model.trainable_parameters(), config.lr, config.reg)
+    trainable = model.trainable_parameters()
+    # Training-free models (the zero-shot baseline) are evaluated as they are.
+    optimizer = build_optimizer(config.opt, trainable, config.lr, config.reg) if trainable else None
     generator = torch.Generator().manual_seed(config.seed)
-    options = LoopOptions(config.prefetch_depth, config.num_workers, progress_enabled(config.quiet))
+    options = LoopOptions(
+        config.prefetch_depth, config.num_workers, progress_enabled(config.quiet), config.amp
+    )
     scalars = ScalarLog(run_dir / "tb" / f"fold_{fold}" if config.log_data else None)
     n_trainable = sum(p.numel() for p in model.trainable_parameters())
     log.info(
@@ -216,28 +220,33 @@ def run_fold(
             workers=options.workers,
             progress=options.progress,
             desc=desc,
+            amp=options.amp,
         )
 
     try:
-        fitted = fit(
-            model,
-            dataset.__getitem__,
-            idx.train,
-            [dataset.labels[i] for i in idx.train],
-            lambda: run_eval(idx.val, "val"),
-            optimizer,
-            loss_fn,
-            device,
-            max_epochs=config.max_epochs,
-            generator=generator,
-            weighted_sample=config.weighted_sample,
-            early_stopping=EarlyStopping(config.patience, config.stop_epoch)
-            if config.early_stopping
-            else None,
-            options=options,
-            scalars=scalars,
-            log=log.info,
-        )
+        if optimizer is None:
+            log.info(f"fold {fold}: no trainable parameters, evaluating without training")
+            fitted = FitResult(0, 0, False, run_eval(idx.val, "val"), {}, [])
+        else:
+            fitted = fit(
+                model,
+                dataset.__getitem__,
+                idx.train,
+                [dataset.labels[i] for i in idx.train],
+                lambda: run_eval(idx.val, "val"),
+                optimizer,
+                loss_fn,
+                device,
+                max_epochs=config.max_epochs,
+                generator=generator,
+                weighted_sample=config.weighted_sample,
+                early_stopping=EarlyStopping(config.patience, config.stop_epoch)
+                if config.early_stopping
+                else None,
+                options=options,
+                scalars=scalars,
+                log=log.info,
+            )
         restore_state(model, fitted.best_state)
         res.save_checkpoint(res.checkpoint_path(run_dir, fold), model.state_dict())
         val = fitted.best_val
@@ -270,6 +279,8 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
     """Run (or resume) every fold of ``config`` and write the summaries; return the fold rows."""
     log = log or RunLog(quiet=config.quiet)
     validate_config(config)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     configure_determinism(config.deterministic)
     device = resolve_device(config.device)
     run_dir = config.run_dir
