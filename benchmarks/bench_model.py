@@ -29,7 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TOWERS = {"tiny": dict(width=64, projection=64, layers=2, heads=4), "plip-size": dict(width=512, projection=512, layers=12, heads=8)}
+TOWERS = {
+    "tiny": dict(width=64, projection=64, layers=2, heads=4),
+    "plip-size": dict(width=512, projection=512, layers=12, heads=8),
+}
 
 
 def ensure_tower(kind: str, cache: Path) -> Path:
@@ -54,11 +57,18 @@ def run_one(args) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     tower = load_towers("plip", source=args.tower_path, sides=("text",)).text
-    descs = [[f"feature {i} of class {c} : a morphological description number {i}." for i in range(16)] for c in range(2)]
-    model = HiveMIL(tower, descs, HiveMILOptions(switches=VariantSwitches.for_variant(args.variant))).to(device)
+    descs = [
+        [f"feature {i} of class {c} : a morphological description number {i}." for i in range(16)]
+        for c in range(2)
+    ]
+    model = HiveMIL(tower, descs, HiveMILOptions(switches=VariantSwitches.for_variant(args.variant))).to(
+        device
+    )
     d = tower.embed_dim
     n5 = args.n5
-    bag = SlideBag("bench", torch.randn(n5, d), torch.randn(n5, 16, d), torch.ones(n5, 16, dtype=torch.bool), 0).to(device)
+    bag = SlideBag(
+        "bench", torch.randn(n5, d), torch.randn(n5, 16, d), torch.ones(n5, 16, dtype=torch.bool), 0
+    ).to(device)
     opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-4)
     label = torch.tensor([0], device=device)
 
@@ -81,19 +91,41 @@ def run_one(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {
-        "variant": args.variant, "n5": n5, "n20_nodes": out.extras["n_x20_nodes"],
-        "step_s": min(times), "peak_mb": peak / 2**20,
+        "variant": args.variant,
+        "n5": n5,
+        "n20_nodes": out.extras["n_x20_nodes"],
+        "step_s": min(times),
+        "peak_mb": peak / 2**20,
         "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
     }
 
 
 def measure(variant, n5, tower_path, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--variant", variant, "--n5", str(n5), "--tower-path", str(tower_path),
-           "--repeats", str(args.repeats), "--device", args.device, "--threads", str(args.threads),
-           "--mem-cap-gb", str(args.mem_cap_gb)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--variant",
+        variant,
+        "--n5",
+        str(n5),
+        "--tower-path",
+        str(tower_path),
+        "--repeats",
+        str(args.repeats),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--mem-cap-gb",
+        str(args.mem_cap_gb),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.time_limit)
     except subprocess.TimeoutExpired:
@@ -101,7 +133,11 @@ def measure(variant, n5, tower_path, args) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        status = "out of memory" if "memory" in tail.lower() or proc.returncode in (-9, 137) else f"failed: {tail[:80]}"
+        status = (
+            "out of memory"
+            if "memory" in tail.lower() or proc.returncode in (-9, 137)
+            else f"failed: {tail[:80]}"
+        )
         return {"variant": variant, "n5": n5, "status": status}
     row = json.loads(lines[-1])
     row["status"] = "ok"
@@ -148,19 +184,28 @@ def main(argv=None) -> int:
     tower_path = ensure_tower(args.tower, cache)
     rows = []
     print(f"tower={args.tower} device={args.device} threads={args.threads} (min of {args.repeats} steps)")
-    print(f"{'variant':<10} {'N5':>6} {'20x nodes':>9} {'fwd+bwd s':>10} {'peak MB':>9} {'params':>9}  status")
+    print(
+        f"{'variant':<10} {'N5':>6} {'20x nodes':>9} {'fwd+bwd s':>10} {'peak MB':>9} {'params':>9}  status"
+    )
     for variant in args.variants:
         for n5 in args.sizes:
             row = measure(variant, n5, tower_path, args)
             rows.append(row)
             if row["status"] == "ok":
-                print(f"{variant:<10} {n5:>6} {row['n20_nodes']:>9} {row['step_s']:>10.3f} {row['peak_mb']:>9.0f} "
-                      f"{row['trainable_params']:>9}  ok", flush=True)
+                print(
+                    f"{variant:<10} {n5:>6} {row['n20_nodes']:>9} {row['step_s']:>10.3f} {row['peak_mb']:>9.0f} "
+                    f"{row['trainable_params']:>9}  ok",
+                    flush=True,
+                )
             else:
-                print(f"{variant:<10} {n5:>6} {'-':>9} {'-':>10} {'-':>9} {'-':>9}  {row['status']}", flush=True)
+                print(
+                    f"{variant:<10} {n5:>6} {'-':>9} {'-':>10} {'-':>9} {'-':>9}  {row['status']}", flush=True
+                )
     for variant in args.variants:
         vr = [r for r in rows if r["variant"] == variant]
-        print(f"scaling exponent ({variant}): time ~ N5^{slope(vr, 'step_s'):.2f}, memory ~ N5^{slope(vr, 'peak_mb'):.2f}")
+        print(
+            f"scaling exponent ({variant}): time ~ N5^{slope(vr, 'step_s'):.2f}, memory ~ N5^{slope(vr, 'peak_mb'):.2f}"
+        )
     out = Path(args.csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     keys = ["variant", "n5", "n20_nodes", "step_s", "peak_mb", "trainable_params", "status"]

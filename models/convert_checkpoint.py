@@ -75,7 +75,9 @@ def read_state_dict(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InputError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})".split("\n")[0]) from None
+        raise InputError(
+            f"{path}: cannot read checkpoint ({type(err).__name__}: {err})".split("\n")[0]
+        ) from None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -101,7 +103,9 @@ def convert(src: str | Path, dst: str | Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Convert a released HiVE-MIL checkpoint into this project's format.")
+    parser = argparse.ArgumentParser(
+        description="Convert a released HiVE-MIL checkpoint into this project's format."
+    )
     parser.add_argument("src", help="released checkpoint (e.g. s_0_checkpoint.pt)")
     parser.add_argument("dst", help="output file")
     args = parser.parse_args(argv)

@@ -38,12 +38,21 @@ _CONV_EDGE_TYPES = (
 
 
 class HierGraphLayer(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, num_heads: int = 2, dense_attention: bool = True,
-                 double_residual: bool = True, attention_chunk: int = 0):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_heads: int = 2,
+        dense_attention: bool = True,
+        double_residual: bool = True,
+        attention_chunk: int = 0,
+    ):
         super().__init__()
         if in_dim != out_dim:
             raise ValueError("the residual update needs in_dim == out_dim")
-        self.convs = HeteroConv({et: SAGEConv(in_dim, out_dim, aggr="mean") for et in _CONV_EDGE_TYPES}, aggr="sum")
+        self.convs = HeteroConv(
+            {et: SAGEConv(in_dim, out_dim, aggr="mean") for et in _CONV_EDGE_TYPES}, aggr="sum"
+        )
         self.attn = ModalityScaleAttention(in_dim, num_heads)
         self.dense_attention = dense_attention
         self.double_residual = double_residual
@@ -58,9 +67,13 @@ class HierGraphLayer(nn.Module):
                 continue
             src, rel, dst = et
             if self.dense_attention:
-                out = self.attn.dense(rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], self.attention_chunk)
+                out = self.attn.dense(
+                    rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], self.attention_chunk
+                )
             else:
-                out = self.attn.sparse(rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], graph[et].edge_index)
+                out = self.attn.sparse(
+                    rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], graph[et].edge_index
+                )
             # Released: new_h += (h_dst + out), so h_dst is counted twice in the update.
             new_h[dst] = new_h[dst] + (h[dst] + out if self.double_residual else out)
         for t, x in conv_out.items():
@@ -71,8 +84,14 @@ class HierGraphLayer(nn.Module):
 class HierHeteroGNN(nn.Module):
     """layer1 -> ReLU -> layer2 -> L2 normalise, for all four node types."""
 
-    def __init__(self, dim: int, num_heads: int = 2, dense_attention: bool = True, double_residual: bool = True,
-                 attention_chunk: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 2,
+        dense_attention: bool = True,
+        double_residual: bool = True,
+        attention_chunk: int = 0,
+    ):
         super().__init__()
         self.layer1 = HierGraphLayer(dim, dim, num_heads, dense_attention, double_residual, attention_chunk)
         self.layer2 = HierGraphLayer(dim, dim, num_heads, dense_attention, double_residual, attention_chunk)

@@ -41,7 +41,9 @@ def kept_entry_edges(kept: torch.Tensor) -> torch.Tensor:
     return kept.nonzero().t().contiguous()
 
 
-def stride_parents(num_children: int, stride: int, num_parents: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def stride_parents(
+    num_children: int, stride: int, num_parents: int, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Released mapping: child ``r`` -> parent ``r // stride``, dropping children past the last parent."""
     child = torch.arange(num_children, device=device)
     parent = torch.div(child, stride, rounding_mode="floor")

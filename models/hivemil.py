@@ -52,7 +52,9 @@ class HiveMIL(SlideClassifier):
         options: constructor options and variant switches.
     """
 
-    def __init__(self, tower: TextTower, class_descriptions: Sequence[Sequence[str]], options: HiveMILOptions):
+    def __init__(
+        self, tower: TextTower, class_descriptions: Sequence[Sequence[str]], options: HiveMILOptions
+    ):
         super().__init__()
         self.options = options
         sw = options.switches
@@ -120,7 +122,9 @@ class HiveMIL(SlideClassifier):
     def forward(self, bag: SlideBag, cache: TextFeatures | None = None) -> ModelOutput:
         opts, sw = self.options, self.options.switches
         if bag.x5.shape[-1] != self.dim:
-            raise InputError(f"slide {bag.slide_id}: features have dim {bag.x5.shape[-1]}, the model expects {self.dim}")
+            raise InputError(
+                f"slide {bag.slide_id}: features have dim {bag.x5.shape[-1]}, the model expects {self.dim}"
+            )
         text = cache if cache is not None else self.encode_text()
         logit_scale = self.text_tower.logit_scale
 
@@ -128,7 +132,9 @@ class HiveMIL(SlideClassifier):
             # Released data pipeline: 5x patches without children were deleted from the 5x file.
             has_child = bag.child_mask.any(dim=1)
             if bool(has_child.any()) and not bool(has_child.all()):
-                bag = SlideBag(bag.slide_id, bag.x5[has_child], bag.x20[has_child], bag.child_mask[has_child], bag.label)
+                bag = SlideBag(
+                    bag.slide_id, bag.x5[has_child], bag.x20[has_child], bag.child_mask[has_child], bag.label
+                )
 
         stage1 = text_guided_filter(bag.x5, text.x5, logit_scale, opts.filter_alpha)
         kept5 = stage1.image_mask
@@ -153,7 +159,9 @@ class HiveMIL(SlideClassifier):
         logits_5x = topk_class_logits(emb[X5_IMAGE], emb[X5_TEXT], self.num_classes, opts.topk_low, scale)
         logits_20x = topk_class_logits(emb[X20_IMAGE], emb[X20_TEXT], self.num_classes, opts.topk_high, scale)
         logits = (logits_5x + logits_20x).unsqueeze(0)
-        htcl = hierarchical_text_contrastive_loss(emb[X5_TEXT], emb[X20_TEXT], self.num_classes, sw.htcl_negatives)
+        htcl = hierarchical_text_contrastive_loss(
+            emb[X5_TEXT], emb[X20_TEXT], self.num_classes, sw.htcl_negatives
+        )
         extras = {
             "htcl": htcl.detach(),
             "x5_mask": stage1.image_mask,
@@ -177,7 +185,9 @@ class HiveMIL(SlideClassifier):
         result = super().load_state_dict(state, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if not k.startswith(TOWER_PREFIX)]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"state_dict mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+            raise RuntimeError(
+                f"state_dict mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
         return result
 
 

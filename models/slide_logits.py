@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 
 
-def topk_text_scores(image: torch.Tensor, text: torch.Tensor, k_max: int, scale: torch.Tensor) -> torch.Tensor:
+def topk_text_scores(
+    image: torch.Tensor, text: torch.Tensor, k_max: int, scale: torch.Tensor
+) -> torch.Tensor:
     """[C*K] per-text scores: ``scale *`` mean of the top-k image similarities of each text (0 without images)."""
     sim = image @ text.t()
     k = min(k_max, sim.shape[0])

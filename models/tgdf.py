@@ -41,7 +41,9 @@ def text_guided_filter(
     sim = (image @ text.t()) * logit_scale.exp()
     if sim.shape[0] == 0:
         empty = sim.new_zeros(0, sim.shape[1])
-        return FilterResult(empty, torch.zeros(0, dtype=torch.bool, device=sim.device), sim.new_zeros(sim.shape[1]))
+        return FilterResult(
+            empty, torch.zeros(0, dtype=torch.bool, device=sim.device), sim.new_zeros(sim.shape[1])
+        )
     col_min = sim.amin(dim=0, keepdim=True)
     col_max = sim.amax(dim=0, keepdim=True)
     sim = (sim - col_min) / (col_max - col_min + MINMAX_EPS)

@@ -30,7 +30,9 @@ def test_demo_hivemil_short_run_writes_results(tmp_path):
     assert (run_dir / "fold_0" / "predictions_test.csv").is_file()
 
 
-@pytest.mark.parametrize("extra", [("--model_type", "zero_shot"), ("--amp", "bf16", "--variant", "corrected")])
+@pytest.mark.parametrize(
+    "extra", [("--model_type", "zero_shot"), ("--amp", "bf16", "--variant", "corrected")]
+)
 def test_demo_variants_run(tmp_path, extra):
     run_dir = _run(tmp_path, "--max_epochs", "1", *extra)
     mean = pd.read_csv(run_dir / "results.csv").set_index("metric").loc["mean"]

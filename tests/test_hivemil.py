@@ -42,15 +42,19 @@ def _loss(out, label):
 @pytest.mark.parametrize("variant", ["reference", "corrected"])
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
 def test_positions_and_variants_run(tiny_text_tower, variant, position):
-    model = make_model(tiny_text_tower, variant, class_token_position=position, class_specific_context=position == "middle")
+    model = make_model(
+        tiny_text_tower, variant, class_token_position=position, class_specific_context=position == "middle"
+    )
     out = model(make_bag())
     assert out.logits.shape == (1, CLASSES)
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.aux_loss)
 
 
 def test_context_positions_change_the_prompt(tiny_text_tower):
-    feats = {p: make_model(tiny_text_tower, "corrected", class_token_position=p).encode_text().x5 for p in
-             ("end", "middle", "front")}
+    feats = {
+        p: make_model(tiny_text_tower, "corrected", class_token_position=p).encode_text().x5
+        for p in ("end", "middle", "front")
+    }
     assert not torch.allclose(feats["end"], feats["middle"])
     assert not torch.allclose(feats["end"], feats["front"])
 
@@ -81,8 +85,12 @@ def test_edge_cases_no_nan(tiny_text_tower, variant):
     d = 64
     cases = {
         "one_patch": make_bag(n5=1),
-        "all_children_padded": SlideBag("p", torch.randn(4, d), torch.zeros(4, 16, d), torch.zeros(4, 16, dtype=torch.bool)),
-        "zero_spread": SlideBag("z", torch.ones(5, d), torch.ones(5, 16, d), torch.ones(5, 16, dtype=torch.bool)),
+        "all_children_padded": SlideBag(
+            "p", torch.randn(4, d), torch.zeros(4, 16, d), torch.zeros(4, 16, dtype=torch.bool)
+        ),
+        "zero_spread": SlideBag(
+            "z", torch.ones(5, d), torch.ones(5, 16, d), torch.ones(5, 16, dtype=torch.bool)
+        ),
         "fewer_than_k": make_bag(n5=2, children=[1, 1]),
         "some_childless": make_bag(n5=6, children=[0, 3, 0, 16, 2, 0]),
     }
@@ -161,8 +169,13 @@ def test_registry_builder_with_prompt_file(tiny_clip_dir, tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(prompts))
     task = TaskSpec("mytask", ("A", "B"), tmp_path / "x.csv", prompt_dir=tmp_path / "text_prompt")
-    config = types.SimpleNamespace(feature_extractor="plip", text_tower=str(tiny_clip_dir), feature_dim=64,
-                                   LLM="curated", variant="corrected")
+    config = types.SimpleNamespace(
+        feature_extractor="plip",
+        text_tower=str(tiny_clip_dir),
+        feature_dim=64,
+        LLM="curated",
+        variant="corrected",
+    )
     model = build_model("HiVE_MIL", config, task)
     assert model.num_classes == 2 and model.options.switches == VariantSwitches.for_variant("corrected")
     from utils.errors import InputError

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from models.hier_attention import ModalityScaleAttention
-from models.hier_graph import HIER_EDGE_TYPES, INTRA_EDGE_TYPES, build_hier_graph, stride_parents
 from models.hier_gnn import HierHeteroGNN
+from models.hier_graph import HIER_EDGE_TYPES, INTRA_EDGE_TYPES, build_hier_graph, stride_parents
 from models.htcl import hierarchical_text_contrastive_loss
 from models.slide_logits import topk_class_logits
 from models.tgdf import text_guided_filter
@@ -124,8 +124,12 @@ def _tiny_graph(n5=3, n20=6, d=8):
     x20_kept = (torch.rand(n20, 12) > 0.6).float()
     parent = torch.arange(n20) // 2
     g = build_hier_graph(x5_kept, x20_kept, parent, 3, children_per_parent=2, true_parents=True)
-    feats = {"x5text": torch.randn(4, d), "x5image": torch.randn(n5, d), "x20text": torch.randn(12, d),
-             "x20image": torch.randn(n20, d)}
+    feats = {
+        "x5text": torch.randn(4, d),
+        "x5image": torch.randn(n5, d),
+        "x20text": torch.randn(12, d),
+        "x20image": torch.randn(n20, d),
+    }
     return g, feats
 
 
@@ -170,11 +174,15 @@ def test_topk_logits_by_hand_with_k_clipping():
     assert torch.allclose(got, expected)
     # k_max = 100 > N -> all images
     per_text = sim.mean(0) * 3.0
-    assert torch.allclose(topk_class_logits(image, text, 2, 100, torch.tensor(3.0)), per_text.reshape(2, 2).mean(1))
+    assert torch.allclose(
+        topk_class_logits(image, text, 2, 100, torch.tensor(3.0)), per_text.reshape(2, 2).mean(1)
+    )
 
 
 def test_topk_logits_without_images_are_zero():
-    assert torch.equal(topk_class_logits(torch.zeros(0, 2), torch.randn(4, 2), 2, 5, torch.tensor(1.0)), torch.zeros(2))
+    assert torch.equal(
+        topk_class_logits(torch.zeros(0, 2), torch.randn(4, 2), 2, 5, torch.tensor(1.0)), torch.zeros(2)
+    )
 
 
 # ----- HTCL -----------------------------------------------------------------------------------------
