@@ -46,6 +46,38 @@ class SlideClassifier(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
+class FrozenTowerClassifier(SlideClassifier):
+    """A classifier with a frozen tower submodule that its checkpoints leave out.
+
+    The tower follows ``.to(device)`` like any submodule, but ``state_dict`` drops every key under
+    ``frozen_prefix`` (the tower comes from its own weights) and ``load_state_dict`` ignores such keys
+    while still checking every other key when ``strict``.
+    """
+
+    frozen_prefix: str = "tower."
+
+    def __init__(self):
+        super().__init__()
+        self.register_state_dict_post_hook(_drop_frozen_keys)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load everything but the frozen tower; ``strict`` checks the remaining keys."""
+        frozen = self.frozen_prefix
+        state = {k: v for k, v in state_dict.items() if not k.startswith(frozen)}
+        result = super().load_state_dict(state, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith(frozen)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"state_dict mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+        return result
+
+
+def _drop_frozen_keys(module: FrozenTowerClassifier, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + module.frozen_prefix)]:
+        del state_dict[key]
+
+
 def zero_loss(like: torch.Tensor) -> torch.Tensor:
     """A scalar zero on the device/dtype of ``like`` (for models without an auxiliary loss)."""
     return like.new_zeros(())

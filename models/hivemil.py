@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from datasets.bag import SlideBag
-from models.base import ModelOutput, SlideClassifier
+from models.base import FrozenTowerClassifier, ModelOutput
 from models.hier_gnn import HierHeteroGNN
 from models.hier_graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT, build_hier_graph
 from models.hivemil_options import HiveMILOptions
@@ -43,7 +43,7 @@ class TextFeatures:
     x20: torch.Tensor  # [C*T20, D]
 
 
-class HiveMIL(SlideClassifier):
+class HiveMIL(FrozenTowerClassifier):
     """HiVE-MIL slide classifier.
 
     Args:
@@ -51,6 +51,8 @@ class HiveMIL(SlideClassifier):
         class_descriptions: per class, the description strings ``"<term> : <explanation>"``, coarse first.
         options: constructor options and variant switches.
     """
+
+    frozen_prefix = TOWER_PREFIX  # the frozen text tower is left out of checkpoints
 
     def __init__(
         self, tower: TextTower, class_descriptions: Sequence[Sequence[str]], options: HiveMILOptions
@@ -89,7 +91,6 @@ class HiveMIL(SlideClassifier):
             double_residual=sw.attn_residual == "double",
             attention_chunk=options.attention_chunk,
         )
-        self._register_state_dict_hook(_drop_tower_keys)
 
     # ----- text side -------------------------------------------------------------------------------
     def encode_text(self) -> TextFeatures:
@@ -179,17 +180,6 @@ class HiveMIL(SlideClassifier):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(TOWER_PREFIX)]
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Load our keys (tower keys ignored); ``strict`` checks every non-tower key."""
-        state = {k: v for k, v in state_dict.items() if not k.startswith(TOWER_PREFIX)}
-        result = super().load_state_dict(state, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if not k.startswith(TOWER_PREFIX)]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"state_dict mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
-        return result
-
 
 def cap_children(rows: torch.Tensor, valid: torch.Tensor, cap: int, seed: int = 0):
     """Keep at most ``cap`` real children per row: a seeded random subset, real children first.
@@ -200,11 +190,6 @@ def cap_children(rows: torch.Tensor, valid: torch.Tensor, cap: int, seed: int = 
     noise = torch.rand(valid.shape, generator=gen).to(valid.device)
     order = torch.argsort(noise - 2.0 * valid.to(noise.dtype), dim=1)[:, :cap]  # valid ones sort first
     return rows.gather(1, order.unsqueeze(-1).expand(-1, -1, rows.shape[-1])), valid.gather(1, order)
-
-
-def _drop_tower_keys(module, state_dict, prefix, local_metadata):
-    for key in [k for k in state_dict if k.startswith(prefix + TOWER_PREFIX)]:
-        del state_dict[key]
 
 
 def options_from_config(config) -> HiveMILOptions:

@@ -30,18 +30,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasets.bag import SlideBag
-from models.base import ModelOutput, SlideClassifier, zero_loss
+from models.base import FrozenTowerClassifier, ModelOutput, zero_loss
 from models.baselines.common import bag_instances, dropout_p, feature_dim
 from models.baselines.text_side import load_descriptions, load_text_tower
 from models.prompt_learner import PromptLearner
 from models.registry import register_model
 from models.towers.base import TextTower, freeze
 
-TOWER_PREFIX = "tower."
 
-
-class ViLaMIL(SlideClassifier):
+class ViLaMIL(FrozenTowerClassifier):
     """Dual-scale prompts + prototype-guided patch decoder + context-guided text decoder."""
+
+    frozen_prefix = "tower."  # the frozen text tower is left out of checkpoints
 
     def __init__(
         self,
@@ -68,23 +68,11 @@ class ViLaMIL(SlideClassifier):
         self.patch_decoder = nn.MultiheadAttention(embed, heads, dropout=dropout, batch_first=True)
         self.patch_norm = nn.LayerNorm(embed)
         self.text_decoder = nn.MultiheadAttention(embed, heads, dropout=dropout, batch_first=True)
-        self.register_state_dict_post_hook(_drop_tower_keys)
 
     def train(self, mode: bool = True) -> ViLaMIL:
         super().train(mode)
         self.tower.eval()  # the frozen tower always runs in inference mode
         return self
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Load everything but the frozen tower (checkpoints leave it out); ``strict`` checks the rest."""
-        state = {k: v for k, v in state_dict.items() if not k.startswith(TOWER_PREFIX)}
-        result = super().load_state_dict(state, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if not k.startswith(TOWER_PREFIX)]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"state_dict mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
-        return result
 
     def class_text_features(self, learner: PromptLearner) -> torch.Tensor:
         """[C, E] normalised mean of each class's prompted description features (step 1)."""
@@ -122,12 +110,6 @@ class ViLaMIL(SlideClassifier):
             aux_loss=zero_loss(logits),
             extras={"logits_low": logits_low, "logits_high": logits_high},
         )
-
-
-def _drop_tower_keys(module, state_dict, prefix, local_metadata) -> None:
-    """State-dict post-hook: checkpoints hold the learned parts only (the tower has its own weights)."""
-    for key in [k for k in state_dict if k.startswith(prefix + TOWER_PREFIX)]:
-        del state_dict[key]
 
 
 @register_model("ViLa_MIL")
