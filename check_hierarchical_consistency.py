@@ -25,23 +25,13 @@ from tqdm import tqdm
 
 from datasets.consistency import SlideReport, check_slide, fix_slide, fixed_dir, hier_width
 from datasets.features import FeatureLayout, list_slides
-from datasets.preprocess import default_max_children, level0_mags_from_csv
+from datasets.preprocess import add_dataset_arguments, default_max_children, level0_mags_from_csv
 from utils.errors import InputError, run_cli
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset-root-path", required=True, help="DATA_ROOT holding <dataset>_<extractor>/")
-    parser.add_argument("--dataset-name", required=True, help="task name, e.g. tcga_brca")
-    parser.add_argument("--feature-extractor-name", required=True, help="e.g. plip, conch, quilt")
-    parser.add_argument("--low-mag", type=float, default=5, help="coarse magnification (default 5)")
-    parser.add_argument("--high-mag", type=float, default=20, help="fine magnification (default 20)")
-    parser.add_argument(
-        "--csv", default=None, help="dataset CSV with level0_mag per slide (default dataset_csv/<name>.csv)"
-    )
-    parser.add_argument(
-        "--level0-mag", type=int, default=40, help="level-0 magnification of slides not in the CSV"
-    )
+    add_dataset_arguments(parser)
     parser.add_argument(
         "--fix", action="store_true", help="write rebuilt hierarchical files to a _fixed sibling folder"
     )

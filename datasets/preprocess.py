@@ -8,6 +8,7 @@ function, so demo files and user files are built identically.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +150,18 @@ def level0_mags_from_csv(
     if default_csv.is_file():
         return read_level0_mags(default_csv), default_csv
     return {}, None
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The published dataset flags shared by the hierarchy CLIs, plus ``--csv`` and ``--level0-mag``."""
+    parser.add_argument("--dataset-root-path", required=True, help="DATA_ROOT holding <dataset>_<extractor>/")
+    parser.add_argument("--dataset-name", required=True, help="task name, e.g. tcga_brca")
+    parser.add_argument("--feature-extractor-name", required=True, help="e.g. plip, conch, quilt")
+    parser.add_argument("--low-mag", type=float, default=5, help="coarse magnification (default 5)")
+    parser.add_argument("--high-mag", type=float, default=20, help="fine magnification (default 20)")
+    parser.add_argument(
+        "--csv", default=None, help="dataset CSV with level0_mag per slide (default dataset_csv/<name>.csv)"
+    )
+    parser.add_argument(
+        "--level0-mag", type=int, default=40, help="level-0 magnification of slides not in the CSV"
+    )
