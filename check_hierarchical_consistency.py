@@ -23,9 +23,9 @@ from pathlib import Path
 import h5py
 from tqdm import tqdm
 
-from datasets.consistency import SlideReport, check_slide, fix_slide, fixed_dir, hier_width
+from preprocess.consistency import SlideReport, check_slide, fix_slide, fixed_dir, hier_width
 from datasets.features import FeatureLayout, list_slides
-from datasets.preprocess import add_dataset_arguments, default_max_children, level0_mags_from_csv
+from preprocess.hierarchy import add_dataset_arguments, default_max_children, level0_mags_from_csv
 from utils.errors import InputError, run_cli
 
 

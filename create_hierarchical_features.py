@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets.features import FeatureLayout, list_slides
-from datasets.preprocess import (
+from preprocess.hierarchy import (
     SlideJob,
     SlideOutcome,
     add_dataset_arguments,

@@ -23,8 +23,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets.features import FeatureLayout
-from datasets.wsi.pipeline import ExtractOptions, SlideResult, extract_slide, is_finished
-from datasets.wsi.sources import SlideSource, find_slides
+from preprocess.wsi.pipeline import ExtractOptions, SlideResult, extract_slide, is_finished
+from preprocess.wsi.sources import SlideSource, find_slides
 from utils.errors import InputError, run_cli
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -87,7 +87,7 @@ def resolve_device_flag(name: str):
     """``--device`` -> torch.device; an unavailable CUDA device is a flag error."""
     import torch
 
-    from datasets.wsi.encode import resolve_device
+    from preprocess.wsi.encode import resolve_device
 
     try:
         device = resolve_device(name)

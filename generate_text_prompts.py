@@ -29,7 +29,7 @@ from pathlib import Path
 from datasets.tasks import DEFAULT_PROMPT_DIR, builtin_task_names, get_task
 from utils.atomic_io import atomic_write_text
 from utils.errors import InputError, run_cli
-from utils.prompt_file import (
+from datasets.prompt_file import (
     HierarchicalPrompts,
     check_token_lengths,
     clip_token_counter,

@@ -6,17 +6,17 @@ Published command (works unchanged; add ``--text_tower PATH`` to load the text t
         --feature_extractor plip --feature_dim 512 --bag_loss ce --task tcga_brca \\
         --results_dir RESULTS --model_type HiVE_MIL --data_root_dir R
 
-``python main.py --task demo`` trains on the generated demo data. See :mod:`utils.config` for every
-flag and :mod:`utils.training` for what a run does and writes.
+``python main.py --task demo`` trains on the generated demo data. See :mod:`training.config` for every
+flag and :mod:`training.experiment` for what a run does and writes.
 """
 
 from __future__ import annotations
 
 import sys
 
-from utils.config import parse_config
+from training.config import parse_config
 from utils.errors import run_cli
-from utils.training import run_experiment
+from training.experiment import run_experiment
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,14 +3,14 @@
 For each model type this script
 
 1. times ``--timed_epochs`` training epochs (one slide per Adam step, no validation) on fold 0's
-   training slides with the project's own step (:func:`utils.trainer.train_one_epoch`) and reports
+   training slides with the project's own step (:func:`training.loop.train_one_epoch`) and reports
    the median (the first epoch reads H5 files; later ones hit the bag cache);
-2. runs the real k-fold experiment of ``main.py`` (:func:`utils.training.run_experiment`: seed reset
+2. runs the real k-fold experiment of ``main.py`` (:func:`training.experiment.run_experiment`: seed reset
    per fold, validation every epoch, early stopping if asked, best state restored, test) on the demo
    data and reports mean ± std test ACC over the folds.
 
 Models without trainable parameters (``zero_shot``) are not trained: they are evaluated on every
-fold's test slides with :func:`utils.evaluation.evaluate`. The demo data (dimension 64) and the demo
+fold's test slides with :func:`training.evaluation.evaluate`. The demo data (dimension 64) and the demo
 text tower (a tiny random HF CLIP, so zero-shot is at chance there) are generated on first use.
 
     python benchmarks/bench_baselines.py                          # every baseline, 20 epochs max
@@ -34,7 +34,7 @@ BASELINES = ("mean_pool", "max_pool", "MIL_fc", "ABMIL", "TransMIL", "LiteMIL", 
 
 def run_config(model: str, results_dir: Path, args: argparse.Namespace):
     """The ``main.py`` configuration of one demo run (published flags where they apply)."""
-    from utils.config import parse_config
+    from training.config import parse_config
 
     argv = [
         "--task", "demo", "--model_type", model, "--results_dir", str(results_dir),
@@ -50,11 +50,11 @@ def time_training_epochs(config, epochs: int) -> tuple[float, int]:
     """(median seconds per training epoch on fold 0, number of training slides); nan if nothing trains."""
     import torch
 
-    from models.bag_losses import build_bag_loss
-    from utils.config import resolve_device
+    from training.bag_losses import build_bag_loss
+    from training.config import resolve_device
     from utils.run_logging import RunLog
-    from utils.trainer import LoopOptions, build_optimizer, train_one_epoch
-    from utils.training import prepare_data, seeded_model
+    from training.loop import LoopOptions, build_optimizer, train_one_epoch
+    from training.experiment import prepare_data, seeded_model
 
     device = resolve_device(config.device)
     data = prepare_data(config, RunLog(quiet=True))
@@ -81,11 +81,11 @@ def time_training_epochs(config, epochs: int) -> tuple[float, int]:
 
 def evaluate_untrained(config) -> list[float]:
     """Test ACC of every fold for a model with nothing to train."""
-    from models.bag_losses import build_bag_loss
-    from utils.config import resolve_device
-    from utils.evaluation import evaluate
+    from training.bag_losses import build_bag_loss
+    from training.config import resolve_device
+    from training.evaluation import evaluate
     from utils.run_logging import RunLog
-    from utils.training import prepare_data, seeded_model
+    from training.experiment import prepare_data, seeded_model
 
     device = resolve_device(config.device)
     data = prepare_data(config, RunLog(quiet=True))
@@ -99,7 +99,7 @@ def evaluate_untrained(config) -> list[float]:
 
 
 def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict:
-    from utils.training import run_experiment
+    from training.experiment import run_experiment
 
     config = run_config(model, work / model, args)
     epoch_s, n_train = time_training_epochs(config, args.timed_epochs)
@@ -109,7 +109,7 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict:
     else:
         rows = run_experiment(config)
         accs = [row["test_acc"] for row in rows]
-        epochs_run, how = [int(row["epochs_run"]) for row in rows], "utils.training.run_experiment"
+        epochs_run, how = [int(row["epochs_run"]) for row in rows], "training.experiment.run_experiment"
     total_s = time.perf_counter() - start
     return {
         "model": model,

@@ -4,7 +4,7 @@ DESIGN.md section 6: evaluation computes the slide-independent text features onc
 (``model.precompute()``), a background thread prefetches the next bags, and a bounded in-memory bag
 cache avoids re-reading H5 files. This script writes synthetic slides (published H5 layout) to a work
 folder, then for each setting builds the model afresh (same seed) and times ``--epochs`` epochs of
-train + validation through the project's own loop (:mod:`utils.trainer`, :mod:`utils.evaluation`).
+train + validation through the project's own loop (:mod:`training.loop`, :mod:`training.evaluation`).
 Epoch 1 reads from disk; later epochs show the bag cache.
 
     python benchmarks/bench_epoch.py                                   # spec: 32 train + 96 val, N5=500, D=512
@@ -113,12 +113,12 @@ def time_setting(
     import torch
 
     from datasets.bag_dataset import BagDataset
-    from models.bag_losses import build_bag_loss
+    from training.bag_losses import build_bag_loss
     from models.registry import build_model
-    from utils.config import RunConfig
-    from utils.evaluation import evaluate
+    from training.config import RunConfig
+    from training.evaluation import evaluate
     from utils.seed import seed_everything
-    from utils.trainer import LoopOptions, build_optimizer, epoch_order, train_one_epoch
+    from training.loop import LoopOptions, build_optimizer, epoch_order, train_one_epoch
 
     device = torch.device(args.device)
     config = RunConfig(

@@ -1,8 +1,8 @@
 """Feature extraction throughput (tiles/s) and where the time goes, on a generated slide.
 
-Builds a synthetic pyramidal TIFF (``datasets/wsi/synthetic.py``: 31 tissue tiles per 8x8 block of 20x
+Builds a synthetic pyramidal TIFF (``preprocess/wsi/synthetic.py``: 31 tissue tiles per 8x8 block of 20x
 tiles, ``--repeat`` x ``--repeat`` blocks) and a random HF CLIP vision tower, then extracts the slide
-with :func:`datasets.wsi.pipeline.extract_slide` for each ``--workers`` value and prints one row per run:
+with :func:`preprocess.wsi.pipeline.extract_slide` for each ``--workers`` value and prints one row per run:
 total tiles/s and seconds per stage (open, thumbnail, tissue = thumbnail read + segmentation + tiling;
 read, resize, preprocess = summed over reader threads; wait = encoder idle waiting for a batch;
 encode; write). With ``--workers 0`` the stages run serially, so they add up to the total.
@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets.features import FeatureLayout  # noqa: E402
-from datasets.wsi.encode import resolve_device  # noqa: E402
-from datasets.wsi.pipeline import ExtractOptions, extract_slide  # noqa: E402
-from datasets.wsi.sources import SlideSource  # noqa: E402
-from datasets.wsi.synthetic import synthetic_image, write_pyramid_tiff  # noqa: E402
+from preprocess.wsi.encode import resolve_device  # noqa: E402
+from preprocess.wsi.pipeline import ExtractOptions, extract_slide  # noqa: E402
+from preprocess.wsi.sources import SlideSource  # noqa: E402
+from preprocess.wsi.synthetic import synthetic_image, write_pyramid_tiff  # noqa: E402
 
 STAGES = ("open", "thumbnail", "tissue", "read", "resize", "preprocess", "wait", "encode", "write")
 

@@ -49,8 +49,8 @@ def run_one(args) -> dict:
     import torch
 
     from datasets.bag import SlideBag
-    from models.hivemil import HiveMIL
-    from models.hivemil_options import HiveMILOptions, VariantSwitches
+    from models.hivemil.model import HiveMIL
+    from models.hivemil.options import HiveMILOptions, VariantSwitches
     from models.towers import load_towers
 
     torch.manual_seed(0)

@@ -83,12 +83,12 @@ def get_task(
 ) -> TaskSpec:
     """Resolve a task by name.
 
-    ``demo`` is generated on first use (see :mod:`datasets.demo`). Built-in TCGA tasks have fixed
+    ``demo`` is generated on first use (see :mod:`preprocess.demo`). Built-in TCGA tasks have fixed
     classes; other names are read from ``<csv_dir>/<name>.csv`` and the prompt file.
     """
     prompt_root = Path(prompt_dir) if prompt_dir is not None else DEFAULT_PROMPT_DIR
     if name == "demo":
-        from datasets.demo import demo_task
+        from preprocess.demo import demo_task
 
         return demo_task()
     csv_root = Path(csv_dir) if csv_dir is not None else DEFAULT_CSV_DIR

@@ -1,10 +1,10 @@
 """Why HiVE-MIL predicts what it predicts for one slide: descriptions, patches and the 5x -> 20x path.
 
 Everything here reads the quantities the model itself computes in one forward pass
-(:class:`models.hivemil.HiveMIL`, ``ModelOutput.extras``):
+(:class:`models.hivemil.model.HiveMIL`, ``ModelOutput.extras``):
 
 * the GNN outputs (paper Sec. 3.5; L2-normalised, so ``image @ text^T`` is a cosine similarity);
-* the hierarchical slide logits (Sec. 3.6, :mod:`models.slide_logits`): per text the mean of its top-k
+* the hierarchical slide logits (Sec. 3.6, :mod:`models.hivemil.slide_logits`): per text the mean of its top-k
   image similarities times the logit scale, per class the mean over its texts. Dividing each text's
   score by the number of texts of its class gives that text's *contribution*; a class's contributions
   sum exactly to its 5x (or 20x) logit;
@@ -27,11 +27,11 @@ import torch
 
 from datasets.bag import SlideBag
 from datasets.hierarchy import patch_px
-from models.hier_graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT
-from models.hivemil import HiveMIL
-from models.slide_logits import topk_text_scores
+from models.hivemil.graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT
+from models.hivemil.model import HiveMIL
+from models.hivemil.slide_logits import topk_text_scores
 from utils.errors import InputError
-from utils.prompt_file import HierarchicalPrompts
+from datasets.prompt_file import HierarchicalPrompts
 
 SCALES = ("5x", "20x")
 

@@ -18,9 +18,9 @@ import torch
 
 from datasets.bag import SlideBag
 from datasets.tasks import PROJECT_ROOT, TaskSpec, get_task
-from utils.config import RunConfig
+from training.config import RunConfig
 from utils.errors import InputError
-from utils.prompt_file import HierarchicalPrompts, load_prompt_file
+from datasets.prompt_file import HierarchicalPrompts, load_prompt_file
 
 CONFIG_FILE = "config.json"
 SUPPORTED_MODEL = "HiVE_MIL"
@@ -94,7 +94,7 @@ def read_run_config(path: str | Path) -> RunConfig:
 def run_task(config: RunConfig) -> TaskSpec:
     """The task of a run (the demo task from the demo tree the run's features live in)."""
     if config.task == "demo" and config.data_root_dir:
-        from datasets.demo import MARKER, ensure_demo_data
+        from preprocess.demo import MARKER, ensure_demo_data
 
         root = Path(config.resolve_path(config.data_root_dir)).parent
         try:
@@ -192,7 +192,7 @@ def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
 
 def demo_run_dir(results_dir: str | Path) -> Path:
     """Where ``python main.py --task demo --results_dir results_dir`` puts its run."""
-    from datasets import demo
+    from preprocess import demo
 
     config = RunConfig(task="demo", feature_extractor=demo.EXTRACTOR, few_shot_num=demo.FEW_SHOT_NUM)
     config.results_dir = str(results_dir)

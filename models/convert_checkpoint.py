@@ -3,7 +3,7 @@
 The released ``HiVE_MIL`` module keeps everything under ``custom_vlm.``: the learned context
 (``custom_vlm.prompt_learner.ctx``), the GNN (``custom_vlm.graph_prompt_learner.layer{1,2}...``) and
 a copy of the frozen text tower (``custom_vlm.text_encoder.*``, ``custom_vlm.logit_scale``). Our
-:class:`models.hivemil.HiveMIL` keeps the same GNN parameter names under ``gnn.`` and the context
+:class:`models.hivemil.model.HiveMIL` keeps the same GNN parameter names under ``gnn.`` and the context
 under ``prompt_learner.ctx``; the frozen tower is not stored.
 
 Usage::

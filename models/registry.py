@@ -16,7 +16,7 @@ from utils.errors import InputError
 _BUILDERS: dict[str, Callable] = {}
 
 # Modules that register models when imported.
-_MODEL_MODULES = ("models.hivemil", "models.baselines")
+_MODEL_MODULES = ("models.hivemil.model", "models.baselines")
 
 
 def register_model(name: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasets.demo import default_demo_root, ensure_demo_data  # noqa: E402
+from preprocess.demo import default_demo_root, ensure_demo_data  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 

@@ -1,11 +1,11 @@
-"""Bag losses against hand-computed values (models/bag_losses.py)."""
+"""Bag losses against hand-computed values (training/bag_losses.py)."""
 
 import math
 
 import pytest
 import torch
 
-from models.bag_losses import CrossEntropyBagLoss, FocalLoss, SmoothTop1SVM, build_bag_loss
+from training.bag_losses import CrossEntropyBagLoss, FocalLoss, SmoothTop1SVM, build_bag_loss
 from utils.errors import InputError
 
 

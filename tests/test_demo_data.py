@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from datasets.consistency import check_slide
+from preprocess.consistency import check_slide
 from datasets.dataset_csv import read_dataset_csv
-from datasets.demo import DEMO_PROMPTS, default_demo_root, demo_task, ensure_demo_data
+from preprocess.demo import DEMO_PROMPTS, default_demo_root, demo_task, ensure_demo_data
 from datasets.features import read_slide_bag
 from datasets.splits import read_split
 from datasets.tasks import get_task

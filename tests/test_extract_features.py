@@ -9,10 +9,10 @@ import torch
 
 import extract_features
 from datasets.features import FeatureLayout
-from datasets.wsi.encode import tile_image
-from datasets.wsi.reader import open_slide
-from datasets.wsi.synthetic import expected_tiles, synthetic_image, write_pyramid_tiff
-from datasets.wsi.tiling import TileGeometry, choose_level
+from preprocess.wsi.encode import tile_image
+from preprocess.wsi.reader import open_slide
+from preprocess.wsi.synthetic import expected_tiles, synthetic_image, write_pyramid_tiff
+from preprocess.wsi.tiling import TileGeometry, choose_level
 from utils.errors import run_cli
 
 TASK, EXTRACTOR = "toy", "plip"

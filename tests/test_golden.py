@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from datasets.bag import SlideBag
 from models.convert_checkpoint import released_to_ours
-from models.hivemil import HiveMIL
-from models.hivemil_options import HiveMILOptions, VariantSwitches
+from models.hivemil.model import HiveMIL
+from models.hivemil.options import HiveMILOptions, VariantSwitches
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 CASES = sorted(GOLDEN.glob("case_*.pt")) if GOLDEN.is_dir() else []

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from datasets.bag import SlideBag
 from models.convert_checkpoint import load_model_state, ours_to_released
-from models.hivemil import HiveMIL
-from models.hivemil_options import HiveMILOptions, VariantSwitches
+from models.hivemil.model import HiveMIL
+from models.hivemil.options import HiveMILOptions, VariantSwitches
 
 CLASSES = 2
 DESCRIPTIONS = [

@@ -17,11 +17,11 @@ from interpretability.attribution import (
     text_contributions,
     topk_text_scores,
 )
-from models.hier_graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT
-from models.hivemil import HiveMIL
-from models.hivemil_options import HiveMILOptions, VariantSwitches
-from models.slide_logits import topk_class_logits
-from utils.prompt_file import parse_prompt_text
+from models.hivemil.graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT
+from models.hivemil.model import HiveMIL
+from models.hivemil.options import HiveMILOptions, VariantSwitches
+from models.hivemil.slide_logits import topk_class_logits
+from datasets.prompt_file import parse_prompt_text
 
 P5, P20 = 2048, 512  # 5x / 20x patch sides at level0_mag 40
 CHILD_COUNTS = [3, 0, 16, 2, 5, 1, 4, 7]  # 8 5x patches; patch 1 has no children
@@ -312,12 +312,12 @@ def make_mini_run(
     randomly initialised model; returns the run folder.
     """
     from datasets.features import FeatureLayout, write_patch_file
-    from datasets.preprocess import build_slide_hierarchy
+    from preprocess.hierarchy import build_slide_hierarchy
     from datasets.splits import Split, split_csv_path, write_split
     from datasets.tasks import get_task
     from models.registry import build_model
-    from utils.config import RunConfig
-    from utils.results import save_checkpoint, write_run_config
+    from training.config import RunConfig
+    from training.results import save_checkpoint, write_run_config
 
     task_name, classes = "minitask", ("alpha", "beta", "gamma")
     layout = FeatureLayout(root / "features", task_name, "tiny")

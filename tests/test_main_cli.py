@@ -11,7 +11,7 @@ import pytest
 from test_training import CLASSES, TASK, make_toy_data
 
 import main as main_module
-from utils.config import RunConfig, build_parser, parse_config, validate_config
+from training.config import RunConfig, build_parser, parse_config, validate_config
 from utils.errors import run_cli
 
 PUBLISHED = (
@@ -98,7 +98,7 @@ def test_parser_dests_are_config_fields():
 
 
 def test_new_model_flag_reaches_the_config(monkeypatch):
-    import utils.config as config_module
+    import training.config as config_module
 
     original = config_module.add_model_arguments
 
@@ -129,7 +129,7 @@ def test_demo_task_takes_paths_from_demo_data(monkeypatch, tmp_path):
         )  # fmt: skip
 
     monkeypatch.setitem(
-        sys.modules, "datasets.demo", types.SimpleNamespace(ensure_demo_data=ensure_demo_data)
+        sys.modules, "preprocess.demo", types.SimpleNamespace(ensure_demo_data=ensure_demo_data)
     )
     config = parse_config(["--task", "demo"])
     assert calls == [None]

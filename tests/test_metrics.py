@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from utils.metrics import accuracy, auc, classification_metrics, macro_f1
-from utils.results import format_summary_table, summary_frames
+from training.results import format_summary_table, summary_frames
 
 
 def test_accuracy_and_f1_by_hand():

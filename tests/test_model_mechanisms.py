@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.hier_attention import ModalityScaleAttention
-from models.hier_gnn import HierHeteroGNN
-from models.hier_graph import HIER_EDGE_TYPES, INTRA_EDGE_TYPES, build_hier_graph, stride_parents
-from models.htcl import hierarchical_text_contrastive_loss
-from models.slide_logits import topk_class_logits
-from models.tgdf import text_guided_filter
+from models.hivemil.attention import ModalityScaleAttention
+from models.hivemil.gnn import HierHeteroGNN
+from models.hivemil.graph import HIER_EDGE_TYPES, INTRA_EDGE_TYPES, build_hier_graph, stride_parents
+from models.hivemil.htcl import hierarchical_text_contrastive_loss
+from models.hivemil.slide_logits import topk_class_logits
+from models.hivemil.tgdf import text_guided_filter
 
 
 # ----- TGDF -----------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_chunked_dense_attention_equals_one_block_values_and_grads():
 
 
 def test_cap_children_keeps_real_children_first_and_is_seeded():
-    from models.hivemil import cap_children
+    from models.hivemil.model import cap_children
 
     valid = torch.tensor([[True, False, True, True, False], [False, False, False, False, True]])
     rows = torch.arange(10.0).reshape(2, 5, 1)

@@ -16,7 +16,7 @@ import pandas as pd
 import check_hierarchical_consistency as checker_cli
 import create_hierarchical_features as create_cli
 import create_splits as splits_cli
-from datasets.consistency import check_slide
+from preprocess.consistency import check_slide
 from datasets.features import FeatureLayout, read_slide_bag, write_patch_file
 from datasets.splits import read_split
 from tests.data_fixtures import (

@@ -9,7 +9,7 @@ import pytest
 
 from datasets.tasks import PROJECT_ROOT, get_task
 from utils.errors import InputError
-from utils.prompt_file import (
+from datasets.prompt_file import (
     HierarchicalPrompts,
     check_token_lengths,
     clip_token_counter,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_training import make_toy_data, toy_config
 
-import utils.training as training
+import training.experiment as training
 from utils.errors import InputError
 from utils.run_logging import RunLog
 

@@ -21,13 +21,13 @@ from datasets.features import FeatureLayout, write_patch_file
 from datasets.splits import Split, split_csv_path, write_split
 from models import registry
 from models.base import ModelOutput, SlideClassifier
-from utils.config import RunConfig
-from utils.early_stopping import EarlyStopping
-from utils.evaluation import EvalResult, evaluate
+from training.config import RunConfig
+from training.early_stopping import EarlyStopping
+from training.evaluation import EvalResult, evaluate
 from utils.prefetch import prefetch
 from utils.run_logging import RunLog
-from utils.trainer import LoopOptions, build_optimizer, epoch_order, fit, restore_state, snapshot_state
-from utils.training import run_experiment
+from training.loop import LoopOptions, build_optimizer, epoch_order, fit, restore_state, snapshot_state
+from training.experiment import run_experiment
 
 TEST_MODEL = "test_meanpool"
 DIM = 8
@@ -139,7 +139,7 @@ def make_toy_data(root, k: int = 3, shots: int = 2, n_slides: int = 12, seed: in
 
 
 def toy_config(data: dict, results_dir, **overrides) -> RunConfig:
-    from utils.config import parse_config
+    from training.config import parse_config
 
     config = parse_config([*data["argv"], "--results_dir", str(results_dir)])
     for name, value in overrides.items():

@@ -1,20 +1,20 @@
-"""Slide reading, tissue segmentation and nested 5x/20x tiling (datasets/wsi), on hand-made inputs."""
+"""Slide reading, tissue segmentation and nested 5x/20x tiling (preprocess/wsi), on hand-made inputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from datasets.wsi.reader import (
+from preprocess.wsi.reader import (
     SlideError,
     available_backends,
     best_level_for_downsample,
     open_slide,
     read_downsampled,
 )
-from datasets.wsi.synthetic import expected_tiles, synthetic_image, write_pyramid_tiff
-from datasets.wsi.tiling import TileGeometry, choose_level, plan_tiles, resolve_level0_mag, tissue_fractions
-from datasets.wsi.tissue import (
+from preprocess.wsi.synthetic import expected_tiles, synthetic_image, write_pyramid_tiff
+from preprocess.wsi.tiling import TileGeometry, choose_level, plan_tiles, resolve_level0_mag, tissue_fractions
+from preprocess.wsi.tissue import (
     TissueParams,
     fill_small_holes,
     majority_filter,
@@ -239,7 +239,7 @@ def test_open_slide_rejects_corrupt_file_in_one_line(tmp_path):
 
 
 def test_synthetic_layout_gives_the_hand_count():
-    """The planted layout (datasets/wsi/synthetic.py) through segmentation + tiling gives the hand count."""
+    """The planted layout (preprocess/wsi/synthetic.py) through segmentation + tiling gives the hand count."""
     image = synthetic_image(tile_px=256)  # 2048 x 2048, 20x tiles of 256 px at level0_mag 20
     thumb = image.reshape(128, 16, 128, 16, 3).mean(axis=(1, 3)).astype(np.uint8)
     geometry = TileGeometry(20)

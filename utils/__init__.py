@@ -1,1 +1,1 @@
-"""Training loop, metrics and results, seeding, atomic IO, logging and configuration."""
+"""Leaf helpers (nothing here imports project code): errors, atomic IO, seeding, logging, device, metrics."""

@@ -32,7 +32,7 @@ def load_text_tower(config) -> TextTower:
 def load_descriptions(config, task) -> tuple[list[list[str]], list[list[str]]]:
     """(coarse, fine) description texts per class, in the task's class order."""
     from datasets.tasks import DEFAULT_LLM
-    from utils.prompt_file import load_prompt_file
+    from datasets.prompt_file import load_prompt_file
 
     prompts = load_prompt_file(
         task.prompt_file(getattr(config, "LLM", DEFAULT_LLM)),

@@ -3,7 +3,7 @@
 Per scale s in {low = 5x, high = 20x}:
 1. Dual-scale text prompts (paper Sec. 3.2): each class's descriptions of that scale (the prompt
    file's coarse entries for 5x, fine entries for 20x) get learnable CoOp context vectors
-   (one context per scale, :class:`models.prompt_learner.PromptLearner`) and go through the frozen
+   (one context per scale, :class:`models.hivemil.prompt_learner.PromptLearner`) and go through the frozen
    text tower; a class's text feature is the normalised mean of its description features.
 2. Prototype-guided patch decoder (Sec. 3.3): learnable prototypes P attend to the slide's patch
    features X by cross-attention, P' = LayerNorm(P + Attn(P, X, X)); the slide feature is mean(P').
@@ -33,7 +33,7 @@ from datasets.bag import SlideBag
 from models.base import FrozenTowerClassifier, ModelOutput, zero_loss
 from models.baselines.common import bag_instances, dropout_p, feature_dim
 from models.baselines.text_side import load_descriptions, load_text_tower
-from models.prompt_learner import PromptLearner
+from models.hivemil.prompt_learner import PromptLearner
 from models.registry import register_model
 from models.towers.base import TextTower, freeze
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.wsi.reader import SlideReader
-from datasets.wsi.tiling import LevelChoice
+from preprocess.wsi.reader import SlideReader
+from preprocess.wsi.tiling import LevelChoice
 from models.towers.base import ImageTower
 from utils.prefetch import prefetch
 

@@ -5,10 +5,10 @@ attribute names are the argparse ``dest`` names. Differences from the published 
 defaults to ``curated`` (our prompt folder), ``--device`` to ``auto`` (CUDA when available, else CPU),
 and ``--feature_extractor`` accepts any name (plip, quiltnet, conch, demo, open_clip names).
 Flags added by this project (``--text_tower``, ``--skip-missing``, ``--cache_mb``, ...) are listed in the
-"run control" group; the HiVE-MIL variant switches come from :func:`models.hivemil_options.add_model_arguments`.
+"run control" group; the HiVE-MIL variant switches come from :func:`models.hivemil.options.add_model_arguments`.
 
 With ``--task demo`` every data flag the user did not give is taken from the generated demo data
-(:func:`datasets.demo.ensure_demo_data`): data root, splits, feature extractor/dimension, folds, shots.
+(:func:`preprocess.demo.ensure_demo_data`): data root, splits, feature extractor/dimension, folds, shots.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from models.hivemil_options import add_model_arguments, switches_from_namespace
+from models.hivemil.options import add_model_arguments, switches_from_namespace
 from utils.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ class RunConfig:
     num_high_mag_subtexts: int = 3
     filter_alpha: float = 0.5
     contrastive_lambda: float = 0.5
-    # --- HiVE-MIL variant switches (models.hivemil_options); None = the variant's value ---
+    # --- HiVE-MIL variant switches (models.hivemil.options); None = the variant's value ---
     variant: str = "reference"
     text_encoding: str | None = None
     hier_attention: str | None = None
@@ -170,7 +170,7 @@ class RunConfig:
         return TESTING_MAX_SLIDES if self.testing else None
 
     def switches(self):
-        """The resolved :class:`models.hivemil_options.VariantSwitches`."""
+        """The resolved :class:`models.hivemil.options.VariantSwitches`."""
         return switches_from_namespace(self)
 
     def resolve_path(self, value: str | None) -> Path | None:
@@ -366,7 +366,7 @@ def _apply_task_defaults(values: dict) -> None:
     """Fill the task-dependent flags the user did not give (from the demo data for ``--task demo``)."""
     missing = [name for name in TASK_DEPENDENT if values.get(name) is None]
     if values.get("task") == "demo" and missing:
-        from datasets.demo import ensure_demo_data
+        from preprocess.demo import ensure_demo_data
 
         demo = ensure_demo_data()
         demo_values = {

@@ -6,7 +6,7 @@
     top-k slide logits at 5x and 20x, summed                                      (3.6)
     aux loss = lambda * HTCL                                                      (3.7)
 
-Released-code behaviours are selected by :class:`models.hivemil_options.VariantSwitches`.
+Released-code behaviours are selected by :class:`models.hivemil.options.VariantSwitches`.
 The frozen text tower is a submodule (it follows ``.to(device)``) but is left out of ``state_dict``:
 checkpoints hold only the learned context and the GNN (the tower comes from its own weights).
 """
@@ -21,14 +21,14 @@ from torch import nn
 
 from datasets.bag import SlideBag
 from models.base import FrozenTowerClassifier, ModelOutput
-from models.hier_gnn import HierHeteroGNN
-from models.hier_graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT, build_hier_graph
-from models.hivemil_options import HiveMILOptions
-from models.htcl import hierarchical_text_contrastive_loss
-from models.prompt_learner import PromptLearner
+from models.hivemil.gnn import HierHeteroGNN
+from models.hivemil.graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT, build_hier_graph
+from models.hivemil.options import HiveMILOptions
+from models.hivemil.htcl import hierarchical_text_contrastive_loss
+from models.hivemil.prompt_learner import PromptLearner
 from models.registry import register_model
-from models.slide_logits import topk_class_logits
-from models.tgdf import text_guided_filter
+from models.hivemil.slide_logits import topk_class_logits
+from models.hivemil.tgdf import text_guided_filter
 from models.towers.base import TextTower
 from utils.errors import InputError
 
@@ -194,7 +194,7 @@ def cap_children(rows: torch.Tensor, valid: torch.Tensor, cap: int, seed: int = 
 
 def options_from_config(config) -> HiveMILOptions:
     """HiVE-MIL options from a RunConfig / argparse namespace (published flag names)."""
-    from models.hivemil_options import switches_from_namespace
+    from models.hivemil.options import switches_from_namespace
 
     def mag(value, default):
         return int(str(value if value is not None else default).rstrip("x"))
@@ -219,7 +219,7 @@ def options_from_config(config) -> HiveMILOptions:
 def build_hivemil(config, task) -> HiveMIL:
     """Registry builder: text tower + prompt file of ``task`` + options from ``config``."""
     from models.towers import load_towers
-    from utils.prompt_file import load_prompt_file
+    from datasets.prompt_file import load_prompt_file
 
     options = options_from_config(config)
     source = getattr(config, "text_tower", None)

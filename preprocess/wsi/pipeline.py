@@ -1,8 +1,8 @@
 """One slide from raw file to its 5x and 20x feature files (the work of ``extract_features.py``).
 
-Steps: open the slide (:mod:`datasets.wsi.reader`), settle its level-0 magnification, read a thumbnail
-at the tissue-mask resolution and segment it (:mod:`datasets.wsi.tissue`), select the nested 5x/20x
-tiles (:mod:`datasets.wsi.tiling`), encode them (:mod:`datasets.wsi.encode`) and write
+Steps: open the slide (:mod:`preprocess.wsi.reader`), settle its level-0 magnification, read a thumbnail
+at the tissue-mask resolution and segment it (:mod:`preprocess.wsi.tissue`), select the nested 5x/20x
+tiles (:mod:`preprocess.wsi.tiling`), encode them (:mod:`preprocess.wsi.encode`) and write
 ``<extractor>_5x/<slide>.h5`` and ``<extractor>_20x/<slide>.h5`` atomically (20x first, so a slide is
 finished exactly when both exist). ``--thumbnails`` adds a PNG with the mask and the kept tiles
 (``<task>_<extractor>/thumbnails/<slide>.png``).
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from datasets.features import FeatureLayout, write_patch_file
-from datasets.wsi.encode import StageTimes, TileGroup, encode_tiles
-from datasets.wsi.reader import SlideError, open_slide, read_downsampled
-from datasets.wsi.sources import SlideSource
-from datasets.wsi.tiling import TileGeometry, TilePlan, choose_level, plan_tiles, resolve_level0_mag
-from datasets.wsi.tissue import TissueParams, segment_tissue
+from preprocess.wsi.encode import StageTimes, TileGroup, encode_tiles
+from preprocess.wsi.reader import SlideError, open_slide, read_downsampled
+from preprocess.wsi.sources import SlideSource
+from preprocess.wsi.tiling import TileGeometry, TilePlan, choose_level, plan_tiles, resolve_level0_mag
+from preprocess.wsi.tissue import TissueParams, segment_tissue
 from models.towers.base import ImageTower
 from utils.atomic_io import atomic_path
 

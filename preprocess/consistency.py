@@ -28,7 +28,7 @@ import numpy as np
 
 from datasets.features import FeatureLayout, open_h5, read_patch_file, require_dataset
 from datasets.hierarchy import find_parents, pack_cells, patch_px
-from datasets.preprocess import build_slide_hierarchy
+from preprocess.hierarchy import build_slide_hierarchy
 from utils.errors import InputError
 
 _BLOCK_ROWS = 1024

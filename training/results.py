@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 
 from utils.atomic_io import atomic_path, atomic_write_text
-from utils.config import RunConfig
+from training.config import RunConfig
 from utils.errors import InputError
-from utils.evaluation import EvalResult
+from training.evaluation import EvalResult
 
 METRIC_COLUMNS = ("test_acc", "test_auc", "test_f1", "val_acc", "val_auc", "val_f1")
 CONFIG_FILE = "config.json"

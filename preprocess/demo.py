@@ -8,7 +8,7 @@ signal (a class-specific direction) is planted mostly in about 30% of the 20x ch
 in the 5x parents of those regions, so a mean-pooled linear classifier separates the classes.
 
 Everything is written with the project's own writers: 5x/20x files, the hierarchical files via
-:func:`datasets.preprocess.build_slide_hierarchy` (what ``create_hierarchical_features.py`` runs),
+:func:`preprocess.hierarchy.build_slide_hierarchy` (what ``create_hierarchical_features.py`` runs),
 ``dataset_csv/demo.csv``, three 8-shot splits via :func:`datasets.splits.make_few_shot_splits` and the
 prompt file ``text_prompt/HiVE_MIL/curated/demo.json``. Generation is deterministic in ``seed`` and
 safe under concurrency: it happens in a temporary folder renamed into place, with a marker file that
@@ -30,7 +30,7 @@ import pandas as pd
 
 from datasets.features import FeatureLayout, write_patch_file
 from datasets.hierarchy import patch_px
-from datasets.preprocess import build_slide_hierarchy
+from preprocess.hierarchy import build_slide_hierarchy
 from datasets.splits import make_few_shot_splits, split_csv_path, write_split
 from datasets.tasks import PROJECT_ROOT, TaskSpec
 from utils.atomic_io import atomic_write_text

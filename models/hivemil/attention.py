@@ -7,7 +7,7 @@ Queries are the destination nodes, keys/values the source nodes of one hierarchi
 
 with learned scale embeddings ``s`` (2 x D), per-edge-type projections ``Q_e``/``K_e`` and one
 multi-head attention shared by the four hierarchical edge types. The methods return ``out``; the
-layer adds the residual (once, or twice as the released code does -- see :mod:`models.hier_gnn`).
+layer adds the residual (once, or twice as the released code does -- see :mod:`models.hivemil.gnn`).
 
 Two ways to choose which sources a destination attends to:
 - :meth:`dense` (released code): every destination attends to *every* source node of the other scale.

@@ -18,8 +18,8 @@ from torch import nn
 
 from datasets.bag import SlideBag
 from utils.amp import autocast, grad_scaler
-from utils.early_stopping import EarlyStopping
-from utils.evaluation import EvalResult
+from training.early_stopping import EarlyStopping
+from training.evaluation import EvalResult
 from utils.prefetch import prefetch
 from utils.run_logging import ScalarLog, bar
 

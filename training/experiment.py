@@ -25,17 +25,17 @@ from datasets.dataset_csv import read_dataset_csv
 from datasets.features import FeatureLayout, missing_feature_slides, read_slide_bag
 from datasets.splits import PARTS, Split, check_split_against_csv, read_split, split_csv_path
 from datasets.tasks import TaskSpec, get_task
-from models.bag_losses import build_bag_loss
+from training.bag_losses import build_bag_loss
 from models.base import SlideClassifier
 from models.registry import build_model
-from utils import results as res
-from utils.config import RunConfig, resolve_device, validate_config
-from utils.early_stopping import EarlyStopping
+from training import results as res
+from training.config import RunConfig, resolve_device, validate_config
+from training.early_stopping import EarlyStopping
 from utils.errors import InputError
-from utils.evaluation import EvalResult, evaluate
+from training.evaluation import EvalResult, evaluate
 from utils.run_logging import RunLog, ScalarLog, progress_enabled
 from utils.seed import configure_determinism, seed_everything
-from utils.trainer import FitResult, LoopOptions, build_optimizer, fit, restore_state
+from training.loop import FitResult, LoopOptions, build_optimizer, fit, restore_state
 
 MAX_LISTED = 5
 

@@ -5,7 +5,7 @@ One layer updates every node type as
     h'_t = h_t + sum_{intra edge types e -> t} SAGE_e(h)  +  sum_{hier edge types e -> t} A_e(h)
 
 where SAGE_e is GraphSAGE with mean aggregation (``lin_l(mean_neighbours) + lin_r(h_dst)``) and A_e
-the modality-scale attention (:mod:`models.hier_attention`). The released attention term is
+the modality-scale attention (:mod:`models.hivemil.attention`). The released attention term is
 ``h_dst + MHA(...)``, so the residual is counted twice (``attn_residual="double"``); ``"single"`` adds
 only the attention output. The network is layer 1 -> ReLU -> layer 2 -> L2 normalisation.
 
@@ -21,8 +21,8 @@ from torch import nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import HeteroConv, SAGEConv
 
-from models.hier_attention import ModalityScaleAttention
-from models.hier_graph import HIER_EDGE_TYPES, INTRA_EDGE_TYPES, NODE_SCALE
+from models.hivemil.attention import ModalityScaleAttention
+from models.hivemil.graph import HIER_EDGE_TYPES, INTRA_EDGE_TYPES, NODE_SCALE
 
 # Released order of the convolutions (the 'self' ones are never fed edges but exist in checkpoints).
 _CONV_EDGE_TYPES = (

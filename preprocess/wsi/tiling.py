@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from datasets.hierarchy import patch_px
-from datasets.wsi.reader import SlideError, best_level_for_downsample
+from preprocess.wsi.reader import SlideError, best_level_for_downsample
 
 PATCH_SIZE = 256
 LOW_MAG = 5
@@ -115,7 +115,7 @@ def plan_tiles(
     """Apply the selection rule (module docstring) to a tissue ``mask`` at ``geometry.mask_downsample``.
 
     Args:
-        mask: [H // ds, W // ds] bool tissue mask (e.g. :func:`datasets.wsi.tissue.segment_tissue`).
+        mask: [H // ds, W // ds] bool tissue mask (e.g. :func:`preprocess.wsi.tissue.segment_tissue`).
         geometry: tile sides of this slide.
         slide_size: level-0 (width, height).
         min_tissue: minimum tissue fraction of a kept tile.
