@@ -23,9 +23,10 @@ from pathlib import Path
 import h5py
 from tqdm import tqdm
 
-from preprocess.consistency import SlideReport, check_slide, fix_slide, fixed_dir, hier_width
 from datasets.features import FeatureLayout, list_slides
-from preprocess.hierarchy import add_dataset_arguments, default_max_children, level0_mags_from_csv
+from datasets.hierarchy import children_per_parent
+from preprocess.consistency import SlideReport, check_slide, fix_slide, fixed_dir, hier_width
+from preprocess.hierarchy import add_dataset_arguments, level0_mags_from_csv
 from utils.errors import InputError, run_cli
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"checking {len(slides)} slides under {layout.root}; level0_mag from {csv_used or 'file attributes / --level0-mag'}"
     )
-    default_width = default_max_children(args.low_mag, args.high_mag)
+    default_width = children_per_parent(args.low_mag, args.high_mag)
 
     reports: list[SlideReport] = []
     for slide in tqdm(slides, desc="checking", unit="slide", file=sys.stderr):

@@ -20,11 +20,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets.features import FeatureLayout, list_slides
+from datasets.hierarchy import children_per_parent
 from preprocess.hierarchy import (
     SlideJob,
     SlideOutcome,
     add_dataset_arguments,
-    default_max_children,
     level0_mags_from_csv,
     run_slide_job,
 )
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(
             f"--low-mag {args.low_mag:g} must be positive and below --high-mag {args.high_mag:g}"
         )
-    max_children = args.max_patches or default_max_children(args.low_mag, args.high_mag)
+    max_children = args.max_patches or children_per_parent(args.low_mag, args.high_mag)
     if max_children <= 0:
         raise InputError(f"--max-patches must be positive, got {args.max_patches}")
     if args.workers < 1:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from datasets.features import FeatureLayout
 from preprocess.wsi.pipeline import ExtractOptions, SlideResult, extract_slide, is_finished
 from preprocess.wsi.sources import SlideSource, find_slides
+from utils.device import resolve_device
 from utils.errors import InputError, run_cli
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -81,21 +82,6 @@ def validate_args(args: argparse.Namespace) -> None:
         raise InputError(f"--level0-mag must be positive, got {args.level0_mag}")
     if args.slide_dir is not None and not Path(args.slide_dir).is_dir():
         raise InputError(f"--slide-dir {args.slide_dir}: not a folder")
-
-
-def resolve_device_flag(name: str):
-    """``--device`` -> torch.device; an unavailable CUDA device is a flag error."""
-    import torch
-
-    from preprocess.wsi.encode import resolve_device
-
-    try:
-        device = resolve_device(name)
-    except RuntimeError as err:
-        raise InputError(f"--device {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return device
 
 
 def load_image_tower(extractor: str, weights: str | None, device):
@@ -175,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(sources)} slides, {len(sources) - len(pending)} already done; output in {layout.root}")
     tower = options = None
     if pending:  # load the tower only when there is work
-        device = resolve_device_flag(args.device)
+        device = resolve_device(args.device)
         tower = load_image_tower(args.feature_extractor, args.weights, device)
         options = ExtractOptions(
             extractor=args.feature_extractor,

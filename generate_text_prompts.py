@@ -26,9 +26,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from datasets.tasks import DEFAULT_PROMPT_DIR, builtin_task_names, get_task
-from utils.atomic_io import atomic_write_text
-from utils.errors import InputError, run_cli
 from datasets.prompt_file import (
     HierarchicalPrompts,
     check_token_lengths,
@@ -37,6 +34,9 @@ from datasets.prompt_file import (
     load_prompt_file,
     parse_prompt_text,
 )
+from datasets.tasks import DEFAULT_PROMPT_DIR, builtin_task_names, get_task
+from utils.atomic_io import atomic_write_text
+from utils.errors import InputError, run_cli
 
 N_COARSE = 4
 N_FINE_PER_COARSE = 3

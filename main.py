@@ -6,21 +6,23 @@ Published command (works unchanged; add ``--text_tower PATH`` to load the text t
         --feature_extractor plip --feature_dim 512 --bag_loss ce --task tcga_brca \\
         --results_dir RESULTS --model_type HiVE_MIL --data_root_dir R
 
-``python main.py --task demo`` trains on the generated demo data. See :mod:`training.config` for every
-flag and :mod:`training.experiment` for what a run does and writes.
+``python main.py --task demo`` trains on the generated demo data: the CLI expands ``demo`` into its
+data paths, tiny text tower and training settings (:func:`preprocess.demo.task_defaults`). See
+:mod:`training.config` for every flag and :mod:`training.experiment` for what a run does and writes.
 """
 
 from __future__ import annotations
 
 import sys
 
+from preprocess.demo import task_defaults
 from training.config import parse_config
-from utils.errors import run_cli
 from training.experiment import run_experiment
+from utils.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(argv)
+    config = parse_config(argv, task_defaults=task_defaults)
     run_experiment(config)
     return 0
 

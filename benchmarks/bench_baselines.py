@@ -34,6 +34,7 @@ BASELINES = ("mean_pool", "max_pool", "MIL_fc", "ABMIL", "TransMIL", "LiteMIL", 
 
 def run_config(model: str, results_dir: Path, args: argparse.Namespace):
     """The ``main.py`` configuration of one demo run (published flags where they apply)."""
+    from preprocess.demo import task_defaults
     from training.config import parse_config
 
     argv = [
@@ -43,7 +44,7 @@ def run_config(model: str, results_dir: Path, args: argparse.Namespace):
     ]  # fmt: skip
     if args.early_stopping:
         argv.append("--early_stopping")
-    return parse_config(argv)
+    return parse_config(argv, task_defaults=task_defaults)
 
 
 def time_training_epochs(config, epochs: int) -> tuple[float, int]:
@@ -51,10 +52,10 @@ def time_training_epochs(config, epochs: int) -> tuple[float, int]:
     import torch
 
     from training.bag_losses import build_bag_loss
-    from training.config import resolve_device
-    from utils.run_logging import RunLog
-    from training.loop import LoopOptions, build_optimizer, train_one_epoch
     from training.experiment import prepare_data, seeded_model
+    from training.loop import LoopOptions, build_optimizer, train_one_epoch
+    from utils.device import resolve_device
+    from utils.run_logging import RunLog
 
     device = resolve_device(config.device)
     data = prepare_data(config, RunLog(quiet=True))
@@ -82,10 +83,10 @@ def time_training_epochs(config, epochs: int) -> tuple[float, int]:
 def evaluate_untrained(config) -> list[float]:
     """Test ACC of every fold for a model with nothing to train."""
     from training.bag_losses import build_bag_loss
-    from training.config import resolve_device
     from training.evaluation import evaluate
-    from utils.run_logging import RunLog
     from training.experiment import prepare_data, seeded_model
+    from utils.device import resolve_device
+    from utils.run_logging import RunLog
 
     device = resolve_device(config.device)
     data = prepare_data(config, RunLog(quiet=True))

@@ -113,12 +113,12 @@ def time_setting(
     import torch
 
     from datasets.bag_dataset import BagDataset
-    from training.bag_losses import build_bag_loss
     from models.registry import build_model
+    from training.bag_losses import build_bag_loss
     from training.config import RunConfig
     from training.evaluation import evaluate
-    from utils.seed import seed_everything
     from training.loop import LoopOptions, build_optimizer, epoch_order, train_one_epoch
+    from utils.seed import seed_everything
 
     device = torch.device(args.device)
     config = RunConfig(
@@ -129,7 +129,7 @@ def time_setting(
         text_tower=tower,
     )
     seed_everything(0, deterministic=device.type == "cpu")
-    model = build_model(args.model, config, task).to(device)
+    model = build_model(args.model, config.model_spec(task)).to(device)
     dataset = BagDataset(layout, ids, labels, cache_mb=args.cache_mb if setting.bag_cache else 0)
     train_idx, val_idx = list(range(args.train)), list(range(args.train, args.train + args.val))
     loss_fn = build_bag_loss("ce", task.num_classes)

@@ -37,6 +37,11 @@ def patch_px(level0_mag: float, mag: float, patch_size: int = BASE_PATCH_PX) -> 
     return int(side)
 
 
+def children_per_parent(low_mag: float, high_mag: float) -> int:
+    """``(high / low)^2``: how many high-magnification patches tile one low-magnification patch (16)."""
+    return int(round((float(high_mag) / float(low_mag)) ** 2))
+
+
 def slide_salt(slide_id: str) -> int:
     """A stable (process-independent) integer derived from a slide id, for seeding per-slide draws."""
     return zlib.crc32(slide_id.encode("utf-8"))

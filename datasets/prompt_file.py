@@ -25,6 +25,19 @@ from utils.errors import InputError
 Entry = tuple[str, str]  # (term, explanation)
 
 
+def render_description(term: str, explanation: str) -> str:
+    """The text of one prompt entry, ``"<term> : <explanation>"`` (released format)."""
+    return f"{term} : {explanation}"
+
+
+def with_context_placeholders(text: str, n_ctx: int, ctx_token: str = "X") -> str:
+    """``"X X ... X <text>"``: ``n_ctx`` placeholder tokens that the prompt learner replaces by context
+    vectors; with ``n_ctx == 0`` the text itself."""
+    if n_ctx < 0:
+        raise ValueError(f"n_ctx must be >= 0, got {n_ctx}")
+    return " ".join([*([ctx_token] * n_ctx), text])
+
+
 @dataclass(frozen=True)
 class HierarchicalPrompts:
     """Validated prompts of one task.
@@ -59,6 +72,12 @@ class HierarchicalPrompts:
         self._require(cls)
         return [*self.coarse[cls], *self.fine[cls]]
 
+    def descriptions(self, cls: str, scale: str = "all") -> list[str]:
+        """Rendered entries of ``cls`` (:func:`render_description`): ``coarse``, ``fine`` or ``all`` (coarse first)."""
+        self._require(cls)
+        entries = {"coarse": self.coarse[cls], "fine": self.fine[cls], "all": self.entries(cls)}[scale]
+        return [render_description(term, explanation) for term, explanation in entries]
+
     def fine_parent(self, fine_index: int) -> int:
         """Index of the coarse entry that fine entry ``fine_index`` (0-based among fine) refines."""
         return fine_index // self.n_fine_per_coarse
@@ -69,13 +88,7 @@ class HierarchicalPrompts:
         ``n_ctx`` placeholder tokens (later replaced by learned context vectors) precede each
         description; with ``n_ctx == 0`` there is no leading space.
         """
-        if n_ctx < 0:
-            raise ValueError(f"n_ctx must be >= 0, got {n_ctx}")
-        prefix = " ".join([ctx_token] * n_ctx)
-        return [
-            f"{prefix} {term} : {explanation}" if n_ctx else f"{term} : {explanation}"
-            for term, explanation in self.entries(cls)
-        ]
+        return [with_context_placeholders(text, n_ctx, ctx_token) for text in self.descriptions(cls)]
 
     def to_json_dict(self) -> dict[str, dict[str, str]]:
         """The ``{class: {term: explanation}}`` form, classes and entries in order."""

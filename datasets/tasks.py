@@ -1,7 +1,7 @@
 """Task registry: a task is a dataset CSV + label dict + class names + prompt file.
 
-Built-in tasks are the three TCGA subtyping tasks of the paper and the generated ``demo`` task.
-Any other task works without code changes: put ``dataset_csv/<task>.csv`` (columns
+Built-in tasks are the three TCGA subtyping tasks of the paper. Any other task (the generated demo
+task included) works without code changes: put ``dataset_csv/<task>.csv`` (columns
 ``case_id,slide_id,label,level0_mag``) and ``text_prompt/HiVE_MIL/<LLM>/<task>.json`` in place;
 the classes are the prompt file's keys, in file order (or the sorted CSV labels without a prompt file).
 """
@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.errors import InputError
+from utils.paths import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CSV_DIR = PROJECT_ROOT / "dataset_csv"
 DEFAULT_PROMPT_DIR = PROJECT_ROOT / "text_prompt"
-DEFAULT_LLM = "curated"
+RELEASED_LLM = "gpt4o"  # the released code's --LLM default
+DEFAULT_LLM = "curated"  # our own prompts, used when the released folder has no file for the task
 CSV_COLUMNS = ("case_id", "slide_id", "label", "level0_mag")
 
 
@@ -35,9 +36,14 @@ class TaskSpec:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def prompt_file(self, llm: str = DEFAULT_LLM) -> Path:
-        """``text_prompt/HiVE_MIL/<llm>/<task>.json``."""
-        return Path(self.prompt_dir) / "HiVE_MIL" / llm / f"{self.name}.json"
+    def prompt_file(self, llm: str | None = None) -> Path:
+        """``text_prompt/HiVE_MIL/<llm>/<task>.json`` (``llm`` None: :meth:`default_llm`)."""
+        return Path(self.prompt_dir) / "HiVE_MIL" / (llm or self.default_llm()) / f"{self.name}.json"
+
+    def default_llm(self) -> str:
+        """The released default ``gpt4o`` when its prompt file for this task exists, else ``curated``."""
+        released = Path(self.prompt_dir) / "HiVE_MIL" / RELEASED_LLM / f"{self.name}.json"
+        return RELEASED_LLM if released.is_file() else DEFAULT_LLM
 
 
 _BUILTIN_CLASSES: dict[str, tuple[str, ...]] = {
@@ -48,7 +54,7 @@ _BUILTIN_CLASSES: dict[str, tuple[str, ...]] = {
 
 
 def builtin_task_names() -> list[str]:
-    return [*sorted(_BUILTIN_CLASSES), "demo"]
+    return sorted(_BUILTIN_CLASSES)
 
 
 def _classes_from_prompt_file(path: Path) -> tuple[str, ...] | None:
@@ -79,24 +85,22 @@ def get_task(
     name: str,
     csv_dir: str | Path | None = None,
     prompt_dir: str | Path | None = None,
-    llm: str = DEFAULT_LLM,
+    llm: str | None = None,
 ) -> TaskSpec:
     """Resolve a task by name.
 
-    ``demo`` is generated on first use (see :mod:`preprocess.demo`). Built-in TCGA tasks have fixed
-    classes; other names are read from ``<csv_dir>/<name>.csv`` and the prompt file.
+    Built-in TCGA tasks have fixed classes; other names take their classes from the prompt file
+    ``<prompt_dir>/HiVE_MIL/<llm>/<name>.json`` (``llm`` None: gpt4o if present, else curated), else
+    from the labels of ``<csv_dir>/<name>.csv``.
     """
     prompt_root = Path(prompt_dir) if prompt_dir is not None else DEFAULT_PROMPT_DIR
-    if name == "demo":
-        from preprocess.demo import demo_task
-
-        return demo_task()
     csv_root = Path(csv_dir) if csv_dir is not None else DEFAULT_CSV_DIR
     csv_path = csv_root / f"{name}.csv"
     if name in _BUILTIN_CLASSES:
         classes = _BUILTIN_CLASSES[name]
     else:
-        prompt_path = prompt_root / "HiVE_MIL" / llm / f"{name}.json"
+        probe = TaskSpec(name, (), csv_path, prompt_root)
+        prompt_path = probe.prompt_file(llm)
         classes = _classes_from_prompt_file(prompt_path)
         if classes is None:
             if not csv_path.is_file():

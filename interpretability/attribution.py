@@ -27,11 +27,11 @@ import torch
 
 from datasets.bag import SlideBag
 from datasets.hierarchy import patch_px
+from datasets.prompt_file import HierarchicalPrompts
 from models.hivemil.graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT
 from models.hivemil.model import HiveMIL
 from models.hivemil.slide_logits import topk_text_scores
 from utils.errors import InputError
-from datasets.prompt_file import HierarchicalPrompts
 
 SCALES = ("5x", "20x")
 

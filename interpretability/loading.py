@@ -9,7 +9,6 @@ tower, prompts and variant switches) and the fold's learned state is loaded into
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,19 +16,16 @@ from pathlib import Path
 import torch
 
 from datasets.bag import SlideBag
-from datasets.tasks import PROJECT_ROOT, TaskSpec, get_task
-from training.config import RunConfig
-from utils.errors import InputError
 from datasets.prompt_file import HierarchicalPrompts, load_prompt_file
+from datasets.tasks import TaskSpec
+from training.config import RunConfig, parse_config
+from training.experiment import run_task
+from training.results import CONFIG_FILE, checkpoint_path
+from utils.errors import InputError
+from utils.paths import PROJECT_ROOT, cache_root
 
-CONFIG_FILE = "config.json"
 SUPPORTED_MODEL = "HiVE_MIL"
 QUICK_DEMO_DIRNAME = "interpretability_demo"
-
-
-def checkpoint_name(fold: int) -> str:
-    """Published checkpoint name of fold ``fold``."""
-    return f"s_{fold}_checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -53,9 +49,9 @@ def resolve_run_files(
     if fold < 0:
         raise InputError(f"--fold must be >= 0, got {fold}")
     if path.is_dir():
-        run_dir, implied_config, implied_ckpt = path, path / CONFIG_FILE, path / checkpoint_name(fold)
+        run_dir, implied_config, implied_ckpt = path, path / CONFIG_FILE, checkpoint_path(path, fold)
     elif path.suffix.lower() == ".json":
-        run_dir, implied_config, implied_ckpt = path.parent, path, path.parent / checkpoint_name(fold)
+        run_dir, implied_config, implied_ckpt = path.parent, path, checkpoint_path(path.parent, fold)
     else:
         run_dir, implied_config, implied_ckpt = path.parent, path.parent / CONFIG_FILE, path
     config_path = Path(config).expanduser() if config is not None else implied_config
@@ -91,26 +87,6 @@ def read_run_config(path: str | Path) -> RunConfig:
     return config
 
 
-def run_task(config: RunConfig) -> TaskSpec:
-    """The task of a run (the demo task from the demo tree the run's features live in)."""
-    if config.task == "demo" and config.data_root_dir:
-        from preprocess.demo import MARKER, ensure_demo_data
-
-        root = Path(config.resolve_path(config.data_root_dir)).parent
-        try:
-            seed = int(json.loads((root / MARKER).read_text(encoding="utf-8"))["seed"])
-        except (OSError, ValueError, KeyError, TypeError):
-            seed = None
-        if seed is not None:
-            return ensure_demo_data(root, seed=seed).task
-    return get_task(
-        config.task,
-        csv_dir=config.resolve_path(config.csv_dir),
-        prompt_dir=config.resolve_path(config.prompt_dir),
-        llm=config.LLM,
-    )
-
-
 def load_run(
     results_dir_or_config: str | Path,
     fold: int = 0,
@@ -133,7 +109,7 @@ def load_run(
     files = resolve_run_files(results_dir_or_config, fold, checkpoint, config)
     run_config = read_run_config(files.config)
     task = run_task(run_config)
-    model = build_model(run_config.model_type, run_config, task)
+    model = build_model(run_config.model_type, run_config.model_spec(task))
     load_model_state(model, files.checkpoint)
     return model.to(device).eval(), task, run_config
 
@@ -190,17 +166,28 @@ def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
 # ------------------------------------------------------------------------------------------ demo run
 
 
+def demo_config(argv: list[str]) -> RunConfig:
+    """The config ``python main.py --task demo <argv>`` runs with (the CLI's demo expansion included)."""
+    from preprocess.demo import task_defaults
+
+    return parse_config(["--task", "demo", *argv], task_defaults=task_defaults)
+
+
 def demo_run_dir(results_dir: str | Path) -> Path:
     """Where ``python main.py --task demo --results_dir results_dir`` puts its run."""
-    from preprocess import demo
+    return demo_config(["--results_dir", str(results_dir)]).run_dir
 
-    config = RunConfig(task="demo", feature_extractor=demo.EXTRACTOR, few_shot_num=demo.FEW_SHOT_NUM)
-    config.results_dir = str(results_dir)
-    return config.run_dir
+
+def train_demo(argv: list[str]) -> int:
+    """Train ``python main.py --task demo <argv>`` in this process; returns 0."""
+    from training.experiment import run_experiment
+
+    run_experiment(demo_config(argv))
+    return 0
 
 
 def _has_fold(run_dir: Path, fold: int) -> bool:
-    return (run_dir / CONFIG_FILE).is_file() and (run_dir / checkpoint_name(fold)).is_file()
+    return (Path(run_dir) / CONFIG_FILE).is_file() and checkpoint_path(run_dir, fold).is_file()
 
 
 def ensure_demo_run(
@@ -212,9 +199,10 @@ def ensure_demo_run(
     """A demo run folder with fold ``fold``: the one ``python main.py --task demo`` made, else a quick one.
 
     The default run (``./results`` or ``<project>/results``) is used when it holds the fold. Otherwise
-    a short run (``max_epochs`` epochs, that fold only) is trained through ``main.main`` into
-    ``results_dir`` (default ``$HIVEMIL_CACHE`` or ``<project>/cache``, then ``interpretability_demo/
-    e<max_epochs>``), so the default results folder is never touched; a finished quick run is reused.
+    a short run (``max_epochs`` epochs, that fold only) is trained (:func:`train_demo`) into
+    ``results_dir`` (default ``<cache>/interpretability_demo/e<max_epochs>``, see
+    :func:`utils.paths.cache_root`), so the default results folder is never touched; a finished quick
+    run is reused.
     """
     for root in (Path.cwd() / "results", PROJECT_ROOT / "results"):
         if _has_fold(demo_run_dir(root), fold):
@@ -222,28 +210,15 @@ def ensure_demo_run(
     if max_epochs < 1:
         raise InputError(f"max_epochs must be >= 1, got {max_epochs}")
     if results_dir is None:
-        cache = os.environ.get("HIVEMIL_CACHE")
-        results_dir = (
-            (Path(cache) if cache else PROJECT_ROOT / "cache") / QUICK_DEMO_DIRNAME / f"e{max_epochs}"
-        )
+        results_dir = cache_root() / QUICK_DEMO_DIRNAME / f"e{max_epochs}"
     run_dir = demo_run_dir(results_dir)
     if _has_fold(run_dir, fold):
         return run_dir
-    if train is None:
-        try:
-            from main import main as train
-        except ImportError as err:
-            raise InputError(
-                f"no demo run found and main.py cannot be imported ({err}); train one with "
-                "`python main.py --task demo` or point RUN_DIR at a finished run"
-            ) from None
     argv = [
-        "--task", "demo", "--max_epochs", str(max_epochs), "--k_start", str(fold), "--k_end", str(fold + 1),
+        "--max_epochs", str(max_epochs), "--k_start", str(fold), "--k_end", str(fold + 1),
         "--results_dir", str(results_dir), "--quiet",
     ]  # fmt: skip
-    code = train(argv)
+    code = (train or train_demo)(["--task", "demo", *argv] if train else argv)
     if code not in (0, None) or not _has_fold(run_dir, fold):
-        raise InputError(
-            f"demo training did not produce {run_dir / checkpoint_name(fold)} (exit code {code})"
-        )
+        raise InputError(f"demo training did not produce {checkpoint_path(run_dir, fold)} (exit code {code})")
     return run_dir

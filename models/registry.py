@@ -1,17 +1,51 @@
 """One registry of slide classifiers, keyed by ``--model_type``.
 
-A builder takes ``(config, task)`` -- the run's typed config and the :class:`datasets.tasks.TaskSpec` --
-and returns a :class:`models.base.SlideClassifier`. Modules register themselves with
-:func:`register_model`; :func:`build_model` imports the known modules lazily so that importing the
-registry stays cheap.
+A builder takes one :class:`ModelSpec` -- every option a model may use, typed and explicit (the CLI's
+config produces it with ``RunConfig.model_spec``) -- and returns a :class:`models.base.SlideClassifier`.
+Modules register themselves with :func:`register_model`; :func:`build_model` imports the known modules
+lazily so that importing the registry stays cheap.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from datasets.tasks import TaskSpec
+from models.hivemil.options import HiveMILOptions
+from models.towers.loading import TowerSource
 from utils.errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registered builder receives.
+
+    Attributes:
+        task: classes (in order) of the task.
+        feature_dim: patch feature dimension D.
+        tower: which frozen text tower (vision-language models only) and where its weights are.
+        prompt_file: the task's hierarchical prompt file (vision-language models only).
+        dropout: ``--drop_out`` (baselines; HiVE-MIL has no dropout).
+        prototype_number: ViLa-MIL prototypes (None: its default).
+        hivemil: HiVE-MIL constructor options and variant switches; the prompt layout (coarse/fine
+            counts) and context options are shared by every vision-language model.
+    """
+
+    task: TaskSpec
+    feature_dim: int = 512
+    tower: TowerSource = field(default_factory=lambda: TowerSource("plip"))
+    prompt_file: Path | None = None
+    dropout: bool = False
+    prototype_number: int | None = None
+    hivemil: HiveMILOptions = field(default_factory=HiveMILOptions)
+
+    @property
+    def num_classes(self) -> int:
+        return self.task.num_classes
+
 
 _BUILDERS: dict[str, Callable] = {}
 
@@ -20,7 +54,7 @@ _MODEL_MODULES = ("models.hivemil.model", "models.baselines")
 
 
 def register_model(name: str):
-    """Decorator: register ``builder(config, task) -> SlideClassifier`` under ``name``."""
+    """Decorator: register ``builder(spec: ModelSpec) -> SlideClassifier`` under ``name``."""
 
     def wrap(builder: Callable) -> Callable:
         if name in _BUILDERS and _BUILDERS[name] is not builder:
@@ -45,9 +79,9 @@ def available_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_model(name: str, config, task):
-    """Build the model registered as ``name``; unknown names give one clear error."""
+def build_model(name: str, spec: ModelSpec):
+    """Build the model registered as ``name`` from ``spec``; unknown names give one clear error."""
     _load_all()
     if name not in _BUILDERS:
         raise InputError(f"--model_type {name!r} is not known; choose one of: {', '.join(sorted(_BUILDERS))}")
-    return _BUILDERS[name](config, task)
+    return _BUILDERS[name](spec)

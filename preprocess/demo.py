@@ -30,10 +30,12 @@ import pandas as pd
 
 from datasets.features import FeatureLayout, write_patch_file
 from datasets.hierarchy import patch_px
-from preprocess.hierarchy import build_slide_hierarchy
 from datasets.splits import make_few_shot_splits, split_csv_path, write_split
-from datasets.tasks import PROJECT_ROOT, TaskSpec
+from datasets.tasks import TaskSpec
+from models.towers.tiny import ensure_demo_text_tower
+from preprocess.hierarchy import build_slide_hierarchy
 from utils.atomic_io import atomic_write_text
+from utils.paths import cache_root
 
 GENERATOR_VERSION = 1
 TASK_NAME = "demo"
@@ -45,6 +47,7 @@ CLASS_NAMES = ("solid", "glandular", "papillary")
 SLIDES_PER_CLASS = 16
 TWO_SLIDE_PATIENTS_PER_CLASS = 3
 MARKER = "DEMO_VERSION.json"
+PROMPT_LLM = "curated"
 
 SIGNAL_20X = 3.0  # class-direction strength added to signal 20x children
 SIGNAL_5X = 0.8  # weaker strength added to 5x patches of tumour regions
@@ -73,9 +76,36 @@ class DemoData:
 
 
 def default_demo_root() -> Path:
-    """``$HIVEMIL_CACHE/demo`` when the variable is set, else ``<project>/cache/demo``."""
-    cache = os.environ.get("HIVEMIL_CACHE")
-    return (Path(cache) if cache else PROJECT_ROOT / "cache") / "demo"
+    """``<cache>/demo`` (:func:`utils.paths.cache_root`: ``$HIVEMIL_CACHE`` or ``<project>/cache``)."""
+    return cache_root() / "demo"
+
+
+def run_defaults(root: str | Path | None = None, seed: int = 0) -> dict:
+    """``main.py`` settings for the demo task: its generated data, tiny text tower and training settings.
+
+    A tiny random text tower on synthetic data learns in a few epochs at a larger learning rate, so the
+    demo trains at lr 1e-3 for 10 epochs; explicit flags override every value.
+    """
+    demo = ensure_demo_data(root, seed=seed)
+    return {
+        "data_root_dir": str(demo.data_root_dir),
+        "feature_extractor": demo.feature_extractor,
+        "feature_dim": demo.feature_dim,
+        "k": demo.num_folds,
+        "few_shot_num": demo.few_shot_num,
+        "splits_root": str(demo.splits_root),
+        "csv_dir": str(demo.task.csv_path.parent),
+        "prompt_dir": str(demo.task.prompt_dir),
+        "LLM": PROMPT_LLM,
+        "text_tower": str(ensure_demo_text_tower()),
+        "lr": 1e-3,
+        "max_epochs": 10,
+    }
+
+
+def task_defaults(task: str) -> dict:
+    """CLI hook: :func:`run_defaults` for ``--task demo``, nothing for any other task."""
+    return run_defaults() if task == TASK_NAME else {}
 
 
 def _task_at(root: Path) -> TaskSpec:
@@ -92,11 +122,6 @@ def _demo_at(root: Path) -> DemoData:
     return DemoData(
         root=root, data_root_dir=root / "features", task=_task_at(root), splits_root=root / "splits"
     )
-
-
-def demo_task() -> TaskSpec:
-    """The demo :class:`TaskSpec` (its CSV and prompts live in the demo cache, generated if needed)."""
-    return ensure_demo_data().task
 
 
 def _marker_ok(root: Path, seed: int) -> bool:
@@ -225,7 +250,7 @@ def generate_demo_data(root: Path, seed: int = 0) -> DemoData:
     splits = make_few_shot_splits(table, FEW_SHOT_NUM, k=NUM_FOLDS, seed=seed, val_frac=0.5, test_frac=0.5)
     for fold, split in enumerate(splits):
         write_split(demo.split_path(fold), split)
-    atomic_write_text(demo.task.prompt_file(), json.dumps(DEMO_PROMPTS, indent=2) + "\n")
+    atomic_write_text(demo.task.prompt_file(PROMPT_LLM), json.dumps(DEMO_PROMPTS, indent=2) + "\n")
     atomic_write_text(root / MARKER, json.dumps({"version": GENERATOR_VERSION, "seed": seed}) + "\n")
     return demo
 

@@ -33,11 +33,6 @@ class SlideOutcome:
     message: str = ""
 
 
-def default_max_children(low_mag: float, high_mag: float) -> int:
-    """``(high/low)^2``: how many high-magnification patches tile one low-magnification patch (16)."""
-    return int(round((float(high_mag) / float(low_mag)) ** 2))
-
-
 def build_slide_hierarchy(
     layout: FeatureLayout,
     slide_id: str,

@@ -1,14 +1,14 @@
-"""Typed run configuration of ``main.py``, built from the command line.
+"""Typed run configuration of ``main.py``: every flag is declared once, on a :class:`RunConfig` field.
 
 Flag names and defaults follow the published ``main.py`` (underscores and hyphens exactly as there);
-attribute names are the argparse ``dest`` names. Differences from the published defaults: ``--LLM``
-defaults to ``curated`` (our prompt folder), ``--device`` to ``auto`` (CUDA when available, else CPU),
-and ``--feature_extractor`` accepts any name (plip, quiltnet, conch, demo, open_clip names).
-Flags added by this project (``--text_tower``, ``--skip-missing``, ``--cache_mb``, ...) are listed in the
-"run control" group; the HiVE-MIL variant switches come from :func:`models.hivemil.options.add_model_arguments`.
+field names are the argparse ``dest`` names. The parser is derived from the fields
+(:func:`utils.flags.add_flags`). Differences from the published defaults: ``--LLM`` defaults to
+``gpt4o`` only where that prompt file exists, else to ``curated`` (our prompts; see
+:func:`datasets.tasks.resolve_llm`); ``--device`` defaults to ``auto`` (CUDA when available, else
+CPU); ``--feature_extractor`` accepts any tower name or open_clip spec.
 
-With ``--task demo`` every data flag the user did not give is taken from the generated demo data
-(:func:`preprocess.demo.ensure_demo_data`): data root, splits, feature extractor/dimension, folds, shots.
+Task-specific defaults (the generated ``demo`` task) are applied by the CLI through ``task_defaults``
+(:func:`parse_config`): this module knows no task by name.
 """
 
 from __future__ import annotations
@@ -17,28 +17,19 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from models.hivemil.options import add_model_arguments, switches_from_namespace
+from datasets.tasks import TaskSpec
+from models.hivemil.options import SWITCHES, VARIANTS, HiveMILOptions, VariantSwitches
+from models.registry import ModelSpec
+from models.towers.loading import TowerSource
+from utils.device import resolve_device
 from utils.errors import InputError
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-# Flags whose default depends on the task (``--task demo``); the parser leaves them None when not given.
-TASK_DEPENDENT = (
-    "data_root_dir",
-    "feature_extractor",
-    "feature_dim",
-    "k",
-    "few_shot_num",
-    "splits_root",
-    "lr",
-    "max_epochs",
-)
-# Training defaults of ``--task demo`` (a tiny random text tower on synthetic data learns in a few epochs
-# at a larger learning rate; the published defaults stay for every other task).
-DEMO_TRAINING = {"lr": 1e-3, "max_epochs": 10}
+from utils.flags import add_flags, flag, given_values
+from utils.magnification import magnification_arg, magnification_value
+from utils.paths import resolve_project_path
 
 # Fields that do not change a fold's results: a run may be resumed with different values.
 RESUME_INDEPENDENT = frozenset(
@@ -59,84 +50,203 @@ RESUME_INDEPENDENT = frozenset(
 
 TESTING_MAX_SLIDES = 8  # ``--testing`` (published "debugging tool"): at most this many slides per split part
 
+GROUPS = {
+    "published": "published flags",
+    "hivemil": "HiVE-MIL options",
+    "variant": "HiVE-MIL variant: released-code behaviours (README, Known divergences)",
+    "run": "run control (added by this project)",
+}
+
+
+def _both(name: str) -> tuple[str, ...]:
+    """A project-added flag with underscores and with hyphens."""
+    under, hyphen = "--" + name.replace("-", "_"), "--" + name.replace("_", "-")
+    return (under,) if under == hyphen else (under, hyphen)
+
 
 @dataclass
 class RunConfig:
-    """Every setting of one ``main.py`` run (names = argparse dest names)."""
+    """Every setting of one ``main.py`` run (field names = argparse dest names)."""
 
     # --- published flags ---
-    data_root_dir: str | None = None
-    max_epochs: int = 50
-    lr: float = 1e-4
-    feature_extractor: str = "plip"
-    feature_dim: int = 512
-    few_shot_num: int = 16
-    high_mag: str = "20x"
-    low_mag: str = "5x"
-    label_frac: float = 1.0
-    seed: int = 1
-    k: int = 5
-    k_start: int = -1
-    k_end: int = -1
-    results_dir: str = "./results"
-    log_data: bool = False
-    testing: bool = False
-    early_stopping: bool = False
-    opt: str = "adam"
-    drop_out: bool = False
-    model_type: str = "HiVE_MIL"
-    mode: str = "transformer"
-    weighted_sample: bool = False
-    reg: float = 1e-5
-    bag_loss: str = "ce"
-    task: str | None = None
-    text_prompt: str | None = None
-    prototype_number: int | None = None
-    device: str = "auto"
-    LLM: str = "curated"  # noqa: N815 - published flag name
-    num_context_tokens: int = 16
-    class_specific_token: bool = False
-    class_token_position: str = "end"
-    num_low_mag_texts: int = 4
-    num_high_mag_subtexts: int = 3
-    filter_alpha: float = 0.5
-    contrastive_lambda: float = 0.5
-    # --- HiVE-MIL variant switches (models.hivemil.options); None = the variant's value ---
-    variant: str = "reference"
-    text_encoding: str | None = None
-    hier_attention: str | None = None
-    attn_residual: str | None = None
-    logit_scale: str | None = None
-    htcl_negatives: str | None = None
-    padded_children: str | None = None
-    max_children: int = 0
-    attention_chunk: int = 0
-    # flags that add_model_arguments adds beyond the fields above land here (also readable as attributes)
-    model_options: dict = field(default_factory=dict)
-    # --- run control added by this project ---
-    text_tower: str | None = None
-    skip_missing: bool = False
-    cache_mb: float = 2048.0
-    splits_root: str = "splits"
-    csv_dir: str = "dataset_csv"
-    prompt_dir: str = "text_prompt"
-    patience: int = 10
-    stop_epoch: int = 20
-    num_workers: int = 1
-    prefetch_depth: int = 2
-    max_slides: int | None = None
-    amp: str = "off"
-    threads: int = 0
-    deterministic: bool = True
-    overwrite: bool = False
-    quiet: bool = False
+    data_root_dir: str | None = flag(
+        "--data_root_dir", default=None, type=str, group="published",
+        help="feature root: DATA_ROOT/<task>_<extractor>/...",
+    )  # fmt: skip
+    max_epochs: int = flag("--max_epochs", default=50, group="published", help="maximum number of epochs")
+    lr: float = flag("--lr", default=1e-4, group="published", help="learning rate")
+    feature_extractor: str = flag(
+        "--feature_extractor", default="plip", group="published",
+        help="feature extractor / text tower: plip, quiltnet, conch, or an open_clip spec",
+    )  # fmt: skip
+    feature_dim: int = flag("--feature_dim", default=512, group="published", help="feature dimension")
+    few_shot_num: int = flag("--few_shot_num", default=16, group="published", help="shots per class")
+    high_mag: str = flag(
+        "--high_mag",
+        default="20x",
+        type=magnification_arg,
+        group="published",
+        help="high magnification (20x or 20)",
+    )
+    low_mag: str = flag(
+        "--low_mag",
+        default="5x",
+        type=magnification_arg,
+        group="published",
+        help="low magnification (5x or 5)",
+    )
+    label_frac: float = flag(
+        "--label_frac",
+        default=1.0,
+        group="published",
+        help="fraction of training slides used (seeded subset)",
+    )
+    seed: int = flag("--seed", default=1, group="published", help="random seed, reset at every fold")
+    k: int = flag("--k", default=5, group="published", help="number of folds")
+    k_start: int = flag("--k_start", default=-1, group="published", help="first fold (-1 = 0)")
+    k_end: int = flag("--k_end", default=-1, group="published", help="end fold, exclusive (-1 = k)")
+    results_dir: str = flag("--results_dir", default="./results", group="published", help="results directory")
+    log_data: bool = flag("--log_data", default=False, group="published", help="log scalars to TensorBoard")
+    testing: bool = flag(
+        "--testing", default=False, group="published", help="debugging: a few slides per split"
+    )
+    early_stopping: bool = flag(
+        "--early_stopping", default=False, group="published", help="enable early stopping"
+    )
+    opt: str = flag("--opt", default="adam", choices=("adam", "sgd"), group="published", help="optimizer")
+    drop_out: bool = flag(
+        "--drop_out",
+        default=False,
+        group="published",
+        help="dropout p=0.25 (baselines; no effect on HiVE-MIL)",
+    )
+    model_type: str = flag(
+        "--model_type", default="HiVE_MIL", group="published", help="model name in models.registry"
+    )
+    mode: str = flag(
+        "--mode", default="transformer", choices=("transformer",), group="published", help="unused"
+    )
+    weighted_sample: bool = flag(
+        "--weighted_sample", default=False, group="published", help="class-balanced sampling"
+    )
+    reg: float = flag("--reg", default=1e-5, group="published", help="weight decay")
+    bag_loss: str = flag(
+        "--bag_loss", default="ce", choices=("svm", "ce", "focal"), group="published", help="slide-level loss"
+    )
+    task: str | None = flag(
+        "--task", default=None, type=str, group="published",
+        help="tcga_brca, tcga_nsclc, tcga_rcc, demo, or a custom task",
+    )  # fmt: skip
+    text_prompt: str | None = flag("--text_prompt", default=None, type=str, group="published", help="unused")
+    prototype_number: int | None = flag(
+        "--prototype_number", default=None, type=int, group="published", help="ViLa-MIL prototypes (16)"
+    )
+    device: str = flag(
+        "--device", default="auto", group="published", help="auto (CUDA if available), cpu, cuda, cuda:N"
+    )
+    LLM: str | None = flag(  # noqa: N815 - published flag name
+        "--LLM", default=None, type=str, group="published",
+        help="prompt folder text_prompt/HiVE_MIL/<LLM>", default_text="gpt4o if present, else curated",
+    )  # fmt: skip
 
-    def __getattr__(self, name: str):
-        """Model options without a declared field (see ``model_options``) read like attributes."""
-        options = self.__dict__.get("model_options")
-        if options is not None and name in options:
-            return options[name]
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+    # --- HiVE-MIL options (published names) ---
+    num_context_tokens: int = flag(
+        "--num-context-tokens", default=16, group="hivemil", help="learnable context tokens"
+    )
+    class_specific_token: bool = flag(
+        "--class-specific-token", default=False, group="hivemil", help="one context per class"
+    )
+    class_token_position: str = flag(
+        "--class-token-position", default="end", choices=("front", "middle", "end"), group="hivemil",
+        help="where the context goes",
+    )  # fmt: skip
+    num_low_mag_texts: int = flag(
+        "--num-low-mag-texts", default=4, group="hivemil", help="coarse texts per class"
+    )
+    num_high_mag_subtexts: int = flag(
+        "--num-high-mag-subtexts", default=3, group="hivemil", help="fine texts per coarse text"
+    )
+    filter_alpha: float = flag("--filter-alpha", default=0.5, group="hivemil", help="TGDF alpha")
+    contrastive_lambda: float = flag("--contrastive_lambda", default=0.5, group="hivemil", help="HTCL weight")
+    max_children: int = flag(
+        "--max-children", default=0, group="hivemil",
+        help="use at most this many 20x children per kept 5x patch (seeded subset; 0 = all)",
+    )  # fmt: skip
+    attention_chunk: int = flag(
+        "--attention-chunk", default=0, group="hivemil",
+        help="dense hierarchical attention in query chunks of this size, recomputed in backward (0 = one block)",
+    )  # fmt: skip
+
+    # --- HiVE-MIL variant and per-behaviour switches (None = the variant's value) ---
+    variant: str = flag(
+        "--variant", default="reference", choices=VARIANTS, group="variant",
+        help="reference: reproduce the released code; corrected: fix every listed behaviour",
+    )  # fmt: skip
+    text_encoding: str | None = flag(
+        "--text-encoding", default=None, type=str, choices=SWITCHES["text_encoding"], group="variant",
+        help="how prompts pass the text tower",
+    )  # fmt: skip
+    hier_attention: str | None = flag(
+        "--hier-attention", default=None, type=str, choices=SWITCHES["hier_attention"], group="variant",
+        help="all-to-all or parent-child attention between scales",
+    )  # fmt: skip
+    attn_residual: str | None = flag(
+        "--attn-residual", default=None, type=str, choices=SWITCHES["attn_residual"], group="variant",
+        help="attention residual added twice or once",
+    )  # fmt: skip
+    logit_scale: str | None = flag(
+        "--logit-scale", default=None, type=str, choices=SWITCHES["logit_scale"], group="variant",
+        help="slide logits times logit_scale or its exponential",
+    )  # fmt: skip
+    htcl_negatives: str | None = flag(
+        "--htcl-negatives", default=None, type=str, choices=SWITCHES["htcl_negatives"], group="variant",
+        help="HTCL negative term",
+    )  # fmt: skip
+    padded_children: str | None = flag(
+        "--padded-children", default=None, type=str, choices=SWITCHES["padded_children"], group="variant",
+        help="zero-padded 20x children as graph nodes or masked",
+    )  # fmt: skip
+
+    # --- run control added by this project ---
+    text_tower: str | None = flag(
+        *_both("text_tower"), default=None, type=str, group="run",
+        help="hub name, local folder or checkpoint of the text tower",
+    )  # fmt: skip
+    skip_missing: bool = flag(
+        *_both("skip_missing"), default=False, group="run", help="drop slides without features (warns)"
+    )
+    cache_mb: float = flag(*_both("cache_mb"), default=2048.0, group="run", help="bag cache size in MB")
+    splits_root: str = flag(*_both("splits_root"), default="splits", group="run", help="split folder root")
+    csv_dir: str = flag(*_both("csv_dir"), default="dataset_csv", group="run", help="dataset CSV folder")
+    prompt_dir: str = flag(*_both("prompt_dir"), default="text_prompt", group="run", help="prompt folder")
+    patience: int = flag("--patience", default=10, group="run", help="early-stopping patience in epochs")
+    stop_epoch: int = flag(
+        *_both("stop_epoch"), default=20, group="run", help="no early stop before this epoch"
+    )
+    num_workers: int = flag(*_both("num_workers"), default=1, group="run", help="prefetch threads")
+    prefetch_depth: int = flag(
+        *_both("prefetch_depth"), default=2, group="run", help="bags loaded ahead (0: off)"
+    )
+    max_slides: int | None = flag(
+        *_both("max_slides"), default=None, type=int, group="run", help="debug: first N slides per split part"
+    )
+    amp: str = flag(
+        "--amp", default="off", choices=("off", "bf16", "fp16"), group="run",
+        help="mixed precision for the forward pass: bf16 (CPU/GPU) or fp16 (CUDA, with gradient scaling)",
+    )  # fmt: skip
+    threads: int = flag(
+        "--threads", default=0, group="run",
+        help="CPU threads for torch (0: torch's default); small slides on CPU are often fastest with 1",
+    )  # fmt: skip
+    deterministic: bool = flag(
+        *_both("no_deterministic"), default=True, group="run", help="allow non-deterministic kernels"
+    )
+    overwrite: bool = flag(
+        "--overwrite", default=False, group="run", help="retrain every fold even if finished"
+    )
+    quiet: bool = flag(
+        "--quiet", default=False, group="run", help="no progress bars, only warnings and errors"
+    )
 
     # ---- derived values ----
     @property
@@ -169,22 +279,42 @@ class RunConfig:
             return self.max_slides
         return TESTING_MAX_SLIDES if self.testing else None
 
-    def switches(self):
-        """The resolved :class:`models.hivemil.options.VariantSwitches`."""
-        return switches_from_namespace(self)
+    def switches(self) -> VariantSwitches:
+        """``--variant`` with the per-behaviour overrides applied."""
+        return VariantSwitches.for_variant(self.variant, **{name: getattr(self, name) for name in SWITCHES})
+
+    def hivemil_options(self) -> HiveMILOptions:
+        """The HiVE-MIL constructor options this run asks for."""
+        return HiveMILOptions(
+            n_ctx=self.num_context_tokens,
+            class_specific_context=self.class_specific_token,
+            class_token_position=self.class_token_position,
+            num_low_mag_texts=self.num_low_mag_texts,
+            num_high_mag_subtexts=self.num_high_mag_subtexts,
+            filter_alpha=self.filter_alpha,
+            contrastive_lambda=self.contrastive_lambda,
+            low_mag=magnification_value(self.low_mag),
+            high_mag=magnification_value(self.high_mag),
+            max_children=self.max_children,
+            attention_chunk=self.attention_chunk,
+            switches=self.switches(),
+        )
+
+    def model_spec(self, task: TaskSpec) -> ModelSpec:
+        """Everything a model builder needs (:class:`models.registry.ModelSpec`), explicitly."""
+        return ModelSpec(
+            task=task,
+            feature_dim=self.feature_dim,
+            tower=TowerSource(self.feature_extractor, self.text_tower),
+            prompt_file=task.prompt_file(self.LLM),
+            dropout=self.drop_out,
+            prototype_number=self.prototype_number,
+            hivemil=self.hivemil_options(),
+        )
 
     def resolve_path(self, value: str | None) -> Path | None:
-        """A project folder flag (``--splits_root``, ``--csv_dir``, ``--prompt_dir``) as a path.
-
-        Relative paths are taken from the working directory when they exist there, else from the project
-        root, so the defaults work from any working directory.
-        """
-        if value is None:
-            return None
-        path = Path(value).expanduser()
-        if path.is_absolute() or path.exists():
-            return path
-        return PROJECT_ROOT / path
+        """A folder flag (``--splits_root``, ``--csv_dir``, ``--prompt_dir``, ``--data_root_dir``) as a path."""
+        return None if value is None else resolve_project_path(value)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -202,188 +332,37 @@ class RunConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RESUME_INDEPENDENT}
 
 
-def _both(name: str) -> list[str]:
-    """Accept a project-added flag with underscores and with hyphens."""
-    under, hyphen = "--" + name.replace("-", "_"), "--" + name.replace("_", "-")
-    return [under] if under == hyphen else [under, hyphen]
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``main.py`` (published flags first, then HiVE-MIL switches, run control)."""
-    d = RunConfig()
-    p = argparse.ArgumentParser(
+    """The argument parser of ``main.py``, derived from the :class:`RunConfig` fields."""
+    parser = argparse.ArgumentParser(
         prog="main.py",
         description="Train and evaluate few-shot WSI classifiers (HiVE-MIL and baselines) over k folds.",
     )
-    p.add_argument(
-        "--data_root_dir", type=str, default=None, help="feature root: DATA_ROOT/<task>_<extractor>/..."
-    )
-    p.add_argument(
-        "--max_epochs", type=int, default=None, help="maximum number of epochs (default: 50; demo: 10)"
-    )
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-4; demo: 1e-3)")
-    p.add_argument(
-        "--feature_extractor",
-        type=str,
-        default=None,
-        help="feature extractor name: plip, quiltnet, conch, ... (default: plip)",
-    )
-    p.add_argument("--feature_dim", type=int, default=None, help="feature dimension (default: 512)")
-    p.add_argument("--few_shot_num", type=int, default=None, help="number of shots per class (default: 16)")
-    p.add_argument("--high_mag", type=str, default=d.high_mag, help="high magnification (default: 20x)")
-    p.add_argument("--low_mag", type=str, default=d.low_mag, help="low magnification (default: 5x)")
-    p.add_argument(
-        "--label_frac",
-        type=float,
-        default=d.label_frac,
-        help="fraction of training slides used (default: 1.0)",
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed, reset at every fold (default: 1)")
-    p.add_argument("--k", type=int, default=None, help="number of folds (default: 5)")
-    p.add_argument("--k_start", type=int, default=d.k_start, help="first fold (default: -1 = 0)")
-    p.add_argument("--k_end", type=int, default=d.k_end, help="end fold, exclusive (default: -1 = k)")
-    p.add_argument("--results_dir", default=d.results_dir, help="results directory (default: ./results)")
-    p.add_argument("--log_data", action="store_true", default=False, help="log scalars to TensorBoard")
-    p.add_argument("--testing", action="store_true", default=False, help="debugging: a few slides per split")
-    p.add_argument("--early_stopping", action="store_true", default=False, help="enable early stopping")
-    p.add_argument("--opt", type=str, choices=["adam", "sgd"], default=d.opt)
-    p.add_argument("--drop_out", action="store_true", default=False, help="enable dropout (p=0.25)")
-    p.add_argument("--model_type", type=str, default=d.model_type, help="model name in models.registry")
-    p.add_argument("--mode", type=str, choices=["transformer"], default=d.mode)
-    p.add_argument("--weighted_sample", action="store_true", default=False, help="class-balanced sampling")
-    p.add_argument("--reg", type=float, default=d.reg, help="weight decay (default: 1e-5)")
-    p.add_argument("--bag_loss", type=str, choices=["svm", "ce", "focal"], default=d.bag_loss)
-    p.add_argument(
-        "--task", type=str, default=None, help="tcga_brca, tcga_nsclc, tcga_rcc, demo, or a custom task"
-    )
-    p.add_argument("--text_prompt", type=str, default=None)
-    p.add_argument("--prototype_number", type=int, default=None)
-    p.add_argument("--device", type=str, default=d.device, help="auto (CUDA if available), cpu, cuda, cuda:N")
-    p.add_argument(
-        "--LLM", type=str, default=d.LLM, help="prompt folder text_prompt/HiVE_MIL/<LLM> (default: curated)"
-    )
-    p.add_argument("--num-context-tokens", dest="num_context_tokens", type=int, default=d.num_context_tokens)
-    p.add_argument("--class-specific-token", dest="class_specific_token", action="store_true", default=False)
-    p.add_argument(
-        "--class-token-position",
-        dest="class_token_position",
-        type=str,
-        default=d.class_token_position,
-        choices=["front", "middle", "end"],
-    )
-    p.add_argument("--num-low-mag-texts", dest="num_low_mag_texts", type=int, default=d.num_low_mag_texts)
-    p.add_argument(
-        "--num-high-mag-subtexts", dest="num_high_mag_subtexts", type=int, default=d.num_high_mag_subtexts
-    )
-    p.add_argument("--filter-alpha", dest="filter_alpha", type=float, default=d.filter_alpha)
-    p.add_argument(
-        "--contrastive_lambda", type=float, default=d.contrastive_lambda, help="HTCL weight (default: 0.5)"
-    )
-
-    add_model_arguments(p)
-
-    g = p.add_argument_group("run control (added by this project)")
-    g.add_argument(
-        *_both("text_tower"),
-        dest="text_tower",
-        default=None,
-        help="hub name, local folder or checkpoint of the text tower",
-    )
-    g.add_argument(
-        *_both("skip_missing"),
-        dest="skip_missing",
-        action="store_true",
-        help="drop slides without features (warns)",
-    )
-    g.add_argument(
-        *_both("cache_mb"), dest="cache_mb", type=float, default=d.cache_mb, help="bag cache size in MB"
-    )
-    g.add_argument(
-        *_both("splits_root"), dest="splits_root", default=None, help="split folder root (default: splits)"
-    )
-    g.add_argument(
-        *_both("csv_dir"), dest="csv_dir", default=d.csv_dir, help="dataset CSV folder (default: dataset_csv)"
-    )
-    g.add_argument(
-        *_both("prompt_dir"),
-        dest="prompt_dir",
-        default=d.prompt_dir,
-        help="prompt folder (default: text_prompt)",
-    )
-    g.add_argument(
-        "--patience", type=int, default=d.patience, help="early-stopping patience in epochs (default: 10)"
-    )
-    g.add_argument(
-        *_both("stop_epoch"),
-        dest="stop_epoch",
-        type=int,
-        default=d.stop_epoch,
-        help="no early stop before this epoch",
-    )
-    g.add_argument(
-        *_both("num_workers"), dest="num_workers", type=int, default=d.num_workers, help="prefetch threads"
-    )
-    g.add_argument(
-        *_both("prefetch_depth"),
-        dest="prefetch_depth",
-        type=int,
-        default=d.prefetch_depth,
-        help="bags loaded ahead (0: off)",
-    )
-    g.add_argument(
-        *_both("max_slides"),
-        dest="max_slides",
-        type=int,
-        default=None,
-        help="debug: first N slides per split part",
-    )
-    g.add_argument(
-        "--amp",
-        choices=("off", "bf16", "fp16"),
-        default=d.amp,
-        help="mixed precision for the forward pass: bf16 (CPU/GPU) or fp16 (CUDA, with gradient scaling)",
-    )
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=d.threads,
-        help="CPU threads for torch (0: torch's default); small slides on CPU are often fastest with 1",
-    )
-    g.add_argument(
-        *_both("no_deterministic"),
-        dest="deterministic",
-        action="store_false",
-        help="allow non-deterministic kernels",
-    )
-    g.add_argument(
-        "--overwrite", action="store_true", help="retrain every fold even if a finished one exists"
-    )
-    g.add_argument("--quiet", action="store_true", help="no progress bars, only warnings and errors")
-    return p
+    add_flags(parser, RunConfig, GROUPS)
+    return parser
 
 
-def _apply_task_defaults(values: dict) -> None:
-    """Fill the task-dependent flags the user did not give (from the demo data for ``--task demo``)."""
-    missing = [name for name in TASK_DEPENDENT if values.get(name) is None]
-    if values.get("task") == "demo" and missing:
-        from preprocess.demo import ensure_demo_data
+TaskDefaults = Callable[[str], dict]
 
-        demo = ensure_demo_data()
-        demo_values = {
-            "data_root_dir": str(demo.data_root_dir),
-            "feature_extractor": demo.feature_extractor,
-            "feature_dim": demo.feature_dim,
-            "k": demo.num_folds,
-            "few_shot_num": demo.few_shot_num,
-            "splits_root": str(demo.splits_root),
-            **DEMO_TRAINING,
-        }
-        for name in missing:
-            values[name] = demo_values[name]
-    defaults = RunConfig()
-    for name in TASK_DEPENDENT:
-        if values.get(name) is None:
-            values[name] = getattr(defaults, name)
+
+def parse_config(argv: list[str] | None = None, task_defaults: TaskDefaults | None = None) -> RunConfig:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into a :class:`RunConfig`.
+
+    ``task_defaults(task)`` (given by the CLI) returns defaults for flags the user did not give, e.g.
+    the generated demo task's data paths and training settings; explicit flags always win.
+    """
+    given = given_values(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    values = dict(task_defaults(given["task"])) if task_defaults and given.get("task") else {}
+    unknown = set(values) - {f.name for f in fields(RunConfig)}
+    if unknown:
+        raise ValueError(f"task defaults name unknown settings: {sorted(unknown)}")
+    values.update(given)
+    return RunConfig(**values)
+
+
+def with_values(config: RunConfig, **changes) -> RunConfig:
+    """A copy of ``config`` with ``changes`` applied."""
+    return replace(config, **changes)
 
 
 def validate_config(config: RunConfig) -> None:
@@ -406,6 +385,8 @@ def validate_config(config: RunConfig) -> None:
         (config.patience >= 1, "--patience must be >= 1"),
         (config.max_slides is None or config.max_slides >= 1, "--max_slides must be >= 1"),
         (config.threads >= 0, "--threads must be >= 0"),
+        (config.max_children >= 0, "--max-children must be >= 0"),
+        (config.attention_chunk >= 0, "--attention-chunk must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -416,39 +397,8 @@ def validate_config(config: RunConfig) -> None:
             f"--k_start {config.k_start} / --k_end {config.k_end} select no valid folds of --k {config.k} "
             f"(need 0 <= k_start < k_end <= k; -1 means 0 and k)"
         )
+    low = magnification_value(config.low_mag, "--low_mag")
+    high = magnification_value(config.high_mag, "--high_mag")
+    if high <= low:
+        raise InputError(f"--high_mag {config.high_mag} must be larger than --low_mag {config.low_mag}")
     resolve_device(config.device)
-    try:
-        config.switches()
-    except ValueError as err:
-        raise InputError(f"--variant: {err}") from None
-
-
-def resolve_device(name: str):
-    """``auto`` -> CUDA when available, else CPU; an explicit CUDA device must exist."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(
-                f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return device
-
-
-def parse_config(argv: list[str] | None = None) -> RunConfig:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) into a :class:`RunConfig` with task defaults applied."""
-    parser = build_parser()
-    namespace = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    values = vars(namespace)
-    _apply_task_defaults(values)
-    known = {f.name for f in fields(RunConfig)}
-    extra = {k: v for k, v in values.items() if k not in known}
-    return RunConfig(**{k: v for k, v in values.items() if k in known}, model_options=extra)

@@ -25,17 +25,18 @@ from datasets.dataset_csv import read_dataset_csv
 from datasets.features import FeatureLayout, missing_feature_slides, read_slide_bag
 from datasets.splits import PARTS, Split, check_split_against_csv, read_split, split_csv_path
 from datasets.tasks import TaskSpec, get_task
-from training.bag_losses import build_bag_loss
 from models.base import SlideClassifier
 from models.registry import build_model
 from training import results as res
-from training.config import RunConfig, resolve_device, validate_config
+from training.bag_losses import build_bag_loss
+from training.config import RunConfig, validate_config, with_values
 from training.early_stopping import EarlyStopping
-from utils.errors import InputError
 from training.evaluation import EvalResult, evaluate
+from training.loop import FitResult, LoopOptions, build_optimizer, fit, restore_state
+from utils.device import resolve_device
+from utils.errors import InputError
 from utils.run_logging import RunLog, ScalarLog, progress_enabled
 from utils.seed import configure_determinism, seed_everything
-from training.loop import FitResult, LoopOptions, build_optimizer, fit, restore_state
 
 MAX_LISTED = 5
 
@@ -103,14 +104,24 @@ def _limit_split(split: Split, config: RunConfig, fold: int) -> Split:
     return Split(**parts)
 
 
-def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
-    """Check all inputs of the run (one-line :class:`InputError` each) and build the shared dataset."""
-    task = get_task(
+def run_task(config: RunConfig) -> TaskSpec:
+    """The task named by ``config`` (its CSV and prompt folders from ``--csv_dir`` / ``--prompt_dir``)."""
+    return get_task(
         config.task,
         csv_dir=config.resolve_path(config.csv_dir),
         prompt_dir=config.resolve_path(config.prompt_dir),
         llm=config.LLM,
     )
+
+
+def resolve_prompts(config: RunConfig) -> RunConfig:
+    """``config`` with ``--LLM`` resolved (released default gpt4o when its file exists, else curated)."""
+    return config if config.LLM else with_values(config, LLM=run_task(config).default_llm())
+
+
+def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
+    """Check all inputs of the run (one-line :class:`InputError` each) and build the shared dataset."""
+    task = run_task(config)
     df = read_dataset_csv(task.csv_path, task)
     label_of = dict(zip(df["slide_id"].astype(str), df["label_idx"].astype(int)))
     splits = {fold: _limit_split(s, config, fold) for fold, s in _read_fold_splits(config, task, df).items()}
@@ -174,7 +185,7 @@ def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
 def seeded_model(config: RunConfig, task: TaskSpec) -> SlideClassifier:
     """Reset every seed (start of a fold, as published), then build the model: the fold's first RNG use."""
     seed_everything(config.seed, config.deterministic)
-    return build_model(config.model_type, config, task)
+    return build_model(config.model_type, config.model_spec(task))
 
 
 def run_fold(
@@ -279,6 +290,7 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
     """Run (or resume) every fold of ``config`` and write the summaries; return the fold rows."""
     log = log or RunLog(quiet=config.quiet)
     validate_config(config)
+    config = resolve_prompts(config)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     configure_determinism(config.deterministic)

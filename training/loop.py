@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from datasets.bag import SlideBag
-from utils.amp import autocast, grad_scaler
 from training.early_stopping import EarlyStopping
 from training.evaluation import EvalResult
+from utils.amp import autocast, grad_scaler
 from utils.prefetch import prefetch
 from utils.run_logging import ScalarLog, bar
 

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from utils.atomic_io import atomic_path, atomic_write_text
 from training.config import RunConfig
-from utils.errors import InputError
 from training.evaluation import EvalResult
+from utils.atomic_io import atomic_path, atomic_write_text
+from utils.errors import InputError
 
 METRIC_COLUMNS = ("test_acc", "test_auc", "test_f1", "val_acc", "val_auc", "val_f1")
 CONFIG_FILE = "config.json"

@@ -13,10 +13,9 @@ from torch import nn
 from models.baselines.common import (
     InstanceMIL,
     dropout_p,
-    feature_dim,
-    num_classes,
     register_instance_baseline,
 )
+from models.registry import ModelSpec
 
 
 class GatedAttention(nn.Module):
@@ -56,8 +55,8 @@ class ABMIL(InstanceMIL):
         return self.classifier(slide).unsqueeze(0), {"attention": weights.detach()}
 
 
-def _build(config, task, mag: str) -> ABMIL:
-    return ABMIL(feature_dim(config), num_classes(task), dropout=dropout_p(config), mag=mag)
+def _build(spec: ModelSpec, mag: str) -> ABMIL:
+    return ABMIL(spec.feature_dim, spec.num_classes, dropout=dropout_p(spec), mag=mag)
 
 
 register_instance_baseline("ABMIL", _build)

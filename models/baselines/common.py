@@ -1,8 +1,8 @@
-"""Shared pieces of the baselines: config reading, instance selection, registration.
+"""Shared pieces of the baselines: dropout rate, instance selection, registration.
 
 Conventional MIL baselines see one flat bag of instances. By default that bag is the slide's real
-20x patches (``bag.x20[bag.child_mask]``, padding dropped); ``baseline_mag="5x"`` (a config field,
-or the ``<name>_5x`` model types) uses the 5x patches ``bag.x5`` instead.
+20x patches (``bag.x20[bag.child_mask]``, padding dropped); the ``<name>_5x`` model types use the 5x
+patches ``bag.x5`` instead.
 """
 
 from __future__ import annotations
@@ -13,33 +13,15 @@ import torch
 
 from datasets.bag import SlideBag
 from models.base import ModelOutput, SlideClassifier, zero_loss
-from models.registry import register_model
+from models.registry import ModelSpec, register_model
 
 MAGNIFICATIONS = ("5x", "20x")
 DROPOUT_P = 0.25  # the p of every baseline's dropout when --drop_out is set (CLAM convention)
 
 
-def dropout_p(config) -> float:
-    """0.25 when the run asks for dropout (``config.drop_out``), else 0."""
-    return DROPOUT_P if bool(getattr(config, "drop_out", False)) else 0.0
-
-
-def feature_dim(config) -> int:
-    """Patch feature dimension D of the run (``config.feature_dim``, default 512)."""
-    return int(getattr(config, "feature_dim", None) or 512)
-
-
-def num_classes(task) -> int:
-    """Number of classes of a :class:`datasets.tasks.TaskSpec` (or anything with ``class_names``)."""
-    return len(task.class_names)
-
-
-def baseline_mag(config, default: str = "20x") -> str:
-    """Magnification a conventional baseline reads (``config.baseline_mag``, default 20x)."""
-    mag = getattr(config, "baseline_mag", None) or default
-    if mag not in MAGNIFICATIONS:
-        raise ValueError(f"baseline_mag must be one of {MAGNIFICATIONS}, got {mag!r}")
-    return mag
+def dropout_p(spec: ModelSpec) -> float:
+    """0.25 when the run asks for dropout (``--drop_out``), else 0."""
+    return DROPOUT_P if spec.dropout else 0.0
 
 
 def bag_instances(bag: SlideBag, mag: str = "20x") -> torch.Tensor:
@@ -74,17 +56,17 @@ class InstanceMIL(SlideClassifier):
         return ModelOutput(logits=logits, aux_loss=zero_loss(logits), extras=extras)
 
 
-def register_instance_baseline(name: str, factory: Callable[..., InstanceMIL]) -> None:
-    """Register ``name`` (magnification from the config), ``<name>_5x`` and a lowercase alias.
+def register_instance_baseline(name: str, factory: Callable[[ModelSpec, str], InstanceMIL]) -> None:
+    """Register ``name`` (20x instances), ``<name>_5x`` (5x instances) and a lowercase alias.
 
-    ``factory(config, task, mag)`` builds the model.
+    ``factory(spec, mag)`` builds the model.
     """
 
-    def build(config, task):
-        return factory(config, task, baseline_mag(config))
+    def build(spec: ModelSpec) -> InstanceMIL:
+        return factory(spec, "20x")
 
-    def build_5x(config, task):
-        return factory(config, task, "5x")
+    def build_5x(spec: ModelSpec) -> InstanceMIL:
+        return factory(spec, "5x")
 
     register_model(name)(build)
     register_model(f"{name}_5x")(build_5x)

@@ -14,10 +14,9 @@ from torch import nn
 from models.baselines.common import (
     DROPOUT_P,
     InstanceMIL,
-    feature_dim,
-    num_classes,
     register_instance_baseline,
 )
+from models.registry import ModelSpec
 
 
 class LiteMIL(InstanceMIL):
@@ -47,13 +46,8 @@ class LiteMIL(InstanceMIL):
         return self.classifier(slide), {"attention": weights.detach()[0]}
 
 
-def _build(config, task, mag: str) -> LiteMIL:
-    return LiteMIL(
-        feature_dim(config),
-        num_classes(task),
-        num_queries=int(getattr(config, "litemil_queries", 1) or 1),
-        mag=mag,
-    )
+def _build(spec: ModelSpec, mag: str) -> LiteMIL:
+    return LiteMIL(spec.feature_dim, spec.num_classes, mag=mag)
 
 
 register_instance_baseline("LiteMIL", _build)

@@ -15,10 +15,9 @@ from torch import nn
 from models.baselines.common import (
     InstanceMIL,
     dropout_p,
-    feature_dim,
-    num_classes,
     register_instance_baseline,
 )
+from models.registry import ModelSpec
 
 
 class MILfc(InstanceMIL):
@@ -44,8 +43,8 @@ class MILfc(InstanceMIL):
         return instance_logits[top].unsqueeze(0), {"top_instance": int(top)}
 
 
-def _build(config, task, mag: str) -> MILfc:
-    return MILfc(feature_dim(config), num_classes(task), dropout=dropout_p(config), mag=mag)
+def _build(spec: ModelSpec, mag: str) -> MILfc:
+    return MILfc(spec.feature_dim, spec.num_classes, dropout=dropout_p(spec), mag=mag)
 
 
 register_instance_baseline("MIL_fc", _build)

@@ -12,10 +12,9 @@ from torch import nn
 from models.baselines.common import (
     InstanceMIL,
     dropout_p,
-    feature_dim,
-    num_classes,
     register_instance_baseline,
 )
+from models.registry import ModelSpec
 
 POOLS = ("mean", "max")
 
@@ -46,10 +45,8 @@ class PooledMIL(InstanceMIL):
 
 
 def _factory(pool: str):
-    def build(config, task, mag: str) -> PooledMIL:
-        return PooledMIL(
-            feature_dim(config), num_classes(task), pool=pool, dropout=dropout_p(config), mag=mag
-        )
+    def build(spec: ModelSpec, mag: str) -> PooledMIL:
+        return PooledMIL(spec.feature_dim, spec.num_classes, pool=pool, dropout=dropout_p(spec), mag=mag)
 
     return build
 

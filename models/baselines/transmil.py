@@ -13,8 +13,9 @@ import math
 import torch
 from torch import nn
 
-from models.baselines.common import InstanceMIL, feature_dim, num_classes, register_instance_baseline
+from models.baselines.common import InstanceMIL, register_instance_baseline
 from models.baselines.nystrom import NystromAttention
+from models.registry import ModelSpec
 
 
 class TransLayer(nn.Module):
@@ -82,8 +83,8 @@ class TransMIL(InstanceMIL):
         return self.classifier(self.norm(h)[:, 0]), {}
 
 
-def _build(config, task, mag: str) -> TransMIL:
-    return TransMIL(feature_dim(config), num_classes(task), mag=mag)
+def _build(spec: ModelSpec, mag: str) -> TransMIL:
+    return TransMIL(spec.feature_dim, spec.num_classes, mag=mag)
 
 
 register_instance_baseline("TransMIL", _build)

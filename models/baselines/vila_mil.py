@@ -31,11 +31,14 @@ from torch import nn
 
 from datasets.bag import SlideBag
 from models.base import FrozenTowerClassifier, ModelOutput, zero_loss
-from models.baselines.common import bag_instances, dropout_p, feature_dim
-from models.baselines.text_side import load_descriptions, load_text_tower
+from models.baselines.common import bag_instances, dropout_p
+from models.baselines.text_side import load_descriptions
 from models.hivemil.prompt_learner import PromptLearner
-from models.registry import register_model
+from models.registry import ModelSpec, register_model
 from models.towers.base import TextTower, freeze
+from models.towers.loading import load_text_tower
+
+DEFAULT_PROTOTYPES = 16  # prototypes of the patch decoder when --prototype_number is not given
 
 
 class ViLaMIL(FrozenTowerClassifier):
@@ -50,7 +53,7 @@ class ViLaMIL(FrozenTowerClassifier):
         fine: Sequence[Sequence[str]],
         feature_dim: int,
         n_ctx: int = 16,
-        num_prototypes: int = 16,
+        num_prototypes: int = DEFAULT_PROTOTYPES,
         heads: int = 1,
         dropout: float = 0.0,
         class_specific_context: bool = False,
@@ -113,19 +116,19 @@ class ViLaMIL(FrozenTowerClassifier):
 
 
 @register_model("ViLa_MIL")
-def build_vila_mil(config, task) -> ViLaMIL:
-    coarse, fine = load_descriptions(config, task)
-    tower = load_text_tower(config)
+def build_vila_mil(spec: ModelSpec) -> ViLaMIL:
+    coarse, fine = load_descriptions(spec)
+    tower = load_text_tower(spec.tower)
     return ViLaMIL(
         tower,
         coarse,
         fine,
-        feature_dim(config),
-        n_ctx=int(getattr(config, "num_context_tokens", 16)),
-        num_prototypes=int(getattr(config, "prototype_number", None) or 16),
-        dropout=dropout_p(config),
-        class_specific_context=bool(getattr(config, "class_specific_token", False)),
-        context_position=getattr(config, "class_token_position", "end") or "end",
+        spec.feature_dim,
+        n_ctx=spec.hivemil.n_ctx,
+        num_prototypes=spec.prototype_number or DEFAULT_PROTOTYPES,
+        dropout=dropout_p(spec),
+        class_specific_context=spec.hivemil.class_specific_context,
+        context_position=spec.hivemil.class_token_position,
     )
 
 

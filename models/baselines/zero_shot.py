@@ -21,9 +21,10 @@ from torch import nn
 from datasets.bag import SlideBag
 from models.base import ModelOutput, SlideClassifier, zero_loss
 from models.baselines.common import bag_instances
-from models.baselines.text_side import check_feature_dim, load_descriptions, load_text_tower
-from models.registry import register_model
-from models.towers.base import TextTower
+from models.baselines.text_side import load_descriptions
+from models.registry import ModelSpec, register_model
+from models.towers.base import TextTower, check_joint_space
+from models.towers.loading import load_text_tower
 
 DEFAULT_TOP_K = 100
 
@@ -107,8 +108,8 @@ class ZeroShotMIL(SlideClassifier):
 
 
 @register_model("zero_shot")
-def build_zero_shot(config, task) -> ZeroShotMIL:
-    coarse, fine = load_descriptions(config, task)
-    tower = load_text_tower(config)
-    check_feature_dim(config, tower, "zero_shot")
+def build_zero_shot(spec: ModelSpec) -> ZeroShotMIL:
+    coarse, fine = load_descriptions(spec)
+    tower = load_text_tower(spec.tower)
+    check_joint_space(spec.feature_dim, tower, "zero_shot")
     return ZeroShotMIL.from_tower(tower, coarse, fine)

@@ -20,16 +20,18 @@ import torch
 from torch import nn
 
 from datasets.bag import SlideBag
+from datasets.prompt_file import load_prompt_file
 from models.base import FrozenTowerClassifier, ModelOutput
 from models.hivemil.gnn import HierHeteroGNN
 from models.hivemil.graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT, build_hier_graph
-from models.hivemil.options import HiveMILOptions
 from models.hivemil.htcl import hierarchical_text_contrastive_loss
+from models.hivemil.options import HiveMILOptions
 from models.hivemil.prompt_learner import PromptLearner
-from models.registry import register_model
 from models.hivemil.slide_logits import topk_class_logits
 from models.hivemil.tgdf import text_guided_filter
-from models.towers.base import TextTower
+from models.registry import ModelSpec, register_model
+from models.towers.base import TextTower, check_joint_space
+from models.towers.loading import load_text_tower
 from utils.errors import InputError
 
 TOWER_PREFIX = "text_tower."
@@ -192,54 +194,16 @@ def cap_children(rows: torch.Tensor, valid: torch.Tensor, cap: int, seed: int = 
     return rows.gather(1, order.unsqueeze(-1).expand(-1, -1, rows.shape[-1])), valid.gather(1, order)
 
 
-def options_from_config(config) -> HiveMILOptions:
-    """HiVE-MIL options from a RunConfig / argparse namespace (published flag names)."""
-    from models.hivemil.options import switches_from_namespace
-
-    def mag(value, default):
-        return int(str(value if value is not None else default).rstrip("x"))
-
-    return HiveMILOptions(
-        n_ctx=int(getattr(config, "num_context_tokens", 16)),
-        class_specific_context=bool(getattr(config, "class_specific_token", False)),
-        class_token_position=getattr(config, "class_token_position", "end"),
-        num_low_mag_texts=int(getattr(config, "num_low_mag_texts", 4)),
-        num_high_mag_subtexts=int(getattr(config, "num_high_mag_subtexts", 3)),
-        filter_alpha=float(getattr(config, "filter_alpha", 0.5)),
-        contrastive_lambda=float(getattr(config, "contrastive_lambda", 0.5)),
-        low_mag=mag(getattr(config, "low_mag", None), 5),
-        high_mag=mag(getattr(config, "high_mag", None), 20),
-        max_children=int(getattr(config, "max_children", 0) or 0),
-        attention_chunk=int(getattr(config, "attention_chunk", 0) or 0),
-        switches=switches_from_namespace(config),
-    )
-
-
 @register_model("HiVE_MIL")
-def build_hivemil(config, task) -> HiveMIL:
-    """Registry builder: text tower + prompt file of ``task`` + options from ``config``."""
-    from models.towers import load_towers
-    from datasets.prompt_file import load_prompt_file
-
-    options = options_from_config(config)
-    source = getattr(config, "text_tower", None)
-    extractor = getattr(config, "feature_extractor", "plip")
-    if extractor == "demo" and source is None:
-        from models.towers.tiny import ensure_demo_text_tower
-
-        source = ensure_demo_text_tower()
-    tower = load_towers(extractor, source=source, sides=("text",)).text
-    feature_dim = getattr(config, "feature_dim", None)
-    if feature_dim is not None and int(feature_dim) != tower.embed_dim:
-        raise InputError(
-            f"--feature_dim {feature_dim} does not match the text tower's embedding size {tower.embed_dim} "
-            f"({extractor}); image and text features must share one space"
-        )
+def build_hivemil(spec: ModelSpec) -> HiveMIL:
+    """Registry builder: the spec's text tower and prompt file, with ``spec.hivemil`` options."""
+    tower = load_text_tower(spec.tower)
+    check_joint_space(spec.feature_dim, tower, "HiVE-MIL")
+    options = spec.hivemil
     prompts = load_prompt_file(
-        task.prompt_file(getattr(config, "LLM", "curated")),
-        class_names=task.class_names,
+        spec.prompt_file,
+        class_names=spec.task.class_names,
         n_coarse=options.num_low_mag_texts,
         n_fine_per_coarse=options.num_high_mag_subtexts,
     )
-    descriptions = [[f"{term} : {expl}" for term, expl in prompts.entries(c)] for c in task.class_names]
-    return HiveMIL(tower, descriptions, options)
+    return HiveMIL(tower, [prompts.descriptions(c) for c in spec.task.class_names], options)

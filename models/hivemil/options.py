@@ -18,8 +18,9 @@ switch                 reference            corrected
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass, fields
+
+from datasets.hierarchy import children_per_parent
 
 VARIANTS = ("reference", "corrected")
 
@@ -81,8 +82,8 @@ class HiveMILOptions:
     num_high_mag_subtexts: int = 3
     filter_alpha: float = 0.5
     contrastive_lambda: float = 0.5
-    low_mag: int = 5
-    high_mag: int = 20
+    low_mag: float = 5.0
+    high_mag: float = 20.0
     num_heads: int = 2
     topk_high: int = 100
     topk_low: int = 2
@@ -93,50 +94,9 @@ class HiveMILOptions:
     @property
     def children_per_parent(self) -> int:
         """(high / low)^2: 16 children per 5x patch for 5x -> 20x."""
-        return int(round((self.high_mag / self.low_mag) ** 2))
+        return children_per_parent(self.low_mag, self.high_mag)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "switches"}
         out["switches"] = self.switches.to_dict()
         return out
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--variant`` and one flag per released-code behaviour to ``parser``."""
-    group = parser.add_argument_group("HiVE-MIL variant (DESIGN.md section 4)")
-    group.add_argument(
-        "--variant",
-        choices=VARIANTS,
-        default="reference",
-        help="reference: reproduce the released code (default); corrected: fix every listed behaviour",
-    )
-    group.add_argument(
-        "--max-children",
-        dest="max_children",
-        type=int,
-        default=0,
-        help="use at most this many 20x children per kept 5x patch (seeded subset; 0 = all)",
-    )
-    group.add_argument(
-        "--attention-chunk",
-        dest="attention_chunk",
-        type=int,
-        default=0,
-        help="dense hierarchical attention in query chunks of this size, recomputed in backward "
-        "(bounds memory of --hier-attention dense; 0 = one block)",
-    )
-    for name, choices in SWITCHES.items():
-        group.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            choices=choices,
-            default=None,
-            help=f"override one behaviour (reference: {choices[0]}, corrected: {choices[1]})",
-        )
-
-
-def switches_from_namespace(ns) -> VariantSwitches:
-    """Resolve ``--variant`` plus per-switch overrides from an argparse namespace or config object."""
-    return VariantSwitches.for_variant(
-        getattr(ns, "variant", "reference"), **{n: getattr(ns, n, None) for n in SWITCHES}
-    )

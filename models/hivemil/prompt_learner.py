@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from datasets.prompt_file import with_context_placeholders
 from models.towers.base import TextTower
 
 POSITIONS = ("end", "middle", "front")
@@ -66,10 +67,9 @@ class PromptLearner(nn.Module):
         nn.init.normal_(ctx, std=0.02)
         self.ctx = nn.Parameter(ctx)
 
-        prefix_text = " ".join(["X"] * n_ctx)
         token_ids, prefixes, suffixes, name_lens = [], [], [], []
         for descriptions in class_prompts:
-            full = [f"{prefix_text} {d}" if n_ctx > 0 else d for d in descriptions]
+            full = [with_context_placeholders(d, n_ctx) for d in descriptions]
             ids = tower.tokenize(full)
             with torch.no_grad():
                 emb = tower.token_embedding(ids.to(tower.logit_scale.device)).float().cpu()

@@ -1,6 +1,15 @@
 """Frozen vision-language towers behind one interface (HF CLIP, CONCH, open_clip); see ``base.py``."""
 
 from models.towers.base import ImageTower, TextTower, freeze
-from models.towers.loading import Towers, load_towers, resolve_tower_source
+from models.towers.loading import Towers, TowerSource, load_text_tower, load_towers, resolve_tower_source
 
-__all__ = ["ImageTower", "TextTower", "Towers", "freeze", "load_towers", "resolve_tower_source"]
+__all__ = [
+    "ImageTower",
+    "TextTower",
+    "TowerSource",
+    "Towers",
+    "freeze",
+    "load_text_tower",
+    "load_towers",
+    "resolve_tower_source",
+]

@@ -78,6 +78,17 @@ class ImageTower(nn.Module):
         raise NotImplementedError
 
 
+def check_joint_space(feature_dim: int, tower: TextTower, model_name: str) -> None:
+    """Patch features must live in the tower's joint space for a model that compares them with texts."""
+    from utils.errors import InputError
+
+    if int(feature_dim) != tower.embed_dim:
+        raise InputError(
+            f"--feature_dim {feature_dim} does not match the text tower's embedding size {tower.embed_dim}; "
+            f"{model_name} needs patch features from the same vision-language model"
+        )
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Set ``requires_grad=False`` on every parameter and switch to eval mode; returns the module."""
     for p in module.parameters():

@@ -30,14 +30,28 @@ from models.towers.conch_tower import load_conch
 from models.towers.hf_clip import is_hf_clip_folder, load_hf_clip
 from models.towers.open_clip_tower import is_open_clip_folder, load_open_clip
 from utils.errors import InputError
+from utils.paths import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONCH_CHECKPOINT = PROJECT_ROOT / "conch" / "pytorch_model.bin"
 HUB_DEFAULTS = {"plip": "vinid/plip", "quiltnet": "wisdomik/QuiltNet-B-32"}
 KINDS = ("hf_clip", "conch", "open_clip")
 SIDES = ("text", "image")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CHECKPOINT_SUFFIXES = {".bin", ".pt", ".pth", ".safetensors"}
+
+
+@dataclass(frozen=True)
+class TowerSource:
+    """Which tower a model uses: the feature extractor's name and, optionally, where its weights are
+    (``--text_tower``: a hub name, local folder, checkpoint file or open_clip spec)."""
+
+    extractor: str
+    weights: str | None = None
+
+
+def load_text_tower(source: TowerSource, device: str | torch.device = "cpu") -> TextTower:
+    """The frozen text tower of ``source`` (the one way every model loads its text side)."""
+    return load_towers(source.extractor, source=source.weights, sides=("text",), device=device).text
 
 
 @dataclass

@@ -13,6 +13,7 @@ weights:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,9 +26,21 @@ import torch
 from models.towers.conch_tower import CONCH_CONFIG_NAME
 from models.towers.preprocess import CLIP_MEAN, CLIP_STD
 from utils.atomic_io import atomic_path, atomic_write_text
+from utils.paths import cache_root
 
 DEMO_TOWER_DIRNAME = "demo_text_tower"
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / "cache"
+
+
+@contextlib.contextmanager
+def private_rng(seed: int):
+    """Seed torch's CPU generator for a block and restore its state afterwards.
+
+    Building a tiny tower must not change the random stream of the run that asked for it: the demo's
+    first run (which builds its tower) and later runs (which load it) start from the same RNG state.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def save_tiny_hf_clip(
@@ -70,8 +83,8 @@ def save_tiny_hf_clip(
         projection_dim=projection,
         logit_scale_init_value=4.6052,
     )
-    torch.manual_seed(seed)
-    model = CLIPModel(config).float().eval()
+    with private_rng(seed):
+        model = CLIPModel(config).float().eval()
     model.save_pretrained(str(path))
     if with_processor:
         CLIPImageProcessor(
@@ -137,8 +150,8 @@ def save_tiny_conch(path: str | Path, seed: int = 0, **config_kwargs) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = tiny_conch_config(**config_kwargs)
-    torch.manual_seed(seed)
-    model = CoCa(**json.loads(json.dumps(config))).float()
+    with private_rng(seed):
+        model = CoCa(**json.loads(json.dumps(config))).float()
     with torch.no_grad():  # CoCa starts at log(1/0.07); trained CONCH sits near log(100)
         model.logit_scale.fill_(4.6052)
     checkpoint = path / "pytorch_model.bin"
@@ -180,8 +193,8 @@ def save_tiny_open_clip(
             "layers": layers,
         },
     }
-    torch.manual_seed(seed)
-    model = CLIP(**json.loads(json.dumps(model_cfg)), init_logit_scale=4.6052).float()
+    with private_rng(seed):
+        model = CLIP(**json.loads(json.dumps(model_cfg)), init_logit_scale=4.6052).float()
     with atomic_path(path / "open_clip_pytorch_model.bin") as tmp:
         torch.save(model.state_dict(), tmp)
     config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}
@@ -192,11 +205,11 @@ def save_tiny_open_clip(
 def ensure_demo_text_tower(cache_dir: str | Path | None = None) -> Path:
     """The demo task's tiny HF CLIP text tower (width 64, projection 64 = the demo's feature dim).
 
-    Built once under ``cache_dir/demo_text_tower`` (default: the project's git-ignored ``cache/``):
+    Built once under ``cache_dir/demo_text_tower`` (default: :func:`utils.paths.cache_root`):
     written to a temporary folder, then renamed into place, so a reader never sees a half-written
     tower and concurrent callers agree on one copy.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
     target = cache_dir / DEMO_TOWER_DIRNAME
     if (target / "config.json").is_file():
         return target

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.towers.base import ImageTower
 from preprocess.wsi.reader import SlideReader
 from preprocess.wsi.tiling import LevelChoice
-from models.towers.base import ImageTower
 from utils.prefetch import prefetch
 
 
@@ -47,13 +47,6 @@ class StageTimes:
     def add(self, other: StageTimes) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def read_tile(reader: SlideReader, xy: Sequence[int], level: LevelChoice) -> np.ndarray:

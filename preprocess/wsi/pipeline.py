@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from datasets.features import FeatureLayout, write_patch_file
+from models.towers.base import ImageTower
 from preprocess.wsi.encode import StageTimes, TileGroup, encode_tiles
 from preprocess.wsi.reader import SlideError, open_slide, read_downsampled
 from preprocess.wsi.sources import SlideSource
 from preprocess.wsi.tiling import TileGeometry, TilePlan, choose_level, plan_tiles, resolve_level0_mag
 from preprocess.wsi.tissue import TissueParams, segment_tissue
-from models.towers.base import ImageTower
 from utils.atomic_io import atomic_path
 
 FORMAT_SOURCE = "extract_features.py"

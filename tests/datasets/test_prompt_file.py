@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from datasets.tasks import PROJECT_ROOT, get_task
-from utils.errors import InputError
 from datasets.prompt_file import (
     HierarchicalPrompts,
     check_token_lengths,
@@ -17,6 +15,8 @@ from datasets.prompt_file import (
     load_prompt_file,
     validate_prompt_file,
 )
+from datasets.tasks import PROJECT_ROOT, get_task
+from utils.errors import InputError
 
 CURATED = PROJECT_ROOT / "text_prompt" / "HiVE_MIL" / "curated"
 GOLDEN = PROJECT_ROOT.parent / "shared" / "golden"

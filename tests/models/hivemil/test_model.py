@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,22 +161,23 @@ def test_registry_builder_with_prompt_file(tiny_clip_dir, tmp_path):
 
     from datasets.tasks import TaskSpec
     from models.registry import build_model
+    from training.config import RunConfig, with_values
 
     prompts = {c: {f"t{c}{i}": f"explanation {i} of {c}." for i in range(16)} for c in ("A", "B")}
     path = tmp_path / "text_prompt" / "HiVE_MIL" / "curated" / "mytask.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(prompts))
     task = TaskSpec("mytask", ("A", "B"), tmp_path / "x.csv", prompt_dir=tmp_path / "text_prompt")
-    config = types.SimpleNamespace(
+    config = RunConfig(
         feature_extractor="plip",
         text_tower=str(tiny_clip_dir),
         feature_dim=64,
         LLM="curated",
         variant="corrected",
     )
-    model = build_model("HiVE_MIL", config, task)
+    model = build_model("HiVE_MIL", config.model_spec(task))
     assert model.num_classes == 2 and model.options.switches == VariantSwitches.for_variant("corrected")
     from utils.errors import InputError
 
     with pytest.raises(InputError, match="feature_dim"):
-        build_model("HiVE_MIL", types.SimpleNamespace(**{**vars(config), "feature_dim": 512}), task)
+        build_model("HiVE_MIL", with_values(config, feature_dim=512).model_spec(task))

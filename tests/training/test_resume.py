@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from test_training import make_toy_data, toy_config
 
 import training.experiment as training
+from tests.toy_task import make_toy_data, toy_config
 from utils.errors import InputError
 from utils.run_logging import RunLog
 

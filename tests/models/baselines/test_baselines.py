@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +12,6 @@ from torch import nn
 
 from datasets.bag import SlideBag
 from datasets.tasks import TaskSpec
-from models.baselines import text_side
 from models.baselines.common import bag_instances
 from models.baselines.mil_fc import MILfc
 from models.baselines.nystrom import NystromAttention, iterative_pinv, segment_means
@@ -22,6 +20,7 @@ from models.baselines.vila_mil import ViLaMIL
 from models.baselines.zero_shot import ZeroShotMIL, class_index
 from models.registry import available_models, build_model
 from models.towers.base import TextTower, freeze
+from training.config import RunConfig
 
 CONVENTIONAL = ("mean_pool", "max_pool", "MIL_fc", "ABMIL", "TransMIL", "LiteMIL")
 PERMUTATION_INVARIANT = ("mean_pool", "max_pool", "MIL_fc", "ABMIL", "LiteMIL")
@@ -59,8 +58,8 @@ def make_bag(
     )
 
 
-def config(**kw) -> SimpleNamespace:
-    return SimpleNamespace(**{"feature_dim": D, "drop_out": True, **kw})
+def config(**kw) -> RunConfig:
+    return RunConfig(**{"feature_dim": D, "drop_out": True, **kw})
 
 
 def task(num_classes: int = 3, prompt_dir=None) -> TaskSpec:
@@ -205,7 +204,7 @@ def test_every_baseline_is_registered():
 @pytest.mark.parametrize("n5", [1, 9])
 def test_conventional_shape_and_gradients(name, n5):
     torch.manual_seed(0)
-    model = build_model(name, config(), task(3))
+    model = build_model(name, config().model_spec(task(3)))
     bag = one_slide() if n5 == 1 else make_bag(torch.Generator().manual_seed(1), n5, empty_rows=3)
     out = model(bag)
     assert out.logits.shape == (1, 3)
@@ -229,10 +228,9 @@ def test_conventional_reads_only_the_chosen_magnification(name):
     )
     changed_5x = SlideBag(bag.slide_id, bag.x5 + 1.0, bag.x20, bag.child_mask)
     changed_20x = SlideBag(bag.slide_id, bag.x5, bag.x20 + 1.0, bag.child_mask)
-    model20 = build_model(name, config(), task(2)).eval()
-    model5 = build_model(f"{name}_5x", config(), task(2)).eval()
-    model5_field = build_model(name, config(baseline_mag="5x"), task(2)).eval()
-    assert model5_field.mag == "5x" and model20.mag == "20x"
+    model20 = build_model(name, config().model_spec(task(2))).eval()
+    model5 = build_model(f"{name}_5x", config().model_spec(task(2))).eval()
+    assert model5.mag == "5x" and model20.mag == "20x"
     with torch.no_grad():
         base20 = model20(bag).logits
         assert torch.allclose(model20(changed_padding).logits, base20)
@@ -255,7 +253,7 @@ def test_bag_instances_drops_padding_and_falls_back_to_5x():
 @pytest.mark.parametrize("name", PERMUTATION_INVARIANT)
 def test_pooling_baselines_ignore_instance_order(name):
     torch.manual_seed(0)
-    model = build_model(f"{name}_5x", config(), task(3)).eval()
+    model = build_model(f"{name}_5x", config().model_spec(task(3))).eval()
     bag = make_bag(torch.Generator().manual_seed(4), 7)
     perm = torch.randperm(7)
     shuffled = SlideBag("p", bag.x5[perm], bag.x20[perm], bag.child_mask[perm])
@@ -279,7 +277,7 @@ def test_mil_fc_top_instance_rules():
 
 def test_abmil_attention_is_a_distribution_and_duplicates_do_not_matter():
     torch.manual_seed(0)
-    model = build_model("ABMIL_5x", config(), task(2)).eval()
+    model = build_model("ABMIL_5x", config().model_spec(task(2))).eval()
     bag = make_bag(torch.Generator().manual_seed(6), 6)
     out = model(bag)
     assert torch.isclose(out.extras["attention"].sum(), torch.tensor(1.0))
@@ -346,7 +344,7 @@ def test_conventional_learns_a_planted_3_class_problem(name):
     if name == "TransMIL":  # same architecture at a small width, to keep the test fast
         model = TransMIL(D, 3, hidden=64, heads=4, num_landmarks=16)
     else:
-        model = build_model(name, config(drop_out=False), task(3))
+        model = build_model(name, config(drop_out=False).model_spec(task(3)))
     accuracy = train_and_score(model, train, test, epochs=8)
     assert accuracy > 0.5, f"{name}: held-out accuracy {accuracy:.2f} (chance 0.33)"
 
@@ -394,14 +392,13 @@ def test_zero_shot_from_tower_encodes_each_scale_with_its_descriptions():
 def test_zero_shot_builder_reads_the_prompt_file(tmp_path, monkeypatch):
     spec = task(2, prompt_dir=tmp_path)
     write_prompt_file(tmp_path, "toy", spec.class_names)
-    monkeypatch.setattr(text_side, "load_text_tower", lambda cfg: FakeTower())
     from models.baselines import zero_shot
 
     monkeypatch.setattr(zero_shot, "load_text_tower", lambda cfg: FakeTower())
-    model = build_model("zero_shot", config(LLM="curated"), spec)
+    model = build_model("zero_shot", config(LLM="curated").model_spec(spec))
     assert model.text5.shape == (8, D) and model.text20.shape == (24, D)
     with pytest.raises(Exception, match="feature_dim 64 does not match"):
-        build_model("zero_shot", config(feature_dim=64), spec)
+        build_model("zero_shot", config(feature_dim=64).model_spec(spec))
 
 
 def test_zero_shot_with_tiny_hf_clip(tmp_path):
@@ -467,7 +464,7 @@ def test_vila_mil_builder_reads_the_prompt_file(tmp_path, monkeypatch):
     from models.baselines import vila_mil
 
     monkeypatch.setattr(vila_mil, "load_text_tower", lambda cfg: FakeTower())
-    model = build_model("ViLa_MIL", config(num_context_tokens=3, prototype_number=5), spec)
+    model = build_model("ViLa_MIL", config(num_context_tokens=3, prototype_number=5).model_spec(spec))
     assert model.prompts_low.ctx.shape == (3, 16) and model.prototypes.shape == (1, 5, D)
     assert model.prompts_low.token_ids(0).shape[0] == 4 and model.prompts_high.token_ids(1).shape[0] == 12
 

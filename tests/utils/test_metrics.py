@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from utils.metrics import accuracy, auc, classification_metrics, macro_f1
 from training.results import format_summary_table, summary_frames
+from utils.metrics import accuracy, auc, classification_metrics, macro_f1
 
 
 def test_accuracy_and_f1_by_hand():

@@ -16,9 +16,9 @@ import pandas as pd
 import check_hierarchical_consistency as checker_cli
 import create_hierarchical_features as create_cli
 import create_splits as splits_cli
-from preprocess.consistency import check_slide
 from datasets.features import FeatureLayout, read_slide_bag, write_patch_file
 from datasets.splits import read_split
+from preprocess.consistency import check_slide
 from tests.data_fixtures import (
     edit_h5,
     grid_children,
@@ -27,9 +27,8 @@ from tests.data_fixtures import (
     write_published_hier,
     write_slide,
 )
+from tests.paths import PROJECT
 from utils.errors import run_cli
-
-PROJECT = Path(__file__).resolve().parent.parent
 
 
 def _flags(root: Path, *extra: str) -> list[str]:

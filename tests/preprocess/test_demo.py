@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from preprocess.consistency import check_slide
 from datasets.dataset_csv import read_dataset_csv
-from preprocess.demo import DEMO_PROMPTS, default_demo_root, demo_task, ensure_demo_data
 from datasets.features import read_slide_bag
 from datasets.splits import read_split
 from datasets.tasks import get_task
+from preprocess.consistency import check_slide
+from preprocess.demo import DEMO_PROMPTS, default_demo_root, ensure_demo_data, task_defaults
 from tests.data_fixtures import snapshot
 
 
@@ -126,8 +126,12 @@ def test_concurrent_first_use(tmp_path):
 def test_default_root_and_task_follow_cache_env(monkeypatch, tmp_path, demo):
     monkeypatch.setenv("HIVEMIL_CACHE", str(demo.root.parent))
     assert default_demo_root() == demo.root
-    task = demo_task()
-    assert task == demo.task and get_task("demo") == demo.task
+    defaults = task_defaults("demo")  # what `main.py --task demo` expands to
+    task = get_task(
+        "demo", csv_dir=defaults["csv_dir"], prompt_dir=defaults["prompt_dir"], llm=defaults["LLM"]
+    )
+    assert task == demo.task and defaults["data_root_dir"] == str(demo.data_root_dir)
+    assert task_defaults("tcga_brca") == {}
 
 
 def test_signal_is_learnable_by_mean_pooling(demo, table):

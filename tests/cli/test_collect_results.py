@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 
 import collect_results as cr
+from tests.paths import PROJECT
 from utils.errors import InputError, run_cli
-
-PROJECT = Path(__file__).resolve().parent.parent
 
 
 def write_run(root: Path, task: str, extractor: str, shots: str, model: str, seed: int, mean, std) -> Path:

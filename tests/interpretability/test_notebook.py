@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import PROJECT as PROJECT_ROOT
+
 NOTEBOOK = PROJECT_ROOT / "interpretability_analysis.ipynb"
 KERNEL_NAME = "hivemil-test-python"
 
@@ -32,7 +33,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, tiny_clip_dir, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    from test_interpretability import make_mini_run
+    from tests.mini_run import make_mini_run
 
     run_dir = make_mini_run(tmp_path / "project", tiny_clip_dir, variant="reference")
     work = tmp_path / "work"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import types
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from test_training import CLASSES, TASK, make_toy_data
 
 import main as main_module
+from tests.toy_task import CLASSES, TASK, make_toy_data
 from training.config import RunConfig, build_parser, parse_config, validate_config
 from utils.errors import run_cli
 
@@ -58,13 +57,17 @@ def test_published_defaults():
         "high_mag": "20x", "low_mag": "5x", "label_frac": 1.0, "seed": 1, "k": 5, "k_start": -1, "k_end": -1,
         "results_dir": "./results", "log_data": False, "testing": False, "early_stopping": False, "opt": "adam",
         "drop_out": False, "model_type": "HiVE_MIL", "mode": "transformer", "weighted_sample": False, "reg": 1e-5,
-        "bag_loss": "ce", "text_prompt": None, "prototype_number": None, "device": "auto", "LLM": "curated",
+        "bag_loss": "ce", "text_prompt": None, "prototype_number": None, "device": "auto", "LLM": None,
         "num_context_tokens": 16, "class_specific_token": False, "class_token_position": "end",
         "num_low_mag_texts": 4, "num_high_mag_subtexts": 3, "filter_alpha": 0.5, "contrastive_lambda": 0.5,
         "variant": "reference", "patience": 10, "cache_mb": 2048.0, "splits_root": "splits",
         "csv_dir": "dataset_csv", "prompt_dir": "text_prompt", "skip_missing": False, "text_tower": None,
     }  # fmt: skip
     assert {name: getattr(config, name) for name in expected} == expected
+    # --LLM unset resolves at run start: the released gpt4o folder when it has the task, else curated
+    from training.experiment import resolve_prompts
+
+    assert resolve_prompts(config).LLM == "curated"
     assert config.fold_range == range(0, 5)
 
 
@@ -87,29 +90,33 @@ def test_hyphenated_published_flags_and_switches():
 
 
 def test_parser_dests_are_config_fields():
+    """Every flag is declared once, on a RunConfig field: the parser's dests are exactly those fields."""
     config = parse_config(["--task", "tcga_brca"])
     dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
-    declared = {f.name for f in fields(RunConfig)}
-    assert dests - declared == set(config.model_options)  # undeclared model flags are kept, not lost
-    assert all(getattr(config, name) == value for name, value in config.model_options.items())
+    declared = {f.name for f in fields(RunConfig) if "flags" in f.metadata}
+    assert dests == declared == {f.name for f in fields(RunConfig)}
     assert config.max_children == 0 and config.attention_chunk == 0
     with pytest.raises(AttributeError):
         _ = config.no_such_option
 
 
-def test_new_model_flag_reaches_the_config(monkeypatch):
-    import training.config as config_module
+def test_a_flag_declared_on_a_field_reaches_the_parser():
+    import argparse
+    from dataclasses import dataclass
 
-    original = config_module.add_model_arguments
+    from utils.flags import add_flags, flag, given_values
 
-    def with_new_flag(parser):
-        original(parser)
-        parser.add_argument("--new-knob", dest="new_knob", type=int, default=3)
+    @dataclass
+    class Knobs:
+        new_knob: int = flag("--new-knob", default=3, help="a knob")
+        switch: bool = flag("--switch", default=False, help="on/off")
 
-    monkeypatch.setattr(config_module, "add_model_arguments", with_new_flag)
-    config = parse_config(["--task", "tcga_brca", "--new-knob", "7"])
-    assert config.new_knob == 7 and config.model_options == {"new_knob": 7}
-    assert RunConfig.from_dict(config.to_dict()).new_knob == 7
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Knobs)
+    given = given_values(parser.parse_args(["--new-knob", "7"]))
+    assert given == {"new_knob": 7} and Knobs(**given) == Knobs(new_knob=7)
+    assert Knobs(**given_values(parser.parse_args(["--switch"]))).switch is True
+    assert "(default: 3)" in parser.format_help()
 
 
 def test_config_json_round_trip():
@@ -119,26 +126,36 @@ def test_config_json_round_trip():
 
 
 def test_demo_task_takes_paths_from_demo_data(monkeypatch, tmp_path):
+    """The CLI expands --task demo into ordinary paths and settings; explicit flags win."""
+    import preprocess.demo as demo_module
+    from datasets.tasks import TaskSpec
+
     calls = []
 
     def ensure_demo_data(root=None, seed=0):
         calls.append(root)
+        task = TaskSpec("demo", ("a", "b"), tmp_path / "dataset_csv" / "demo.csv", tmp_path / "text_prompt")
         return types.SimpleNamespace(
-            root=tmp_path, data_root_dir=tmp_path / "features", task="demo", feature_extractor="demo",
+            root=tmp_path, data_root_dir=tmp_path / "features", task=task, feature_extractor="demo",
             feature_dim=64, splits_root=tmp_path / "splits", few_shot_num=4, num_folds=3,
         )  # fmt: skip
 
-    monkeypatch.setitem(
-        sys.modules, "preprocess.demo", types.SimpleNamespace(ensure_demo_data=ensure_demo_data)
-    )
-    config = parse_config(["--task", "demo"])
+    monkeypatch.setattr(demo_module, "ensure_demo_data", ensure_demo_data)
+    monkeypatch.setattr(demo_module, "ensure_demo_text_tower", lambda: tmp_path / "tower")
+    config = parse_config(["--task", "demo"], task_defaults=demo_module.task_defaults)
     assert calls == [None]
     assert config.data_root_dir == str(tmp_path / "features") and config.splits_root == str(
         tmp_path / "splits"
     )
     assert (config.feature_extractor, config.feature_dim, config.k, config.few_shot_num) == ("demo", 64, 3, 4)
-    explicit = parse_config(["--task", "demo", "--k", "1", "--feature_dim", "32"])
+    assert (config.csv_dir, config.prompt_dir) == (
+        str(tmp_path / "dataset_csv"),
+        str(tmp_path / "text_prompt"),
+    )
+    assert config.text_tower == str(tmp_path / "tower") and (config.lr, config.max_epochs) == (1e-3, 10)
+    explicit = parse_config(["--task", "demo", "--k", "1", "--feature_dim", "32"], demo_module.task_defaults)
     assert (explicit.k, explicit.feature_dim, explicit.feature_extractor) == (1, 32, "demo")
+    assert parse_config(["--task", "demo"]).data_root_dir is None  # no expansion below the CLI
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import generate_text_prompts as gen
+from datasets.prompt_file import load_prompt_file
 from datasets.tasks import PROJECT_ROOT
 from utils.errors import InputError, run_cli
-from datasets.prompt_file import load_prompt_file
 
 CURATED = PROJECT_ROOT / "text_prompt" / "HiVE_MIL" / "curated"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +18,9 @@ from PIL import Image
 from models.towers import load_towers
 from models.towers import loading as tower_loading
 from models.towers.tiny import ensure_demo_text_tower, save_tiny_conch, save_tiny_hf_clip, save_tiny_open_clip
+from tests.paths import GOLDEN
 from utils.errors import InputError
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 TEXTS = [
     "a photo of cancer",
     "Crowded glands : back-to-back gland profiles fill the field with little intervening stroma.",

@@ -18,9 +18,10 @@ from datasets.splits import (
     write_split,
 )
 from datasets.tasks import TaskSpec, get_task
+from tests.paths import REFERENCE_DATA
 from utils.errors import InputError
 
-REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference_data" / "splits"
+REFERENCE = REFERENCE_DATA / "splits"
 
 
 def test_split_csv_path():

@@ -19,8 +19,8 @@ from datasets.bag import SlideBag
 from models.convert_checkpoint import released_to_ours
 from models.hivemil.model import HiveMIL
 from models.hivemil.options import HiveMILOptions, VariantSwitches
+from tests.paths import GOLDEN
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 CASES = sorted(GOLDEN.glob("case_*.pt")) if GOLDEN.is_dir() else []
 TOL = 1e-5
 
