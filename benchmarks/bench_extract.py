@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets.features import FeatureLayout  # noqa: E402
-from utils.device import resolve_device  # noqa: E402
 from preprocess.wsi.pipeline import ExtractOptions, extract_slide  # noqa: E402
 from preprocess.wsi.sources import SlideSource  # noqa: E402
 from preprocess.wsi.synthetic import synthetic_image, write_pyramid_tiff  # noqa: E402
+from utils.device import resolve_device  # noqa: E402
 
 STAGES = ("open", "thumbnail", "tissue", "read", "resize", "preprocess", "wait", "encode", "write")
 
