@@ -99,7 +99,7 @@ def run_one(args) -> dict:
     return {
         "variant": args.variant,
         "n5": n5,
-        "n20_nodes": out.extras["n_x20_nodes"],
+        "n20_nodes": out.n_x20_nodes,
         "step_s": min(times),
         "peak_mb": peak / 2**20,
         "trainable_params": sum(p.numel() for p in model.trainable_parameters()),

@@ -1,7 +1,7 @@
 """Why HiVE-MIL predicts what it predicts for one slide: descriptions, patches and the 5x -> 20x path.
 
 Everything here reads the quantities the model itself computes in one forward pass
-(:class:`models.hivemil.model.HiveMIL`, ``ModelOutput.extras``):
+(:class:`models.hivemil.model.HiveMILOutput`, which also records which slide patch each graph node is):
 
 * the GNN outputs (paper Sec. 3.5; L2-normalised, so ``image @ text^T`` is a cosine similarity);
 * the hierarchical slide logits (Sec. 3.6, :mod:`models.hivemil.slide_logits`): per text the mean of its top-k
@@ -10,9 +10,10 @@ Everything here reads the quantities the model itself computes in one forward pa
   sum exactly to its 5x (or 20x) logit;
 * the TGDF-kept 5x patches (Sec. 3.3) and the 5x parent of every 20x graph node.
 
-Graph rows are mapped back to the slide: in the released pipeline (``--padded-children keep``) 5x
-patches without children are not graph nodes and zero-padded child slots are 20x nodes; both are
-recorded (``patches_5x``, ``nodes_20x_padding``) so nothing is attributed to a padded slot.
+Graph rows map back to the slide through the output's provenance: in the released pipeline
+(``--padded-children keep``) 5x patches without children are not graph nodes and zero-padded child
+slots are 20x nodes; both are recorded (``patches_5x``, ``nodes_20x_padding``) so nothing is
+attributed to a padded slot.
 """
 
 from __future__ import annotations
@@ -214,29 +215,6 @@ def _jsonable(value):
 # ------------------------------------------------------------------------------------------ graph rows
 
 
-def _rows_5x(model: HiveMIL, bag: SlideBag, n_rows: int) -> torch.Tensor:
-    """Slide index of each 5x graph node (the released pipeline drops 5x patches without children)."""
-    if n_rows == bag.num_5x:
-        return torch.arange(n_rows)
-    has_child = bag.child_mask.any(dim=1).cpu()
-    if model.options.switches.padded_children == "keep" and int(has_child.sum()) == n_rows:
-        return has_child.nonzero().squeeze(1)
-    raise RuntimeError(
-        f"slide {bag.slide_id}: {n_rows} 5x graph nodes cannot be matched to {bag.num_5x} patches"
-    )
-
-
-def _nodes_20x(
-    model: HiveMIL, child_mask: torch.Tensor, parents: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(parent row, child slot) of each 20x graph node, in the order :meth:`HiveMIL._select_children` makes."""
-    width = child_mask.shape[1]
-    if model.options.switches.padded_children == "keep":
-        return parents.repeat_interleave(width), torch.arange(width).repeat(parents.shape[0])
-    valid = child_mask[parents].nonzero()
-    return parents[valid[:, 0]], valid[:, 1]
-
-
 def _infer_step(coords: np.ndarray) -> int | None:
     """Smallest positive gap between distinct coordinates along x or y (the grid step), if any."""
     gaps = []
@@ -404,29 +382,29 @@ def explain_slide(
         out = model(bag.to(device))
     finally:
         model.train(was_training)
-    extras = out.extras
-    emb = extras["embeddings"]
+    emb = out.embeddings
     scale = slide_logit_scale(model)
     num_classes = model.num_classes
     contrib5 = text_contributions(emb[X5_IMAGE], emb[X5_TEXT], num_classes, opts.topk_low, scale)
     contrib20 = text_contributions(emb[X20_IMAGE], emb[X20_TEXT], num_classes, opts.topk_high, scale)
-    for contrib, key in ((contrib5, "logits_5x"), (contrib20, "logits_20x")):
+    for contrib, name, logits_scale in (
+        (contrib5, "logits_5x", out.logits_5x),
+        (contrib20, "logits_20x", out.logits_20x),
+    ):
         summed = contrib.reshape(num_classes, -1).sum(1)
-        if not torch.allclose(summed, extras[key].to(summed.dtype), rtol=1e-4, atol=1e-5):
+        if not torch.allclose(summed, logits_scale.to(summed.dtype), rtol=1e-4, atol=1e-5):
             raise RuntimeError(
-                f"description contributions do not sum to the model's {key}; slide_logits changed?"
+                f"description contributions do not sum to the model's {name}; slide_logits changed?"
             )
     sim5 = (emb[X5_IMAGE] @ emb[X5_TEXT].t()).double().cpu().numpy()
     sim20 = (emb[X20_IMAGE] @ emb[X20_TEXT].t()).double().cpu().numpy()
 
     cpu_mask = bag.child_mask.cpu()
-    rows5 = _rows_5x(model, bag, sim5.shape[0])
-    parent_rows, slots = _nodes_20x(model, cpu_mask[rows5], extras["kept_5x"].cpu())
-    if not torch.equal(parent_rows, extras["x20_parent"].cpu()):
-        raise RuntimeError("20x graph nodes do not follow the model's child order")
-    parents = rows5[parent_rows]
-    padding = ~cpu_mask[parents, slots]
-    kept = rows5[extras["kept_5x"].cpu()].numpy()
+    rows5 = out.nodes_5x.cpu()
+    parents = out.nodes_20x_row.cpu()
+    slots = out.nodes_20x_slot.cpu()
+    padding = out.nodes_20x_padding.cpu()
+    kept = rows5[out.kept_5x.cpu()].numpy()
 
     coords5_all = None if bag.coords5 is None else bag.coords5.cpu().numpy()
     coords20_all = None if bag.coords20 is None else bag.coords20.cpu().numpy()
@@ -459,8 +437,8 @@ def explain_slide(
         predicted=predicted,
         probabilities=torch.softmax(logits, dim=0).numpy(),
         logits=logits.numpy(),
-        logits_5x=extras["logits_5x"].double().cpu().numpy(),
-        logits_20x=extras["logits_20x"].double().cpu().numpy(),
+        logits_5x=out.logits_5x.double().cpu().numpy(),
+        logits_20x=out.logits_20x.double().cpu().numpy(),
         descriptions_5x=desc5,
         descriptions_20x=desc20,
         kept_5x=kept,

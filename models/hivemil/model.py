@@ -14,7 +14,7 @@ checkpoints hold only the learned context and the GNN (the tower comes from its 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,6 +35,44 @@ from models.towers.loading import load_text_tower
 from utils.errors import InputError
 
 TOWER_PREFIX = "text_tower."
+
+
+@dataclass
+class ChildNodes:
+    """The 20x graph nodes of one slide and where each comes from."""
+
+    features: torch.Tensor  # [N20, D]
+    rows: torch.Tensor  # [N20] bag row (5x patch) each node is a child of
+    slots: torch.Tensor  # [N20] child slot within that row
+    padding: torch.Tensor  # [N20] True for a zero-padded slot kept as a node (released pipeline)
+
+
+@dataclass
+class HiveMILOutput(ModelOutput):
+    """One slide's HiVE-MIL forward: logits and loss, plus what attribution needs, with provenance.
+
+    Graph nodes map back to the slide: 5x node i is bag row ``nodes_5x[i]``; 20x node j is child slot
+    ``nodes_20x_slot[j]`` of bag row ``nodes_20x_row[j]`` (``nodes_20x_padding[j]`` when that slot is
+    zero padding). Indices named ``*_5x``/``x20_parent`` count 5x *nodes*, not bag rows.
+    """
+
+    htcl: torch.Tensor | None = None  # HTCL value (detached; aux_loss = lambda * HTCL)
+    logits_5x: torch.Tensor | None = None  # [C]
+    logits_20x: torch.Tensor | None = None  # [C]
+    x5_mask: torch.Tensor | None = None  # [N5 nodes] TGDF stage-1 mask
+    kept_5x: torch.Tensor | None = None  # 5x nodes whose children are 20x nodes (mask, or all when empty)
+    x20_parent: torch.Tensor | None = None  # [N20] 5x node index of each 20x node's parent
+    nodes_5x: torch.Tensor | None = None  # [N5 nodes] bag row of each 5x node
+    nodes_20x_row: torch.Tensor | None = None  # [N20] bag row of each 20x node's parent
+    nodes_20x_slot: torch.Tensor | None = None  # [N20] child slot of each 20x node
+    nodes_20x_padding: torch.Tensor | None = None  # [N20] bool
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # GNN outputs per node type
+    x5_kept: torch.Tensor | None = None  # TGDF stage-1 kept similarities [N5 nodes, C*T5]
+    x20_kept: torch.Tensor | None = None  # TGDF stage-2 kept similarities [N20, C*T20]
+
+    @property
+    def n_x20_nodes(self) -> int:
+        return int(self.nodes_20x_row.shape[0])
 
 
 @dataclass
@@ -111,18 +149,23 @@ class HiveMIL(FrozenTowerClassifier):
         return self.encode_text()
 
     # ----- slide side ------------------------------------------------------------------------------
-    def _select_children(self, bag: SlideBag, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """20x node features and each node's 5x parent, for the kept 5x patches ``parents``."""
-        rows, valid = bag.x20[parents], bag.child_mask[parents]  # [P, M, D], [P, M]
+    def _select_children(self, bag: SlideBag, nodes: torch.Tensor) -> ChildNodes:
+        """The 20x graph nodes under the kept 5x nodes ``nodes`` (indices into ``bag``'s rows)."""
+        rows, valid = bag.x20[nodes], bag.child_mask[nodes]  # [P, M, D], [P, M]
+        slots = torch.arange(rows.shape[1], device=rows.device).expand(rows.shape[0], -1)
         cap = self.options.max_children
         if 0 < cap < rows.shape[1]:
-            rows, valid = cap_children(rows, valid, cap)
-        owner = parents[:, None].expand(-1, rows.shape[1])
+            slots = capped_child_slots(valid, cap)
+            rows = rows.gather(1, slots.unsqueeze(-1).expand(-1, -1, rows.shape[-1]))
+            valid = valid.gather(1, slots)
+        owner = nodes[:, None].expand(-1, rows.shape[1])
         if self.options.switches.padded_children == "keep":
-            return rows.reshape(-1, rows.shape[-1]), owner.reshape(-1)
-        return rows[valid], owner[valid]
+            take = torch.ones_like(valid)
+        else:
+            take = valid
+        return ChildNodes(rows[take], owner[take], slots[take], ~valid[take])
 
-    def forward(self, bag: SlideBag, cache: TextFeatures | None = None) -> ModelOutput:
+    def forward(self, bag: SlideBag, cache: TextFeatures | None = None) -> HiveMILOutput:
         opts, sw = self.options, self.options.switches
         if bag.x5.shape[-1] != self.dim:
             raise InputError(
@@ -131,22 +174,24 @@ class HiveMIL(FrozenTowerClassifier):
         text = cache if cache is not None else self.encode_text()
         logit_scale = self.text_tower.logit_scale
 
+        # Bag rows that become 5x graph nodes. Released data pipeline: 5x patches without children were
+        # deleted from the 5x file, so they are no nodes ('keep'); otherwise every 5x patch is a node.
+        nodes_5x = torch.arange(bag.num_5x, device=bag.x5.device)
         if sw.padded_children == "keep":
-            # Released data pipeline: 5x patches without children were deleted from the 5x file.
             has_child = bag.child_mask.any(dim=1)
             if bool(has_child.any()) and not bool(has_child.all()):
-                bag = SlideBag(
-                    bag.slide_id, bag.x5[has_child], bag.x20[has_child], bag.child_mask[has_child], bag.label
-                )
+                nodes_5x = has_child.nonzero().squeeze(1)
+        x5 = bag.x5[nodes_5x]
 
-        stage1 = text_guided_filter(bag.x5, text.x5, logit_scale, opts.filter_alpha)
+        stage1 = text_guided_filter(x5, text.x5, logit_scale, opts.filter_alpha)
         kept5 = stage1.image_mask
         if not bool(kept5.any()):
             # Released code crashes here (e.g. one 5x patch: std is NaN); keep every patch instead.
             kept5 = torch.ones_like(kept5)
-        parents = kept5.nonzero().squeeze(1)
-        x20, x20_parent = self._select_children(bag, parents)
-        stage2 = text_guided_filter(x20, text.x20, logit_scale, opts.filter_alpha)
+        kept_nodes = kept5.nonzero().squeeze(1)
+        children = self._select_children(bag, nodes_5x[kept_nodes])
+        x20_parent = torch.searchsorted(nodes_5x, children.rows)  # bag row -> 5x node index
+        stage2 = text_guided_filter(children.features, text.x20, logit_scale, opts.filter_alpha)
 
         graph = build_hier_graph(
             stage1.kept,
@@ -156,7 +201,9 @@ class HiveMIL(FrozenTowerClassifier):
             children_per_parent=opts.children_per_parent,
             true_parents=sw.hier_attention == "sparse",
         )
-        emb = self.gnn(graph, {X5_TEXT: text.x5, X5_IMAGE: bag.x5, X20_TEXT: text.x20, X20_IMAGE: x20})
+        emb = self.gnn(
+            graph, {X5_TEXT: text.x5, X5_IMAGE: x5, X20_TEXT: text.x20, X20_IMAGE: children.features}
+        )
 
         scale = logit_scale if sw.logit_scale == "raw" else logit_scale.exp()
         logits_5x = topk_class_logits(emb[X5_IMAGE], emb[X5_TEXT], self.num_classes, opts.topk_low, scale)
@@ -165,32 +212,39 @@ class HiveMIL(FrozenTowerClassifier):
         htcl = hierarchical_text_contrastive_loss(
             emb[X5_TEXT], emb[X20_TEXT], self.num_classes, sw.htcl_negatives
         )
-        extras = {
-            "htcl": htcl.detach(),
-            "x5_mask": stage1.image_mask,
-            "kept_5x": parents,
-            "x20_parent": x20_parent,
-            "n_x20_nodes": int(x20.shape[0]),
-            "logits_5x": logits_5x.detach(),
-            "logits_20x": logits_20x.detach(),
-            "embeddings": {t: v.detach() for t, v in emb.items()},
-            "x5_kept": stage1.kept.detach(),
-            "x20_kept": stage2.kept.detach(),
-        }
-        return ModelOutput(logits=logits, aux_loss=opts.contrastive_lambda * htcl, extras=extras)
+        return HiveMILOutput(
+            logits=logits,
+            aux_loss=opts.contrastive_lambda * htcl,
+            htcl=htcl.detach(),
+            logits_5x=logits_5x.detach(),
+            logits_20x=logits_20x.detach(),
+            x5_mask=stage1.image_mask,
+            kept_5x=kept_nodes,
+            x20_parent=x20_parent,
+            nodes_5x=nodes_5x,
+            nodes_20x_row=children.rows,
+            nodes_20x_slot=children.slots,
+            nodes_20x_padding=children.padding,
+            embeddings={t: v.detach() for t, v in emb.items()},
+            x5_kept=stage1.kept.detach(),
+            x20_kept=stage2.kept.detach(),
+        )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(TOWER_PREFIX)]
 
 
-def cap_children(rows: torch.Tensor, valid: torch.Tensor, cap: int, seed: int = 0):
-    """Keep at most ``cap`` real children per row: a seeded random subset, real children first.
-
-    The choice depends only on ``seed`` and the row's child validity pattern, not on the device.
-    """
+def capped_child_slots(valid: torch.Tensor, cap: int, seed: int = 0) -> torch.Tensor:
+    """[P, cap] child slots kept per row: a seeded random subset of at most ``cap`` real children,
+    real children first. Depends only on ``seed`` and the validity pattern, not on the device."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.rand(valid.shape, generator=gen).to(valid.device)
-    order = torch.argsort(noise - 2.0 * valid.to(noise.dtype), dim=1)[:, :cap]  # valid ones sort first
+    return torch.argsort(noise - 2.0 * valid.to(noise.dtype), dim=1)[:, :cap]  # valid ones sort first
+
+
+def cap_children(rows: torch.Tensor, valid: torch.Tensor, cap: int, seed: int = 0):
+    """``rows`` [P, M, D] and ``valid`` [P, M] reduced to the slots of :func:`capped_child_slots`."""
+    order = capped_child_slots(valid, cap, seed)
     return rows.gather(1, order.unsqueeze(-1).expand(-1, -1, rows.shape[-1])), valid.gather(1, order)
 
 

@@ -135,8 +135,8 @@ def test_contributions_sum_to_the_model_logits(case):
     c5 = expl.contributions_5x.reshape(n_classes, -1)
     c20 = expl.contributions_20x.reshape(n_classes, -1)
     assert c5.shape[1] == case["n_coarse"] and c20.shape[1] == case["n_coarse"] * case["n_fine"]
-    np.testing.assert_allclose(c5.sum(1), out.extras["logits_5x"].numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(c20.sum(1), out.extras["logits_20x"].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c5.sum(1), out.logits_5x.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c20.sum(1), out.logits_20x.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(expl.logits, out.logits[0].numpy(), rtol=1e-6)
     np.testing.assert_allclose(expl.logits_5x + expl.logits_20x, expl.logits, rtol=1e-5, atol=1e-6)
     assert expl.predicted == int(out.logits.argmax())
@@ -147,7 +147,7 @@ def test_contributions_sum_to_the_model_logits(case):
 
 def test_similarities_rows_and_normalisation(case):
     expl, out, bag = case["expl"], case["out"], case["bag"]
-    emb = out.extras["embeddings"]
+    emb = out.embeddings
     np.testing.assert_allclose(expl.similarity_5x, (emb[X5_IMAGE] @ emb[X5_TEXT].t()).numpy(), atol=1e-6)
     np.testing.assert_allclose(expl.similarity_20x, (emb[X20_IMAGE] @ emb[X20_TEXT].t()).numpy(), atol=1e-6)
     n_classes = len(case["classes"])
@@ -172,7 +172,7 @@ def test_similarities_rows_and_normalisation(case):
     np.testing.assert_array_equal(
         expl.coords_20x[real], bag.coords20[expl.nodes_20x_parent[real], expl.nodes_20x_slot[real]].numpy()
     )
-    kept_mask = out.extras["x5_mask"]
+    kept_mask = out.x5_mask
     if bool(kept_mask.any()):  # kept indices: the TGDF mask, mapped back to slide indices
         assert expl.kept_5x.tolist() == expl.patches_5x[kept_mask.numpy()].tolist()
     assert (expl.patch_size_5x, expl.patch_size_20x) == (P5, P20)

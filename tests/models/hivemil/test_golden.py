@@ -87,10 +87,10 @@ def test_reference_matches_released_code(tower, path):
 
     bag = _bag(case)
     out = model(bag)
-    assert torch.equal(out.extras["x5_mask"], case["x5_mask"])
-    assert out.extras["n_x20_nodes"] == case["n_x20_nodes"]
+    assert torch.equal(out.x5_mask, case["x5_mask"])
+    assert out.n_x20_nodes == case["n_x20_nodes"]
     assert _close(out.logits[0], case["logits"]) < TOL
-    assert _close(out.extras["htcl"], case["htcl"]) < TOL
+    assert _close(out.htcl, case["htcl"]) < TOL
     loss = F.cross_entropy(out.logits, case["label"]) + out.aux_loss
     assert _close(out.logits.softmax(1), case["prob"]) < TOL
     assert _close(loss, case["loss"]) < TOL
@@ -120,7 +120,7 @@ def test_corrected_variant_differs_where_expected(tower, path):
     # causal text encoding changes the text features
     assert _close(text_ref.x5, text_cor.x5) > 1e-3
     # padded children are no longer nodes
-    assert out_cor.extras["n_x20_nodes"] < out_ref.extras["n_x20_nodes"]
+    assert out_cor.n_x20_nodes < out_ref.n_x20_nodes
     assert not torch.allclose(out_ref.logits, out_cor.logits)
 
 
@@ -136,7 +136,7 @@ def test_corrected_htcl_negative_term_is_nonzero(tower):
     with torch.no_grad():
         a, b = ref(_bag(case)), neg(_bag(case))
     assert torch.allclose(a.logits, b.logits)  # only the loss changes
-    assert abs(a.extras["htcl"].item() - b.extras["htcl"].item()) > 1e-4
+    assert abs(a.htcl.item() - b.htcl.item()) > 1e-4
 
 
 @pytest.mark.parametrize("variant", ["reference", "corrected"])

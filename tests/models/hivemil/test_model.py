@@ -104,11 +104,11 @@ def test_corrected_masks_padded_children_and_uses_true_parents(tiny_text_tower):
     bag = make_bag(n5=10, seed=1)
     ref, cor = make_model(tiny_text_tower, "reference"), make_model(tiny_text_tower, "corrected")
     out_ref, out_cor = ref(bag), cor(bag)
-    kept_ref = out_ref.extras["kept_5x"]
-    assert out_ref.extras["n_x20_nodes"] == 16 * kept_ref.numel()
-    kept_cor = out_cor.extras["kept_5x"]
-    assert out_cor.extras["n_x20_nodes"] == int(bag.child_mask[kept_cor].sum())
-    parents = out_cor.extras["x20_parent"]
+    kept_ref = out_ref.kept_5x
+    assert out_ref.n_x20_nodes == 16 * kept_ref.numel()
+    kept_cor = out_cor.kept_5x
+    assert out_cor.n_x20_nodes == int(bag.child_mask[kept_cor].sum())
+    parents = out_cor.x20_parent
     assert set(parents.tolist()) <= set(kept_cor.tolist())
 
 
@@ -181,3 +181,33 @@ def test_registry_builder_with_prompt_file(tiny_clip_dir, tmp_path):
 
     with pytest.raises(InputError, match="feature_dim"):
         build_model("HiVE_MIL", with_values(config, feature_dim=512).model_spec(task))
+
+
+@pytest.mark.parametrize("variant", ["reference", "corrected"])
+@pytest.mark.parametrize("max_children", [0, 3])
+def test_output_records_which_patch_each_node_is(tiny_text_tower, variant, max_children):
+    """Provenance: every 5x node is its bag row, every 20x node its (row, slot) child, padding flagged."""
+    bag = make_bag(n5=10, seed=3, children=[0, 2, 16, 5, 0, 1, 9, 16, 3, 7])
+    out = make_model(tiny_text_tower, variant, max_children=max_children)(bag)
+    emb5 = out.embeddings["x5image"]
+    assert out.nodes_5x.shape[0] == emb5.shape[0] == out.x5_mask.shape[0]
+    if variant == "reference":  # released pipeline: childless 5x patches are no nodes
+        assert out.nodes_5x.tolist() == [1, 2, 3, 5, 6, 7, 8, 9]
+    else:
+        assert out.nodes_5x.tolist() == list(range(10))
+    rows, slots, padding = out.nodes_20x_row, out.nodes_20x_slot, out.nodes_20x_padding
+    assert out.n_x20_nodes == rows.shape[0] == out.embeddings["x20image"].shape[0]
+    assert torch.equal(padding, ~bag.child_mask[rows, slots])
+    assert torch.equal(out.nodes_5x[out.x20_parent], rows)  # 20x parent (node) is the row's 5x node
+    kept_rows = out.nodes_5x[out.kept_5x].tolist()
+    assert set(rows.tolist()) == {r for r in kept_rows if bag.child_mask[r].any()}
+    per_row = torch.bincount(rows, minlength=10)
+    if variant == "reference":
+        assert not padding.any() or max_children == 0
+        expected = max_children or 16
+        assert all(per_row[r] == expected for r in rows.unique())
+    else:
+        assert not padding.any()
+        for r in rows.unique().tolist():
+            real = int(bag.child_mask[r].sum())
+            assert per_row[r] == (min(real, max_children) if max_children else real)
