@@ -1,6 +1,6 @@
 """Wall time of one training fold epoch (train + validation) with and without the speed mechanisms.
 
-DESIGN.md section 6: evaluation computes the slide-independent text features once per pass
+docs/method.md §9: evaluation computes the slide-independent text features once per pass
 (``model.precompute()``), a background thread prefetches the next bags, and a bounded in-memory bag
 cache avoids re-reading H5 files. This script writes synthetic slides (published H5 layout) to a work
 folder, then for each setting builds the model afresh (same seed) and times ``--epochs`` epochs of

@@ -1,6 +1,6 @@
 """HDF5 feature files: where they live, how to write them, and loading one slide as a :class:`SlideBag`.
 
-Layout under ``DATA_ROOT/<task>_<extractor>/`` (DESIGN.md section 2):
+Layout under ``DATA_ROOT/<task>_<extractor>/`` (docs/formats.md §2):
 
 - ``<extractor>_5x/<slide>.h5``: ``features`` [N5, D], ``coords`` [N5, 2] (level-0 top-left corners).
 - ``<extractor>_20x/<slide>.h5``: ``features`` [N20, D], ``coords`` [N20, 2].

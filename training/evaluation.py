@@ -1,7 +1,7 @@
 """One evaluation pass over a list of slides: loss, class probabilities, metrics.
 
 The slide-independent part of the model (text features) is computed once per pass with
-``model.precompute()`` and handed to every forward as ``cache`` (DESIGN.md section 6); bags are loaded
+``model.precompute()`` and handed to every forward as ``cache`` (docs/method.md §9); bags are loaded
 by a background prefetch thread.
 """
 

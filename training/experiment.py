@@ -1,6 +1,6 @@
 """The k-fold experiment behind ``main.py``: check inputs, then train, evaluate and record each fold.
 
-Order of work (DESIGN.md section 3.8):
+Order of work (docs/method.md §8):
 
 1. :func:`prepare_data` checks every input before any training -- task, dataset CSV, split folder and
    files, split slide ids against the CSV, feature files (``--skip-missing`` drops missing slides with a

@@ -1,6 +1,6 @@
 """Training of one fold: one slide per optimiser step, validation every epoch, early stopping, best state.
 
-Step (DESIGN.md section 3.8): loss = bag_loss(logits, label) + out.aux_loss (e.g. lambda * HTCL), Adam
+Step (docs/method.md §8.1): loss = bag_loss(logits, label) + out.aux_loss (e.g. lambda * HTCL), Adam
 (or SGD) with weight decay ``--reg`` on ``model.trainable_parameters()`` only. Slides are visited in a
 random order drawn from a seeded generator each epoch; ``--weighted_sample`` draws them class-balanced
 with replacement instead. The best state (or the last one without early stopping) is kept in memory and

@@ -1,4 +1,4 @@
-"""Modality-scale hierarchical attention (DESIGN.md section 3.5, paper Sec. 3.4 "hierarchical aggregation").
+"""Modality-scale hierarchical attention (docs/method.md §5.3, paper Sec. 3.4 "hierarchical aggregation").
 
 Queries are the destination nodes, keys/values the source nodes of one hierarchical edge type:
 

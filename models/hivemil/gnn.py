@@ -1,4 +1,4 @@
-"""Two-layer hierarchical heterogeneous GNN (DESIGN.md section 3.5, paper Sec. 3.4).
+"""Two-layer hierarchical heterogeneous GNN (docs/method.md §5, paper Sec. 3.4).
 
 One layer updates every node type as
 

@@ -1,4 +1,4 @@
-"""Hierarchical heterogeneous graph of one slide (DESIGN.md section 3.4, paper Sec. 3.4).
+"""Hierarchical heterogeneous graph of one slide (docs/method.md §4, paper Sec. 3.4).
 
 Node types: ``x5image``, ``x5text``, ``x20image``, ``x20text``.
 Intra-scale edges: every kept TGDF entry (image i, text j) gives ``image -> text`` and ``text -> image``

@@ -1,4 +1,4 @@
-"""Hierarchical text contrastive loss, HTCL (DESIGN.md section 3.7, paper Eq. for L_HTCL).
+"""Hierarchical text contrastive loss, HTCL (docs/method.md §7, paper Eq. for L_HTCL).
 
 For coarse text i (C*4 of them) with GNN embedding ``c_i`` and its three fine texts, the anchor is
 ``a_i = mean(fine_i1, fine_i2, fine_i3)``. With ``pos_i = cos(a_i, c_i)`` and ``neg_i`` the mean

@@ -1,10 +1,10 @@
-"""HiVE-MIL: composition of the mechanisms (DESIGN.md section 3, paper Fig. 2).
+"""HiVE-MIL: composition of the mechanisms (docs/method.md §1-§7, paper Fig. 2).
 
-    text tower + prompt learner  -> 5x texts [C*4, D], 20x texts [C*12, D]        (3.1-3.2)
-    TGDF stage 1 (5x), stage 2 (children of kept 5x patches, 20x)                 (3.3)
-    hierarchical heterogeneous graph -> two-layer GNN                             (3.4-3.5)
-    top-k slide logits at 5x and 20x, summed                                      (3.6)
-    aux loss = lambda * HTCL                                                      (3.7)
+    text tower + prompt learner  -> 5x texts [C*4, D], 20x texts [C*12, D]        (§1-§2)
+    TGDF stage 1 (5x), stage 2 (children of kept 5x patches, 20x)                 (§3)
+    hierarchical heterogeneous graph -> two-layer GNN                             (§4-§5)
+    top-k slide logits at 5x and 20x, summed                                      (§6)
+    aux loss = lambda * HTCL                                                      (§7)
 
 Released-code behaviours are selected by :class:`models.hivemil.options.VariantSwitches`.
 The frozen text tower is a submodule (it follows ``.to(device)``) but is left out of ``state_dict``:

@@ -1,4 +1,4 @@
-"""Typed options of HiVE-MIL, including the released-code behaviours (DESIGN.md section 4).
+"""Typed options of HiVE-MIL, including the released-code behaviours (docs/divergences.md §1-§6).
 
 ``--variant reference`` (default) reproduces the authors' released code; ``--variant corrected``
 fixes every item. Each item is also its own switch, so one behaviour can be studied in isolation:

@@ -1,4 +1,4 @@
-"""Learnable prompt context over the frozen text tower (DESIGN.md section 3.2, CoOp style).
+"""Learnable prompt context over the frozen text tower (docs/method.md §2, CoOp style).
 
 Each description ``"<term> : <explanation>"`` is tokenized as ``"X X ... X <term> : <explanation>"``
 (``n_ctx`` placeholder tokens). The embeddings of the placeholders are replaced by ``n_ctx`` learnable

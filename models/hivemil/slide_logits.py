@@ -1,4 +1,4 @@
-"""Slide logits from GNN outputs (DESIGN.md section 3.6, paper Eq. for hierarchical prediction).
+"""Slide logits from GNN outputs (docs/method.md §6, paper Eq. for hierarchical prediction).
 
 For one magnification with image embeddings ``V`` [N, D] and text embeddings ``T`` [C*K, D]:
 

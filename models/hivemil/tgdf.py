@@ -1,4 +1,4 @@
-"""Text-Guided Dynamic Filtering (TGDF), DESIGN.md section 3.3 (paper Sec. 3.3, Eqs. 3-4).
+"""Text-Guided Dynamic Filtering (TGDF), docs/method.md §3 (paper Sec. 3.3, Eqs. 3-4).
 
 For one magnification, with image features ``I`` [N, D] and text features ``T`` [M, D]:
 

@@ -54,7 +54,7 @@ class TextTower(nn.Module):
         ``embeddings`` are token embeddings with learned context vectors spliced in (no positional
         embedding yet). ``released_layout=False`` is the tower's own text path (causal mask, batch-first,
         pooled where the tower pools, its projection). ``released_layout=True`` reproduces how the
-        released HiVE-MIL code calls the tower (DESIGN.md section 4, first item); adapters document
+        released HiVE-MIL code calls the tower (docs/divergences.md §1); adapters document
         their exact deviations. Both compute only the token positions that reach the pooled output.
         """
         raise NotImplementedError

@@ -1,6 +1,6 @@
 """Hugging Face CLIP adapter (PLIP ``vinid/plip``, QuiltNet ``wisdomik/QuiltNet-B-32``, any local CLIP folder).
 
-Text side (DESIGN.md section 3 step 1, section 4 first item):
+Text side (docs/method.md §1, docs/divergences.md §1):
 
 * ``released_layout=False`` is ``CLIPModel.get_text_features`` computed from token embeddings:
   batch-first, causal mask, ``final_layer_norm``, pooled at the end-of-text token (first ``eos`` id,

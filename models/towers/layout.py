@@ -1,4 +1,4 @@
-"""Which token positions can reach a text tower's pooled output (DESIGN.md section 6), and causal masks.
+"""Which token positions can reach a text tower's pooled output (docs/method.md §9), and causal masks.
 
 Two exact short-cuts, shared by the adapters:
 

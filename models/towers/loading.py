@@ -1,6 +1,6 @@
 """Find and load a frozen vision-language tower: ``load_towers(feature_extractor, source, sides, device)``.
 
-Resolution (DESIGN.md section 1, ``--text_tower NAME_OR_PATH``):
+Resolution (docs/method.md §1, ``--text_tower NAME_OR_PATH``):
 
 * no ``source``: ``plip`` -> hub ``vinid/plip`` (HF CLIP), ``quiltnet`` -> hub
   ``wisdomik/QuiltNet-B-32`` (HF CLIP), ``conch`` -> ``conch/pytorch_model.bin`` in the project

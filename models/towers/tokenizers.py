@@ -1,4 +1,4 @@
-"""Offline tokenizers for the text towers (DESIGN.md section 3, step 1).
+"""Offline tokenizers for the text towers (docs/method.md §1).
 
 * :class:`ClipBpeTokenizer` - the OpenAI CLIP byte-pair encoding bundled with ``open_clip`` (start 49406,
   end 49407, zero padding, truncation keeps the end token). PLIP and QuiltNet use this vocabulary, and
