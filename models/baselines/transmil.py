@@ -4,6 +4,12 @@ Steps (TransMIL Algorithm 1): fc D->512 + ReLU; the sequence is padded to a squa
 its first instances; a learnable class token is prepended; Nyström-attention layer; PPEG (position
 encoding by 7x7, 5x5 and 3x3 depthwise convolutions over the instances laid out on the square,
 added to the identity); second Nyström-attention layer; LayerNorm; the class token is classified.
+
+The attention is ``NystromAttention`` of the PyPI package ``nystrom-attention``, the implementation
+TransMIL's own code uses, with its settings: ``heads`` heads of ``dim // heads`` channels, ``dim // 2``
+landmarks, 6 pseudo-inverse iterations, the depthwise value-convolution residual, dropout 0.1. The
+package pads a sequence whose length is not a multiple of the landmark count with zero tokens at the
+front (part of TransMIL's reference behaviour, kept as is).
 """
 
 from __future__ import annotations
@@ -11,10 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
+from nystrom_attention import NystromAttention
 from torch import nn
 
 from models.baselines.common import InstanceMIL, register_instance_baseline
-from models.baselines.nystrom import NystromAttention
 from models.registry import ModelSpec
 
 
@@ -25,7 +31,13 @@ class TransLayer(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attention = NystromAttention(
-            dim, heads=heads, dim_head=dim // heads, num_landmarks=num_landmarks, dropout=dropout
+            dim=dim,
+            dim_head=dim // heads,
+            heads=heads,
+            num_landmarks=num_landmarks,
+            pinv_iterations=6,
+            residual=True,
+            dropout=dropout,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

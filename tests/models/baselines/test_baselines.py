@@ -8,13 +8,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from nystrom_attention import NystromAttention
+from nystrom_attention.nystrom_attention import moore_penrose_iter_pinv
 from torch import nn
 
 from datasets.bag import SlideBag
 from datasets.tasks import TaskSpec
 from models.baselines.common import bag_instances
 from models.baselines.mil_fc import MILfc
-from models.baselines.nystrom import NystromAttention, iterative_pinv, segment_means
 from models.baselines.transmil import TransMIL
 from models.baselines.vila_mil import ViLaMIL
 from models.baselines.zero_shot import ZeroShotMIL, class_index
@@ -289,20 +290,15 @@ def test_abmil_attention_is_a_distribution_and_duplicates_do_not_matter():
 
 
 # ----------------------------------------------------------------------------- Nyström / TransMIL
-def test_segment_means_by_hand():
-    x = torch.arange(10.0).view(1, 10, 1)
-    # segments of 10 into 4: [0,1,2] [3,4] [5,6,7] [8,9]
-    assert torch.allclose(segment_means(x, 4).flatten(), torch.tensor([1.0, 3.5, 6.0, 8.5]))
-
-
-def test_iterative_pinv_matches_the_exact_pseudo_inverse():
+def test_package_iterative_pinv_matches_the_exact_pseudo_inverse():
     gen = torch.Generator().manual_seed(0)
     a = torch.softmax(torch.randn(2, 3, 6, 6, generator=gen), dim=-1)
-    assert torch.allclose(iterative_pinv(a, iterations=25), torch.linalg.pinv(a), atol=1e-3)
+    assert torch.allclose(moore_penrose_iter_pinv(a, iters=25), torch.linalg.pinv(a), atol=1e-3)
 
 
 def exact_attention(attention: NystromAttention, x: torch.Tensor) -> torch.Tensor:
-    n, heads, dim_head = x.shape[1], attention.heads, attention.dim_head
+    n, heads = x.shape[1], attention.heads
+    dim_head = attention.to_qkv.out_features // (3 * heads)
     q, k, v = (t.reshape(1, n, heads, dim_head).transpose(1, 2) for t in attention.to_qkv(x).chunk(3, dim=-1))
     out = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim_head), dim=-1) @ v
     return attention.to_out(out.transpose(1, 2).reshape(1, n, heads * dim_head))
@@ -312,7 +308,7 @@ def test_nystrom_is_exact_when_tokens_repeat_within_segments():
     """12 tokens = 4 segments of 3 identical tokens: landmarks are the tokens, and Eq. 14 is exact."""
     torch.manual_seed(0)
     attention = NystromAttention(
-        16, heads=2, dim_head=8, num_landmarks=4, pinv_iterations=30, residual_kernel=0, dropout=0.0
+        16, heads=2, dim_head=8, num_landmarks=4, pinv_iterations=30, residual=False, dropout=0.0
     )
     x = torch.randn(1, 4, 16).repeat_interleave(3, dim=1)
     assert torch.allclose(attention(x), exact_attention(attention, x), atol=1e-4)
@@ -321,11 +317,31 @@ def test_nystrom_is_exact_when_tokens_repeat_within_segments():
     assert not torch.allclose(attention(y), exact_attention(attention, y), atol=1e-4)
 
 
-def test_nystrom_short_sequences_use_exact_attention():
+@pytest.mark.parametrize("n", [300, 512])  # 300 is front-padded to 512 by the package, 512 is not
+def test_transmil_attention_equals_the_package_nystrom_attention(n):
+    """TransMIL's attention is the package's NystromAttention with TransMIL's settings (dim 512, 8 heads
+    of 64, 256 landmarks, 6 pinv iterations, value-conv residual, dropout 0.1): same weights, same output."""
     torch.manual_seed(0)
-    attention = NystromAttention(16, heads=2, dim_head=8, num_landmarks=64, residual_kernel=0, dropout=0.0)
-    x = torch.randn(1, 9, 16)
-    assert torch.allclose(attention(x), exact_attention(attention, x), atol=1e-6)
+    model = TransMIL(D, 2).eval()
+    reference = NystromAttention(
+        dim=512,
+        dim_head=512 // 8,
+        heads=8,
+        num_landmarks=512 // 2,
+        pinv_iterations=6,
+        residual=True,
+        dropout=0.1,
+    )
+    x = torch.randn(1, n, 512)
+    for layer in (model.layer1, model.layer2):
+        reference.load_state_dict(layer.attention.state_dict())  # strict: same parameters and shapes
+        reference.eval()
+        ours = layer.attention
+        assert (ours.heads, ours.num_landmarks, ours.pinv_iterations, ours.residual) == (8, 256, 6, True)
+        assert ours.to_out[1].p == reference.to_out[1].p == 0.1
+        with torch.no_grad():
+            assert torch.allclose(ours(x), reference(x))
+            assert torch.allclose(layer(x), x + reference(layer.norm(x)))
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 17])
