@@ -26,7 +26,7 @@ from datasets.features import FeatureLayout
 from preprocess.wsi.pipeline import ExtractOptions, SlideResult, extract_slide, is_finished
 from preprocess.wsi.sources import SlideSource, find_slides
 from utils.device import resolve_device
-from utils.errors import InputError, run_cli
+from utils.errors import InputError, one_line, run_cli
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -109,7 +109,7 @@ def extract_one(source: SlideSource, layout: FeatureLayout, tower, options: Extr
     except InputError as err:  # SlideError: unreadable file, unknown magnification, no tissue
         return SlideResult(source.slide_id, "failed", message=f"{name}: {err}")
     except Exception as err:  # e.g. a corrupt tile met while reading: report it, go on with the next slide
-        message = " ".join(f"{type(err).__name__}: {err}".split())
+        message = one_line(err, limit=1000)
         return SlideResult(source.slide_id, "failed", message=f"{name}: {message}")
     finally:
         for bar in bars:

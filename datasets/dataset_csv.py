@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from datasets.tasks import CSV_COLUMNS, TaskSpec
-from utils.errors import InputError
+from utils.errors import InputError, one_line
 
 VALID_LEVEL0_MAGS = (20, 40)
 
@@ -19,7 +19,7 @@ def _load(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as err:  # pandas raises many exception types for unreadable files
-        raise InputError(f"{path}: cannot read CSV ({' '.join(str(err).split())})") from None
+        raise InputError(f"{path}: cannot read CSV ({one_line(err, with_type=False)})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in required if c not in frame.columns]
     if missing:

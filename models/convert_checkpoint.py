@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from utils.atomic_io import atomic_path
-from utils.errors import InputError, run_cli
+from utils.errors import InputError, one_line, run_cli
 
 CHECKPOINT_FORMAT = "hivemil-repro/1"
 RELEASED_ROOT = "custom_vlm."
@@ -76,7 +76,7 @@ def read_state_dict(path: str | Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise InputError(
-            f"{path}: cannot read checkpoint ({type(err).__name__}: {err})".split("\n")[0]
+            f"{path}: cannot read checkpoint ({one_line(err)})"
         ) from None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         obj = obj["state_dict"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from datasets.features import FeatureLayout, hier_file_is_complete, read_patch_file, write_hierarchical_file
 from datasets.hierarchy import link_children, patch_px, slide_salt
-from utils.errors import InputError
+from utils.errors import InputError, one_line
 
 SOURCE = "create_hierarchical_features.py"
 
@@ -125,7 +125,7 @@ def run_slide_job(job: SlideJob) -> SlideOutcome:
     except InputError as err:
         return SlideOutcome(job.slide_id, "failed", message=str(err))
     except Exception as err:  # one bad slide must not stop the others; report it on one line
-        message = " ".join(f"{type(err).__name__}: {err}".split())
+        message = one_line(err, limit=1000)
         return SlideOutcome(job.slide_id, "failed", message=message)
 
 

@@ -18,6 +18,17 @@ class InputError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def one_line(err: BaseException | str, limit: int = 200, with_type: bool = True) -> str:
+    """An exception (or text) squeezed onto one line and cut to ``limit`` characters.
+
+    ``"Type: message"`` for exceptions (``with_type=False``: the message only); the one way an
+    underlying library's error becomes part of an :class:`InputError` line.
+    """
+    text = f"{type(err).__name__}: {err}" if with_type and isinstance(err, BaseException) else str(err)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a CLI ``main`` and turn :class:`InputError` into ``error: ...`` on stderr and exit code 2."""
     try:

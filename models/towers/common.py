@@ -1,4 +1,4 @@
-"""Small helpers shared by the tower adapters: projections and one-line error text."""
+"""Small helpers shared by the tower adapters: text projections."""
 
 from __future__ import annotations
 
@@ -13,9 +13,3 @@ def project(x: torch.Tensor, projection: nn.Module | torch.Tensor | None) -> tor
     if isinstance(projection, nn.Module):
         return projection(x)
     return x @ projection
-
-
-def one_line_error(err: BaseException, limit: int = 200) -> str:
-    """``"Type: message"`` squeezed onto one line and cut to ``limit`` characters (for InputError text)."""
-    msg = " ".join(f"{type(err).__name__}: {err}".split())
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."

@@ -38,9 +38,8 @@ import torch
 from torch import nn
 
 from models.towers.base import ImageTower, TextTower
-from models.towers.common import one_line_error
 from models.towers.tokenizers import ConchTokenizer
-from utils.errors import InputError
+from utils.errors import InputError, one_line
 
 CONCH_CONFIG_NAME = "conch_config.json"  # optional sidecar next to pytorch_model.bin
 DEFAULT_CONCH_ARCH = "conch_ViT-B-16"
@@ -148,7 +147,7 @@ def read_conch_config(checkpoint: Path) -> dict:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable CONCH config ({one_line_error(err)})") from err
+        raise InputError(f"{path}: not a readable CONCH config ({one_line(err)})") from err
     cfg.pop("custom_text", None)
     missing = {"embed_dim", "text_cfg", "vision_cfg"} - set(cfg)
     if missing:
@@ -161,7 +160,7 @@ def read_conch_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InputError(f"{checkpoint}: not a readable PyTorch checkpoint ({one_line_error(err)})") from err
+        raise InputError(f"{checkpoint}: not a readable PyTorch checkpoint ({one_line(err)})") from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
@@ -176,7 +175,7 @@ def _load_part(module: nn.Module, state: dict, prefix: str, checkpoint: Path) ->
         result = module.load_state_dict(part, strict=False)
     except RuntimeError as err:  # shape mismatch
         raise InputError(
-            f"{checkpoint}: weights do not fit the CONCH config ({one_line_error(err)})"
+            f"{checkpoint}: weights do not fit the CONCH config ({one_line(err)})"
         ) from err
     if result.missing_keys:
         shown = ", ".join(prefix + k for k in result.missing_keys[:3])

@@ -30,11 +30,10 @@ import torch
 from torch import nn
 
 from models.towers.base import ImageTower, TextTower
-from models.towers.common import one_line_error
 from models.towers.layout import causal_additive_mask, causal_prefix_length, pooled_position_groups
 from models.towers.preprocess import HFProcessorTransform, clip_style_transform
 from models.towers.tokenizers import ClipBpeTokenizer
-from utils.errors import InputError
+from utils.errors import InputError, one_line
 
 LEGACY_EOS_ID = 2  # CLIP configs from before transformers PR #24773 pool at the largest token id
 
@@ -147,7 +146,7 @@ def load_hf_clip(folder: Path, sides: tuple[str, ...]) -> tuple[TextTower | None
         model = CLIPModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
     except Exception as err:  # missing/corrupt weights, wrong config ...
         raise InputError(
-            f"{folder}: could not load a Hugging Face CLIP model ({one_line_error(err)})"
+            f"{folder}: could not load a Hugging Face CLIP model ({one_line(err)})"
         ) from err
     model = model.float().eval()
     text = HFClipTextTower(model) if "text" in sides else None

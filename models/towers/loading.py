@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 
 from models.towers.base import ImageTower, TextTower, freeze
-from models.towers.common import one_line_error
 from models.towers.conch_tower import load_conch
 from models.towers.hf_clip import is_hf_clip_folder, load_hf_clip
 from models.towers.open_clip_tower import is_open_clip_folder, load_open_clip
-from utils.errors import InputError
+from utils.errors import InputError, one_line
 from utils.paths import PROJECT_ROOT
 
 DEFAULT_CONCH_CHECKPOINT = PROJECT_ROOT / "conch" / "pytorch_model.bin"
@@ -168,7 +167,7 @@ def _hub_snapshot(repo_id: str, allow_download: bool, source_flag: str) -> Path:
             try:
                 return Path(snapshot_download(repo_id))
             except Exception as err2:
-                raise InputError(f"could not download {repo_id} ({one_line_error(err2)})") from err2
+                raise InputError(f"could not download {repo_id} ({one_line(err2)})") from err2
         raise InputError(
             f"model '{repo_id}' is not in the local Hugging Face cache and downloads are off: download it "
             f"once (`hf download {repo_id}`, needs network and, for gated models, access) or pass "

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from models.towers.base import ImageTower, TextTower
-from models.towers.common import one_line_error, project
+from models.towers.common import project
 from models.towers.layout import causal_prefix_length
 from models.towers.tokenizers import OpenClipTokenizer
-from utils.errors import InputError
+from utils.errors import InputError, one_line
 
 
 class OpenClipTextTower(TextTower):
@@ -121,7 +121,7 @@ def load_open_clip(spec: str, sides: tuple[str, ...]) -> tuple[TextTower | None,
         try:
             cfg = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise InputError(f"{folder / 'open_clip_config.json'}: {one_line_error(err)}") from err
+            raise InputError(f"{folder / 'open_clip_config.json'}: {one_line(err)}") from err
         model_name, pretrained, shown = f"local-dir:{folder}", None, str(folder)
         text_cfg = cfg.get("model_cfg", {}).get("text_cfg", {})
     else:
@@ -137,7 +137,7 @@ def load_open_clip(spec: str, sides: tuple[str, ...]) -> tuple[TextTower | None,
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
     except Exception as err:
-        raise InputError(f"{shown}: could not load the open_clip model ({one_line_error(err)})") from err
+        raise InputError(f"{shown}: could not load the open_clip model ({one_line(err)})") from err
     model = model.float().eval()
     is_clip = hasattr(model, "token_embedding")
     text_tower = image_tower = None
