@@ -1,16 +1,18 @@
 """Tissue segmentation of a slide thumbnail (stained tissue vs. glass background and pen marks).
 
-Steps (:func:`segment_tissue`):
+Steps (:func:`segment_tissue`), as in CLAM's segmentation, on scikit-image:
 
 1. Pen marks: pixels of strongly saturated blue or green hue, or nearly black, are pen ink
    (:func:`pen_mask`); H&E tissue is pink to purple, never green, rarely that blue or that dark. The
    pen mask is dilated a little to catch the faded stroke edges, left out of the threshold estimate
    and removed from the final mask.
-2. Saturation channel of HSV (glass is grey/white, stain is coloured), median blurred.
-3. Otsu threshold (own implementation), floored at ``min_saturation`` so an almost empty slide does
-   not turn noise into tissue. Blur and threshold are fused exactly (see :func:`segment_tissue`).
-4. Morphological close (disk), removal of small objects, filling of small holes (scipy.ndimage
-   labelling; sizes in thumbnail pixels), then the pen pixels are removed again.
+2. Saturation channel of HSV (glass is grey/white, stain is coloured), median blurred over a square
+   window with the edge pixels repeated (``skimage.filters.median``, like OpenCV's ``medianBlur``).
+3. Otsu threshold of the BLURRED saturation (``skimage.filters.threshold_otsu``, pen pixels left
+   out), floored at ``min_saturation`` so an almost empty slide does not turn noise into tissue.
+4. Morphological close with a disk (pixels outside the thumbnail ignored, so tissue touching the
+   border is not eroded), removal of small 8-connected objects, filling of small 4-connected holes
+   that do not touch the border (sizes in thumbnail pixels), then the pen pixels are removed again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage import color, filters, morphology
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class TissueParams:
         median_size: side of the median filter on the saturation channel.
         min_saturation: lower bound (0-255) on the Otsu threshold.
         close_radius: radius of the disk used by the morphological close.
-        min_object_px: connected tissue regions smaller than this are dropped.
+        min_object_px: connected tissue regions smaller than this are dropped (this size is kept).
         max_hole_px: background holes inside tissue up to this size are filled.
         exclude_pen: drop pen-ink pixels (blue/green/black marker).
         pen_dilate: dilation (pixels) of the pen mask.
@@ -65,19 +68,11 @@ class TissueMask:
 
 def rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """RGB uint8 [..., 3] -> (hue in degrees [0, 360), saturation [0, 1], value [0, 1]), float32."""
-    rgb = rgb.astype(np.float32) / 255.0
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    v = rgb.max(axis=-1)
-    c = v - rgb.min(axis=-1)
-    s = np.where(v > 0, c / np.maximum(v, 1e-12), 0.0)
-    safe_c = np.maximum(c, 1e-12)
-    h = np.where(
-        v == r,
-        ((g - b) / safe_c) % 6.0,
-        np.where(v == g, (b - r) / safe_c + 2.0, (r - g) / safe_c + 4.0),
-    )
-    h = np.where(c > 0, h * 60.0, 0.0)
-    return h.astype(np.float32), s.astype(np.float32), v.astype(np.float32)
+    if rgb.size == 0:
+        empty = np.zeros(rgb.shape[:-1], dtype=np.float32)
+        return empty, empty.copy(), empty.copy()
+    hsv = color.rgb2hsv(rgb.reshape(-1, 1, 3)).reshape(rgb.shape).astype(np.float32)
+    return hsv[..., 0] * 360.0, hsv[..., 1], hsv[..., 2]
 
 
 def _value_and_chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +83,11 @@ def _value_and_chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def saturation_u8(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation ``chroma / value`` scaled to 0-255 and rounded, uint8 [h, w] (integer arithmetic)."""
+    """HSV saturation ``chroma / value`` scaled to 0-255 and rounded half up, uint8 [h, w].
+
+    Integer arithmetic: exact at the rounding ties (``rgb2hsv`` in float is not), and one byte per
+    pixel instead of three float64 channels on a large thumbnail.
+    """
     value, chroma = _value_and_chroma(rgb)
     v = np.maximum(value, 1).astype(np.uint32)
     return ((chroma.astype(np.uint32) * 510 + v) // (2 * v)).astype(np.uint8)
@@ -109,93 +108,55 @@ def pen_mask(rgb: np.ndarray) -> np.ndarray:
 
 
 def otsu_threshold(values: np.ndarray) -> int:
-    """Otsu's threshold of uint8 ``values``: ``t`` maximising between-class variance of ``<= t`` vs ``> t``."""
+    """Otsu's threshold of uint8 ``values``: ``t`` maximising between-class variance of ``<= t`` vs ``> t``
+    (``skimage.filters.threshold_otsu``; the first such ``t`` on ties, 0 for no values)."""
     values = np.asarray(values, dtype=np.uint8).ravel()
     if values.size == 0:
         return 0
-    hist = np.bincount(values, minlength=256).astype(np.float64)
-    prob = hist / hist.sum()
-    omega = np.cumsum(prob)  # weight of class "<= t"
-    mu = np.cumsum(prob * np.arange(256))
-    mu_total = mu[-1]
-    denom = omega * (1.0 - omega)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = np.where(denom > 0, (mu_total * omega - mu) ** 2 / denom, -1.0)
-    if between.max() < 0:  # a single grey level
-        return int(values[0])
-    return int(np.argmax(between))
+    return int(filters.threshold_otsu(values))
 
 
-def disk(radius: int) -> np.ndarray:
-    """Boolean disk structuring element of the given radius."""
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return xx**2 + yy**2 <= radius**2
-
-
-def binary_close(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Morphological close with a disk, padded so tissue touching the border is not eroded."""
-    if radius <= 0:
-        return mask.copy()
-    padded = np.pad(mask, radius + 1, mode="edge")
-    closed = ndimage.binary_closing(padded, structure=disk(radius))
-    return closed[radius + 1 : -radius - 1, radius + 1 : -radius - 1]
+def median_blur(image: np.ndarray, size: int) -> np.ndarray:
+    """Median over ``size`` x ``size`` windows, edge pixels repeated (OpenCV ``medianBlur`` borders)."""
+    if size <= 1:
+        return image.copy()
+    return filters.median(image, footprint=np.ones((size, size), dtype=bool), mode="nearest")
 
 
 def remove_small_objects(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop 8-connected foreground regions with fewer than ``min_size`` pixels."""
+    """Drop 8-connected foreground regions with fewer than ``min_size`` pixels (``min_size`` is kept)."""
     if min_size <= 1 or not mask.any():
         return mask.copy()
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    keep = sizes >= min_size
-    keep[0] = False
-    return keep[labels]
+    return morphology.remove_small_objects(mask, max_size=min_size - 1, connectivity=2)
 
 
 def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
     """Fill 4-connected background regions of at most ``max_size`` pixels that do not touch the border."""
     if max_size <= 0 or mask.all():
         return mask.copy()
-    labels, count = ndimage.label(~mask)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    fill = sizes <= max_size
-    fill[0] = False
-    fill[border] = False
-    return mask | fill[labels]
-
-
-def majority_filter(mask: np.ndarray, size: int) -> np.ndarray:
-    """Median filter of a boolean mask over ``size`` x ``size`` windows (edges repeated): a pixel is set
-    when more than half of its window is. O(1) per pixel (box sums), unlike a general median filter."""
-    if size <= 1:
-        return mask.copy()
-    counts = ndimage.uniform_filter(mask.astype(np.float32), size=size, mode="nearest") * (size * size)
-    return counts > (size * size) / 2.0
+    # remove_small_holes also fills small background regions on the border; binary_fill_holes
+    # (4-connected background) marks exactly the regions enclosed by tissue.
+    small_filled = morphology.remove_small_holes(mask, max_size=max_size, connectivity=1)
+    return small_filled & ndimage.binary_fill_holes(mask)
 
 
 def segment_tissue(rgb: np.ndarray, params: TissueParams | None = None) -> TissueMask:
-    """Tissue mask of an RGB uint8 thumbnail [h, w, 3] (steps in the module docstring).
-
-    The median blur and the threshold commute (thresholding is monotone), so the blurred saturation
-    is never formed: Otsu's threshold ``t`` comes from the saturation histogram (pen excluded) and the
-    mask is the median (majority) filter of ``saturation > t`` -- the same as thresholding the
-    median-blurred saturation at ``t``, in linear time.
-    """
+    """Tissue mask of an RGB uint8 thumbnail [h, w, 3] (steps in the module docstring)."""
     params = params or TissueParams()
     if rgb.size == 0:
         return TissueMask(np.zeros(rgb.shape[:2], dtype=bool), 0, 0.0)
     if params.exclude_pen:
         pen = pen_mask(rgb)
         if params.pen_dilate > 0 and pen.any():
-            pen = ndimage.binary_dilation(pen, structure=disk(params.pen_dilate))
+            pen = morphology.dilation(pen, morphology.disk(params.pen_dilate), mode="ignore")
     else:
         pen = np.zeros(rgb.shape[:2], dtype=bool)
-    sat8 = saturation_u8(rgb)
-    candidates = sat8[~pen]
+    saturation = median_blur(saturation_u8(rgb), params.median_size)
+    candidates = saturation[~pen]
     threshold = max(otsu_threshold(candidates), params.min_saturation) if candidates.size else 255
-    mask = majority_filter(sat8 > threshold, params.median_size) & ~pen
-    mask = binary_close(mask, params.close_radius)
+    mask = (saturation > threshold) & ~pen
+    if params.close_radius > 0:
+        mask = morphology.closing(mask, morphology.disk(params.close_radius), mode="ignore")
     mask = remove_small_objects(mask, params.min_object_px)
     mask = fill_small_holes(mask, params.max_hole_px)
     mask &= ~pen

@@ -17,7 +17,7 @@ from preprocess.wsi.tiling import TileGeometry, choose_level, plan_tiles, resolv
 from preprocess.wsi.tissue import (
     TissueParams,
     fill_small_holes,
-    majority_filter,
+    median_blur,
     otsu_threshold,
     pen_mask,
     remove_small_objects,
@@ -46,14 +46,76 @@ def test_otsu_threshold_splits_two_levels_and_matches_brute_force():
     assert otsu_threshold(mixed) == best
 
 
-def test_median_blur_then_threshold_equals_majority_of_threshold():
+def test_median_blur_repeats_edges_and_commutes_with_thresholding():
     from scipy import ndimage
 
     rng = np.random.default_rng(1)
     sat = rng.integers(0, 256, size=(40, 50), dtype=np.uint8)
-    for t in (30, 128, 200):
-        expected = ndimage.median_filter(sat, size=7, mode="nearest") > t
-        np.testing.assert_array_equal(majority_filter(sat > t, 7), expected)
+    np.testing.assert_array_equal(median_blur(sat, 7), ndimage.median_filter(sat, size=7, mode="nearest"))
+    np.testing.assert_array_equal(median_blur(sat, 1), sat)
+    for t in (30, 128, 200):  # thresholding is monotone: blur-then-threshold = majority of the thresholded
+        expected = ndimage.median_filter((sat > t).astype(np.uint8), size=7, mode="nearest") > 0
+        np.testing.assert_array_equal(median_blur(sat, 7) > t, expected)
+
+
+def saturation_image(sat: np.ndarray) -> np.ndarray:
+    """RGB (255, 255 - s, 255 - s): hue 0 (pink-red, never pen), value 1, saturation_u8 exactly ``s``."""
+    rgb = np.full((*sat.shape, 3), 255, dtype=np.uint8)
+    rgb[..., 1] = rgb[..., 2] = 255 - sat
+    return rgb
+
+
+def test_otsu_threshold_is_computed_on_the_blurred_saturation():
+    """Salt (isolated very saturated pixels on glass) drags Otsu up on the raw saturation and the faint
+    tissue is lost; the median blur removes the salt first, so Otsu separates glass from tissue."""
+    from skimage import filters
+
+    rng = np.random.default_rng(5)
+    sat = np.full((64, 64), 8, dtype=np.uint8)
+    sat[16:48, 20:44] = 70  # faint tissue
+    salt = rng.random(sat.shape) < 0.12
+    salt[14:50, 18:46] = False
+    sat[salt] = 250
+    rgb = saturation_image(sat)
+    np.testing.assert_array_equal(saturation_u8(rgb), sat)
+    params = TissueParams(
+        median_size=7, min_saturation=0, close_radius=0, min_object_px=0, max_hole_px=0, exclude_pen=False
+    )
+    tissue = segment_tissue(rgb, params)
+
+    footprint = np.ones((7, 7), dtype=bool)
+    blurred = filters.median(sat, footprint=footprint, mode="nearest")
+    t_blurred = filters.threshold_otsu(blurred)  # blur, then Otsu (CLAM, README)
+    t_raw = filters.threshold_otsu(sat)  # Otsu, then blur (the order this test guards against)
+    other = filters.median(sat > t_raw, footprint=footprint, mode="nearest")
+    assert tissue.threshold == t_blurred != t_raw
+    np.testing.assert_array_equal(tissue.mask, blurred > t_blurred)
+    assert not np.array_equal(tissue.mask, other)
+    assert tissue.mask[20:44, 24:40].all() and not tissue.mask[:10].any()  # the tissue, not the salt
+    assert not other[20:44, 24:40].any()
+
+
+def test_tissue_object_exactly_at_the_minimum_size_is_kept():
+    sat = np.full((40, 40), 5, dtype=np.uint8)
+    sat[2:6, 2:7] = 120  # 20 px
+    sat[10:14, 2:7] = 120
+    sat[10, 2] = 5  # 19 px
+    sat[20:22, 20:25] = 120  # 10 px ...
+    sat[22:24, 25:30] = 120  # ... + 10 px touching it only at a corner: one 8-connected object of 20 px
+    sat[30:34, 30:35] = 120
+    sat[31:33, 32] = 5  # a 2 px hole, not filled with max_hole_px=0: 18 px
+    params = TissueParams(
+        median_size=1, min_saturation=0, close_radius=0, min_object_px=20, max_hole_px=0, exclude_pen=False
+    )
+    mask = segment_tissue(saturation_image(sat), params).mask
+    assert mask[2:6, 2:7].all()
+    assert not mask[10:14, 2:7].any()
+    assert mask[20:22, 20:25].all() and mask[22:24, 25:30].all()
+    assert not mask[30:34, 30:35].any()
+    assert mask.sum() == 40
+    direct = np.zeros((5, 5), dtype=bool)
+    direct[1:4, 1:4] = True  # 9 px
+    assert remove_small_objects(direct, 9).sum() == 9 and not remove_small_objects(direct, 10).any()
 
 
 def test_saturation_u8_matches_float_hsv():
