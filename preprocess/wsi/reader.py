@@ -1,11 +1,10 @@
-"""Reading whole-slide images through one small interface, whatever library is installed.
+"""Reading whole-slide images through one small interface over the slide libraries.
 
-:func:`open_slide` tries, in order, OpenSlide (PyPI ``openslide-python`` + ``openslide-bin``; SVS, NDPI,
-MRXS, SCN, generic tiled TIFF, ...), tiffslide (PyPI ``tiffslide``; TIFF family) and a plain tifffile
-pyramid reader (always available; tiled or stripped TIFF pyramids, as written by the tests). Every
-backend exposes the same :class:`SlideReader`: level dimensions and downsamples, the objective power
-and microns per pixel when the file records them, and ``read_region`` returning RGB ``uint8`` with
-areas outside the slide (and transparent pixels) painted white.
+:func:`open_slide` tries, in order, OpenSlide (PyPI ``openslide-python`` + ``openslide-bin``, required;
+SVS, NDPI, MRXS, SCN, generic tiled TIFF, ...) and tiffslide (PyPI ``tiffslide``, optional; TIFF
+family), when installed. Both expose the same :class:`SlideReader`: level dimensions and downsamples,
+the objective power and microns per pixel when the file records them, and ``read_region`` returning
+RGB ``uint8`` with areas outside the slide (and transparent pixels) painted white.
 
 A file that no backend can open raises :class:`SlideError`, a one-line message naming the file.
 """
@@ -15,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,9 +22,8 @@ import numpy as np
 
 from utils.errors import InputError
 
-BACKENDS = ("openslide", "tiffslide", "tifffile")
+BACKENDS = ("openslide", "tiffslide")
 _DOWNSAMPLE_TOLERANCE = 1e-3  # relative slack when matching level downsamples (pyramids round sizes)
-_MAX_STRIPPED_BYTES = 1 << 29  # the tifffile reader decodes a stripped (untiled) level whole: cap it
 
 
 class SlideError(InputError):
@@ -38,7 +35,7 @@ class SlideReader:
 
     Attributes:
         path: the slide file.
-        backend: which library reads it (``openslide``, ``tiffslide`` or ``tifffile``).
+        backend: which library reads it (``openslide`` or ``tiffslide``).
         level_dimensions: (width, height) of every pyramid level, level 0 first.
         level_downsamples: level-0 pixels per level pixel, level 0 first (1.0).
         objective_power: scanner objective magnification of level 0 when recorded, else None.
@@ -194,126 +191,6 @@ class TiffSlideReader(SlideReader):
         self._slide.close()
 
 
-# ----------------------------------------------------------------------------------------------- tifffile
-
-
-class TifffileReader(SlideReader):
-    """Plain tifffile pyramid reader: decodes only the TIFF tiles a region touches.
-
-    Levels are the first image series' pyramid levels (SubIFDs, SVS or OME layouts) or, for a file
-    of plain top-level pages, every RGB page that is smaller than the previous one. Objective power and
-    microns per pixel are parsed from an Aperio description (``AppMag``, ``MPP``), OME-XML
-    (``NominalMagnification``, ``PhysicalSizeX``) or the resolution tags.
-    """
-
-    backend = "tifffile"
-
-    def __init__(self, path: Path):
-        import tifffile
-
-        self.path = Path(path)
-        self._tif = tifffile.TiffFile(str(path))
-        try:
-            self._pages = self._find_levels()
-            base_w = self._pages[0].imagewidth
-            base_h = self._pages[0].imagelength
-            self.level_dimensions = [(int(p.imagewidth), int(p.imagelength)) for p in self._pages]
-            self.level_downsamples = [(base_w / w + base_h / h) / 2.0 for (w, h) in self.level_dimensions]
-            self.objective_power, self.mpp = self._parse_metadata()
-        except BaseException:
-            self._tif.close()
-            raise
-        self._file_lock = threading.Lock()
-        self._full_cache: dict[int, np.ndarray] = {}
-
-    def _find_levels(self) -> list:
-        if not self._tif.series:
-            raise SlideError("no image in the file")
-        series = self._tif.series[0]
-        pages = [level.keyframe for level in series.levels]
-        if len(pages) == 1:  # plain multi-page pyramid: successive smaller pages with the same samples
-            first = pages[0]
-            for page in self._tif.pages[1:]:
-                page = page.keyframe if hasattr(page, "keyframe") else page
-                if page.samplesperpixel != first.samplesperpixel or page.imagewidth >= pages[-1].imagewidth:
-                    continue
-                pages.append(page)
-        for page in pages:
-            if page.planarconfig == 2 and page.samplesperpixel > 1:
-                raise SlideError("unsupported TIFF layout (separate colour planes)")
-            if page.dtype != np.uint8 or page.samplesperpixel not in (1, 3, 4):
-                raise SlideError(
-                    f"unsupported image ({page.samplesperpixel} samples of {page.dtype}; expected 8-bit RGB)"
-                )
-            if not page.is_tiled and page.imagewidth * page.imagelength * 3 > _MAX_STRIPPED_BYTES:
-                raise SlideError(
-                    f"a {page.imagewidth}x{page.imagelength} level is stored in strips, not tiles; convert the "
-                    "slide to a tiled pyramid (e.g. vips tiffsave --tile --pyramid) or install openslide"
-                )
-        return pages
-
-    def _parse_metadata(self) -> tuple[float | None, float | None]:
-        page = self._pages[0]
-        text = page.description or ""
-        power = mpp = None
-        if match := re.search(r"AppMag\s*=\s*([0-9.]+)", text):
-            power = _float_or_none(match.group(1))
-        if match := re.search(r"\bMPP\s*=\s*([0-9.]+)", text):
-            mpp = _float_or_none(match.group(1))
-        if power is None and (match := re.search(r'NominalMagnification="([0-9.]+)"', text)):
-            power = _float_or_none(match.group(1))
-        if mpp is None and (match := re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', text)):
-            mpp = _float_or_none(match.group(1))
-        if mpp is None:
-            tags = page.tags
-            res, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
-            if res is not None and unit is not None and int(unit.value) in (2, 3):
-                num, den = res.value
-                per_unit = _float_or_none(num / den) if den else None
-                if per_unit is not None and per_unit > 1:
-                    mpp = (25400.0 if int(unit.value) == 2 else 10000.0) / per_unit
-        return power, mpp
-
-    def _read_tiles(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        page = self._pages[level]
-        if not page.is_tiled:  # stripped page (small levels): decode whole, keep it
-            if level not in self._full_cache:
-                with self._file_lock:
-                    self._full_cache[level] = _as_rgb(page.asarray())
-            return self._full_cache[level][y : y + h, x : x + w]
-        tw, th = page.tilewidth, page.tilelength
-        tiles_across = -(-page.imagewidth // tw)
-        out = np.empty((h, w, 3), dtype=np.uint8)
-        fh = self._tif.filehandle
-        for ty in range(y // th, (y + h - 1) // th + 1):
-            for tx in range(x // tw, (x + w - 1) // tw + 1):
-                index = ty * tiles_across + tx
-                with self._file_lock:
-                    fh.seek(page.dataoffsets[index])
-                    data = fh.read(page.databytecounts[index])
-                segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
-                if segment is None:  # tile absent from the file (sparse TIFF): background
-                    tile = np.full((th, tw, 3), 255, dtype=np.uint8)
-                else:
-                    tile = _as_rgb(np.asarray(segment).reshape(th, tw, -1))
-                # overlap of this tile with the requested box, in level pixels
-                ox0, oy0 = max(x, tx * tw), max(y, ty * th)
-                ox1, oy1 = min(x + w, (tx + 1) * tw), min(y + h, (ty + 1) * th)
-                out[oy0 - y : oy1 - y, ox0 - x : ox1 - x] = tile[
-                    oy0 - ty * th : oy1 - ty * th, ox0 - tx * tw : ox1 - tx * tw
-                ]
-        return out
-
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        ds = self.level_downsamples[level]
-        x, y = int(math.floor(location[0] / ds)), int(math.floor(location[1] / ds))
-        reader = lambda x0, y0, w, h: self._read_tiles(level, x0, y0, w, h)  # noqa: E731
-        return _clipped_read(reader, self.level_dimensions[level], x, y, int(size[0]), int(size[1]))
-
-    def close(self) -> None:
-        self._tif.close()
-
-
 # ----------------------------------------------------------------------------------------------- thumbnail
 
 
@@ -345,7 +222,7 @@ def read_downsampled(reader: SlideReader, downsample: float, chunk: int = 1024) 
 
 # ----------------------------------------------------------------------------------------------- factory
 
-_BACKEND_CLASSES = {"openslide": OpenSlideReader, "tiffslide": TiffSlideReader, "tifffile": TifffileReader}
+_BACKEND_CLASSES = {"openslide": OpenSlideReader, "tiffslide": TiffSlideReader}
 
 
 def available_backends() -> list[str]:
@@ -362,7 +239,8 @@ def available_backends() -> list[str]:
 
 @contextlib.contextmanager
 def _quiet_tifffile() -> Iterator[None]:
-    """Silence tifffile's logged warnings while probing: a failure is reported once, by :class:`SlideError`."""
+    """Silence the warnings tifffile (under tiffslide) logs while probing: a failure is reported once,
+    by :class:`SlideError`."""
     logger = logging.getLogger("tifffile")
     level = logger.level
     logger.setLevel(logging.CRITICAL)

@@ -264,7 +264,7 @@ def small_slides(tmp_path_factory):
     return image, svs, tif
 
 
-@pytest.mark.parametrize("backend", ["openslide", "tiffslide", "tifffile"])
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
 def test_backends_read_identical_pixels_and_white_outside(small_slides, backend):
     if backend not in available_backends():
         pytest.skip(f"{backend} not installed")
@@ -286,6 +286,17 @@ def test_backends_read_identical_pixels_and_white_outside(small_slides, backend)
         thumb = read_downsampled(reader, 8)
         assert thumb.shape == (64, 64, 3)
         np.testing.assert_allclose(thumb[10, 10], image[80:88, 80:88].reshape(-1, 3).mean(0), atol=25)
+
+
+def test_default_reader_is_openslide_and_there_is_no_tifffile_fallback(small_slides):
+    """OpenSlide (a required dependency) reads the synthetic SVS and generic pyramids itself."""
+    assert available_backends()[0] == "openslide"
+    _, svs, tif = small_slides
+    for path in (svs, tif):
+        with open_slide(path) as reader:
+            assert reader.backend == "openslide"
+    with pytest.raises(ValueError, match="unknown slide backend 'tifffile'"):
+        open_slide(svs, backends=("tifffile",))
 
 
 def test_open_slide_rejects_corrupt_file_in_one_line(tmp_path):
