@@ -26,7 +26,7 @@ from tqdm import tqdm
 from datasets.features import FeatureLayout, list_slides
 from datasets.hierarchy import children_per_parent
 from preprocess.consistency import SlideReport, check_slide, fix_slide, fixed_dir, hier_width
-from preprocess.hierarchy import add_dataset_arguments, level0_mags_from_csv
+from preprocess.hierarchy import add_dataset_arguments, layout_from_args, level0_mags_from_csv, magnifications
 from utils.errors import InputError, run_cli
 
 
@@ -53,19 +53,10 @@ def _attr_level0_mag(path: Path) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not 0 < args.low_mag < args.high_mag:
-        raise InputError(
-            f"--low-mag {args.low_mag:g} must be positive and below --high-mag {args.high_mag:g}"
-        )
+    low_mag, high_mag = magnifications(args)
     if args.level0_mag not in (20, 40):
         raise InputError(f"--level0-mag must be 20 or 40, got {args.level0_mag}")
-    layout = FeatureLayout(
-        Path(args.dataset_root_path),
-        args.dataset_name,
-        args.feature_extractor_name,
-        low_mag=f"{args.low_mag:g}x",
-        high_mag=f"{args.high_mag:g}x",
-    )
+    layout = layout_from_args(args)
     if not layout.low_dir.is_dir():
         raise InputError(
             f"5x feature folder not found: {layout.low_dir} (check --dataset-root-path and names)"
@@ -77,16 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"checking {len(slides)} slides under {layout.root}; level0_mag from {csv_used or 'file attributes / --level0-mag'}"
     )
-    default_width = children_per_parent(args.low_mag, args.high_mag)
+    default_width = children_per_parent(low_mag, high_mag)
 
     reports: list[SlideReport] = []
     for slide in tqdm(slides, desc="checking", unit="slide", file=sys.stderr):
         level0 = from_csv.get(slide) or _attr_level0_mag(layout.hier_file(slide)) or args.level0_mag
-        report = check_slide(layout, slide, level0, args.low_mag, args.high_mag)
+        report = check_slide(layout, slide, level0, low_mag, high_mag)
         if args.fix and not report.ok:
             width = hier_width(layout, slide, default_width)
             try:
-                fix_slide(layout, report, level0, args.low_mag, args.high_mag, width, args.seed)
+                fix_slide(layout, report, level0, low_mag, high_mag, width, args.seed)
             except InputError as err:
                 report.problems.append(f"cannot fix: {err}")
         tqdm.write(report.line())

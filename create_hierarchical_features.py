@@ -15,17 +15,18 @@ from __future__ import annotations
 import argparse
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 from tqdm import tqdm
 
-from datasets.features import FeatureLayout, list_slides
+from datasets.features import list_slides
 from datasets.hierarchy import children_per_parent
 from preprocess.hierarchy import (
     SlideJob,
     SlideOutcome,
     add_dataset_arguments,
+    layout_from_args,
     level0_mags_from_csv,
+    magnifications,
     run_slide_job,
 )
 from utils.errors import InputError, run_cli
@@ -43,29 +44,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def mag_name(mag: float) -> str:
-    """Folder suffix of a magnification: 5 -> '5x', 2.5 -> '2.5x'."""
-    return f"{mag:g}x"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not 0 < args.low_mag < args.high_mag:
-        raise InputError(
-            f"--low-mag {args.low_mag:g} must be positive and below --high-mag {args.high_mag:g}"
-        )
-    max_children = args.max_patches or children_per_parent(args.low_mag, args.high_mag)
+    low_mag, high_mag = magnifications(args)
+    max_children = args.max_patches or children_per_parent(low_mag, high_mag)
     if max_children <= 0:
         raise InputError(f"--max-patches must be positive, got {args.max_patches}")
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
-    layout = FeatureLayout(
-        Path(args.dataset_root_path),
-        args.dataset_name,
-        args.feature_extractor_name,
-        low_mag=mag_name(args.low_mag),
-        high_mag=mag_name(args.high_mag),
-    )
+    layout = layout_from_args(args)
     for folder, flag in ((layout.low_dir, "5x"), (layout.high_dir, "20x")):
         if not folder.is_dir():
             raise InputError(
@@ -89,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         + f"; writing {layout.hier_dir}"
     )
     jobs = [
-        SlideJob(layout, s, mags[s], args.low_mag, args.high_mag, max_children, args.seed, args.overwrite)
+        SlideJob(layout, s, mags[s], low_mag, high_mag, max_children, args.seed, args.overwrite)
         for s in slides
     ]
     outcomes = run_jobs(jobs, args.workers)

@@ -25,6 +25,7 @@ import numpy as np
 from datasets.hierarchy import LinkResult, gather_children, hierarchical_rows
 from utils.atomic_io import atomic_path
 from utils.errors import InputError
+from utils.magnification import magnification_label
 
 if TYPE_CHECKING:  # torch is imported only when a bag is built, so preprocessing CLIs start fast
     from datasets.bag import SlideBag
@@ -35,7 +36,11 @@ _BLOCK_ROWS = 1024  # hierarchical rows read/written per block (bounds transient
 
 @dataclass(frozen=True)
 class FeatureLayout:
-    """Paths of one task's feature files for one extractor."""
+    """Paths of one task's feature files for one extractor.
+
+    ``low_mag``/``high_mag`` may be written ``5x``, ``5`` or ``5.0``; folder names always use the
+    ``5x`` form (``plip_5x``, ``hierarchical_plip_5x_20x``).
+    """
 
     data_root_dir: Path
     task_name: str
@@ -45,6 +50,8 @@ class FeatureLayout:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_root_dir", Path(self.data_root_dir))
+        object.__setattr__(self, "low_mag", magnification_label(self.low_mag, "low magnification"))
+        object.__setattr__(self, "high_mag", magnification_label(self.high_mag, "high magnification"))
 
     @property
     def root(self) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from datasets.features import FeatureLayout, hier_file_is_complete, read_patch_file, write_hierarchical_file
 from datasets.hierarchy import link_children, patch_px, slide_salt
 from utils.errors import InputError, one_line
+from utils.magnification import magnification_label, magnification_value
 
 SOURCE = "create_hierarchical_features.py"
 
@@ -152,11 +153,36 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-root-path", required=True, help="DATA_ROOT holding <dataset>_<extractor>/")
     parser.add_argument("--dataset-name", required=True, help="task name, e.g. tcga_brca")
     parser.add_argument("--feature-extractor-name", required=True, help="e.g. plip, conch, quilt")
-    parser.add_argument("--low-mag", type=float, default=5, help="coarse magnification (default 5)")
-    parser.add_argument("--high-mag", type=float, default=20, help="fine magnification (default 20)")
+    parser.add_argument(
+        "--low-mag", default="5x", metavar="MAG", help="coarse magnification, 5x or 5 (default 5x)"
+    )
+    parser.add_argument(
+        "--high-mag", default="20x", metavar="MAG", help="fine magnification, 20x or 20 (default 20x)"
+    )
     parser.add_argument(
         "--csv", default=None, help="dataset CSV with level0_mag per slide (default dataset_csv/<name>.csv)"
     )
     parser.add_argument(
         "--level0-mag", type=int, default=40, help="level-0 magnification of slides not in the CSV"
+    )
+
+
+def magnifications(args: argparse.Namespace) -> tuple[float, float]:
+    """``(low, high)`` from ``--low-mag``/``--high-mag`` (``5x`` or ``5``); one-line InputError when bad."""
+    low = magnification_value(args.low_mag, "--low-mag")
+    high = magnification_value(args.high_mag, "--high-mag")
+    if high <= low:
+        raise InputError(f"--high-mag {args.high_mag} must be larger than --low-mag {args.low_mag}")
+    return low, high
+
+
+def layout_from_args(args: argparse.Namespace) -> FeatureLayout:
+    """The feature folders named by the dataset flags (folder names always use the ``5x`` form)."""
+    magnifications(args)
+    return FeatureLayout(
+        Path(args.dataset_root_path),
+        args.dataset_name,
+        args.feature_extractor_name,
+        low_mag=magnification_label(args.low_mag),
+        high_mag=magnification_label(args.high_mag),
     )

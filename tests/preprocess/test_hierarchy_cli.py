@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import pytest
 
 import check_hierarchical_consistency as checker_cli
 import create_hierarchical_features as create_cli
@@ -119,6 +120,87 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
     flags[flags.index("--csv") + 1] = str(bad_csv)
     assert run_cli(create_cli.main, flags) == 2
     assert "missing column(s) level0_mag" in capsys.readouterr().err
+
+
+def _h5_content(path: Path) -> dict:
+    """Every dataset (as bytes + dtype + shape) and every attribute of an HDF5 file."""
+    content = {}
+    with h5py.File(path, "r") as f:
+        content["attrs"] = {k: np.asarray(v).tolist() for k, v in f.attrs.items()}
+        for key in f:
+            data = f[key][()]
+            content[key] = (str(data.dtype), data.shape, data.tobytes())
+    return content
+
+
+def test_both_magnification_forms_give_identical_outputs(tmp_path, capsys):
+    """``--low-mag 5x --high-mag 20x`` and ``--low-mag 5 --high-mag 20`` (and 5.0/20.0) write the same files."""
+    outputs = {}
+    for name, low, high in (("x_form", "5x", "20x"), ("plain", "5", "20"), ("decimal", "5.0", "20.0")):
+        root = tmp_path / name
+        layout = _make_root(root)
+        mags = ["--low-mag", low, "--high-mag", high]
+        assert run_cli(create_cli.main, [*_flags(root), *mags, "--max-patches", "16"]) == 0
+        created = capsys.readouterr().out
+        assert run_cli(checker_cli.main, [*_flags(root), *mags]) == 0
+        checked = capsys.readouterr().out
+        assert layout.hier_dir.name == "hierarchical_plip_5x_20x"
+        assert sorted(p.name for p in layout.root.iterdir()) == [
+            "hierarchical_plip_5x_20x",
+            "plip_20x",
+            "plip_5x",
+        ]
+        files = sorted(layout.hier_dir.glob("*.h5"))
+        assert [p.stem for p in files] == ["s0", "s1", "s2", "s_20"]
+        outputs[name] = (
+            {p.name: (_h5_content(p), p.read_bytes()) for p in files},
+            created.replace(str(root), "ROOT"),
+            checked.replace(str(root), "ROOT"),
+        )
+    assert outputs["plain"] == outputs["x_form"]
+    assert outputs["decimal"] == outputs["x_form"]
+    attrs = outputs["plain"][0]["s0.h5"][0]["attrs"]
+    assert attrs["low_mag"] == 5.0 and attrs["high_mag"] == 20.0
+
+
+def test_feature_layout_folder_names_use_the_x_form(tmp_path):
+    for low, high in (("5x", "20x"), ("5", "20"), ("5.0", "20.0"), (5, 20), (5.0, 20.0)):
+        layout = FeatureLayout(tmp_path, "toy", "plip", low_mag=low, high_mag=high)
+        assert (layout.low_dir.name, layout.high_dir.name) == ("plip_5x", "plip_20x")
+        assert layout.hier_dir.name == "hierarchical_plip_5x_20x"
+    assert FeatureLayout(tmp_path, "t", "e", "2.5", "10X").hier_dir.name == "hierarchical_e_2.5x_10x"
+
+
+@pytest.mark.parametrize("cli", [create_cli, checker_cli], ids=["create", "check"])
+@pytest.mark.parametrize(
+    "low, high, message",
+    [
+        ("5y", "20x", "--low-mag '5y': not a magnification"),
+        ("5x", "twenty", "--high-mag 'twenty': not a magnification"),
+        ("0", "20", "--low-mag '0': not a magnification"),
+        ("-5", "20", "--low-mag '-5': not a magnification"),
+        ("20", "5", "--high-mag 5 must be larger than --low-mag 20"),
+        ("5x", "5", "--high-mag 5 must be larger than --low-mag 5x"),
+    ],
+)
+def test_bad_magnifications_are_one_line_errors(tmp_path, capsys, cli, low, high, message):
+    _make_root(tmp_path, n_slides=1)
+    before = snapshot(tmp_path)
+    assert run_cli(cli.main, [*_flags(tmp_path), "--low-mag", low, "--high-mag", high]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err and captured.out == ""
+    assert snapshot(tmp_path) == before
+
+
+def test_help_shows_both_magnification_forms():
+    result = subprocess.run(
+        [sys.executable, str(PROJECT / "create_hierarchical_features.py"), "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0
+    assert "5x or 5" in result.stdout and "20x or 20" in result.stdout
 
 
 # --------------------------------------------------------------------------------------------- checker
