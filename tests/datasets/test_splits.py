@@ -17,11 +17,11 @@ from datasets.splits import (
     split_csv_path,
     write_split,
 )
-from datasets.tasks import TaskSpec, get_task
-from tests.paths import REFERENCE_DATA
+from datasets.tasks import DEFAULT_CSV_DIR, TaskSpec, get_task
+from tests.paths import BUILTIN_TCGA_TASKS, REFERENCE_DATA, SHIPPED_DATASET_CSV, SHIPPED_SPLITS
 from utils.errors import InputError
 
-REFERENCE = REFERENCE_DATA / "splits"
+REFERENCE = SHIPPED_SPLITS  # the published splits, shipped with the project
 
 
 def test_split_csv_path():
@@ -60,10 +60,9 @@ def test_missing_split_file(tmp_path):
         read_split(tmp_path / "nope.csv")
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference_data not available")
 def test_reference_splits_parse_and_reformat_identically():
     files = sorted(REFERENCE.glob("*/*/splits_*.csv"))
-    assert files
+    assert len(files) == 15
     for path in files:
         split = read_split(path)
         assert len(split.train) in (32, 48) and len(split.val) == len(split.test) > 0
@@ -170,12 +169,45 @@ def test_bad_dataset_csv(tmp_path, text, message):
         assert path.read_text() == text
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference_data not available")
 def test_reference_csvs_and_splits_agree():
-    for task_name in ("tcga_brca", "tcga_nsclc", "tcga_rcc"):
-        table = read_dataset_csv(REFERENCE.parent / "dataset_csv" / f"{task_name}.csv", get_task(task_name))
+    for task_name in BUILTIN_TCGA_TASKS:
+        table = read_dataset_csv(SHIPPED_DATASET_CSV / f"{task_name}.csv", get_task(task_name))
         assert (
             set(table.level0_mag) <= {20, 40} and table.label_idx.nunique() == get_task(task_name).num_classes
         )
-        for path in sorted((REFERENCE / task_name).glob("*/splits_*.csv")):
+        paths = sorted((REFERENCE / task_name).glob("*/splits_*.csv"))
+        assert [p.name for p in paths] == [f"splits_{k}.csv" for k in range(5)]
+        for path in paths:
+            assert path.parent.name == f"{task_name}_16"
             assert check_split_against_csv(read_split(path), table) == []
+
+
+@pytest.mark.parametrize("task_name", BUILTIN_TCGA_TASKS)
+def test_shipped_csvs_are_the_builtin_tasks_defaults(task_name):
+    """The built-in tasks find their shipped CSV by default, and it loads with every class present."""
+    task = get_task(task_name)
+    assert task.csv_path == DEFAULT_CSV_DIR / f"{task_name}.csv" == SHIPPED_DATASET_CSV / f"{task_name}.csv"
+    table = read_dataset_csv(task.csv_path, task)
+    assert len(table) > 800 and table.slide_id.is_unique
+    assert sorted(table.label.unique()) == sorted(task.class_names)
+    split = read_split(split_csv_path(SHIPPED_SPLITS, task_name, 16, 0))
+    assert check_split_against_csv(split, table) == []
+
+
+SHIPPED_FILES = [
+    *(f"dataset_csv/{t}.csv" for t in BUILTIN_TCGA_TASKS),
+    *(f"splits/{t}/{t}_16/splits_{k}.csv" for t in BUILTIN_TCGA_TASKS for k in range(5)),
+]
+
+
+@pytest.mark.skipif(not REFERENCE_DATA.is_dir(), reason="../shared/reference_data not available")
+@pytest.mark.parametrize("relative", SHIPPED_FILES)
+def test_shipped_copies_are_byte_identical_to_reference_data(relative):
+    shipped = SHIPPED_DATASET_CSV.parent / relative
+    assert shipped.read_bytes() == (REFERENCE_DATA / relative).read_bytes()
+
+
+@pytest.mark.skipif(not REFERENCE_DATA.is_dir(), reason="../shared/reference_data not available")
+def test_every_reference_file_is_shipped():
+    published = sorted(str(p.relative_to(REFERENCE_DATA)) for p in REFERENCE_DATA.rglob("*.csv"))
+    assert published == sorted(SHIPPED_FILES)
