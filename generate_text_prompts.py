@@ -6,6 +6,10 @@ such a request to any OpenAI-compatible chat endpoint, extracts and validates th
 (asking again with the problem spelled out when it is malformed) and writes
 ``text_prompt/HiVE_MIL/<llm-name>/<task>.json`` atomically.
 
+Requests go through the ``openai`` SDK (an optional extra, ``pip install openai``; see
+requirements-optional.txt), which also retries dropped connections, rate limits and server errors.
+``--dry-run`` and ``--check`` do not need it.
+
     python generate_text_prompts.py --task tcga_brca --model gpt-4o --dry-run
     OPENAI_API_KEY=... python generate_text_prompts.py --task tcga_brca --model gpt-4o
     python generate_text_prompts.py --classes A,B --dataset-name my_task --base-url http://localhost:8000/v1
@@ -15,14 +19,12 @@ such a request to any OpenAI-compatible chat endpoint, extracts and validates th
 from __future__ import annotations
 
 import argparse
-import http.client
 import importlib.util
 import json
 import os
 import re
 import sys
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from utils.errors import InputError, run_cli
 N_COARSE = 4
 N_FINE_PER_COARSE = 3
 LOW_MAG, HIGH_MAG = 5, 20
+NETWORK_RETRIES = 2  # SDK retries of one request (connection errors, 408/409/429/5xx), with backoff
 
 # Readable names for the prompt; the JSON keys stay the short class names.
 DATASET_DESCRIPTIONS = {
@@ -152,41 +155,60 @@ def _error_detail(body: bytes) -> str:
     return text[:200]
 
 
+def _import_openai():
+    """The ``openai`` SDK, imported only when a request is made; one-line error when it is missing."""
+    try:
+        import openai
+    except ImportError:
+        raise InputError(
+            "the openai package is needed to call the endpoint (pip install openai); "
+            "--dry-run and --check work without it"
+        ) from None
+    return openai
+
+
+def make_client(base_url: str, api_key: str, timeout: float = 120.0, max_retries: int = NETWORK_RETRIES):
+    """An ``openai.OpenAI`` client for the OpenAI-compatible API root ``base_url``."""
+    openai = _import_openai()
+    return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+
+
 def chat_completion(
-    base_url: str,
+    client,
     model: str,
-    api_key: str,
     messages: list[dict[str, str]],
-    timeout: float = 120.0,
     temperature: float | None = None,
+    json_mode: bool = False,
 ) -> str:
-    """POST ``{base_url}/chat/completions`` (OpenAI-compatible) and return the first choice's text."""
-    url = base_url.rstrip("/") + "/chat/completions"
-    body: dict = {"model": model, "messages": messages}
+    """One chat completion through ``client`` (:func:`make_client`); the first choice's text.
+
+    Every failure (HTTP error status, unreachable endpoint, timeout, a response that is not a chat
+    completion) is an :class:`InputError` naming the URL.
+    """
+    openai = _import_openai()
+    url = str(client.base_url).rstrip("/") + "/chat/completions"
+    options: dict = {}
     if temperature is not None:
-        body["temperature"] = temperature
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode("utf-8"),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
-        method="POST",
-    )
+        options["temperature"] = temperature
+    if json_mode:
+        options["response_format"] = {"type": "json_object"}
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as err:
-        detail = _error_detail(err.read() or b"")
+        completion = client.chat.completions.create(model=model, messages=messages, **options)
+    except openai.APIStatusError as err:
+        detail = _error_detail(err.response.content or b"")
         suffix = f": {detail}" if detail else ""
-        raise InputError(f"--base-url {url}: HTTP {err.code} {err.reason}{suffix}") from None
-    except urllib.error.URLError as err:
-        raise InputError(f"--base-url {url}: cannot reach the endpoint ({err.reason})") from None
-    except TimeoutError:
-        raise InputError(f"--base-url {url}: no answer within --timeout {timeout:g} s") from None
-    except (http.client.HTTPException, ConnectionError) as err:
-        raise InputError(f"--base-url {url}: connection failed ({err})") from None
+        reason = f" {err.response.reason_phrase}" if err.response.reason_phrase else ""
+        raise InputError(f"--base-url {url}: HTTP {err.status_code}{reason}{suffix}") from None
+    except openai.APITimeoutError:
+        raise InputError(f"--base-url {url}: no answer within --timeout {client.timeout:g} s") from None
+    except openai.APIConnectionError as err:
+        cause = " ".join(str(err.__cause__ or err).split())[:200] or type(err).__name__
+        raise InputError(f"--base-url {url}: cannot reach the endpoint ({cause})") from None
+    except (openai.OpenAIError, ValueError):  # a body that is not JSON (JSONDecodeError) or not a completion
+        raise InputError(f"--base-url {url}: not an OpenAI-style chat completion response") from None
     try:
-        content = json.loads(raw)["choices"][0]["message"]["content"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
+        content = completion.choices[0].message.content
+    except (AttributeError, IndexError, KeyError, TypeError):
         raise InputError(f"--base-url {url}: not an OpenAI-style chat completion response") from None
     if isinstance(content, list):  # content given as parts
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
@@ -329,6 +351,17 @@ def _parse_classes(text: str) -> tuple[str, ...]:
     return classes
 
 
+def _check_base_url(text: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(text)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise InputError(f"--base-url {text!r}: give an http(s) API root such as https://api.openai.com/v1")
+    return text
+
+
 def _llm_folder(args: argparse.Namespace) -> str:
     if args.llm_name is None:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", args.model).strip("._") or "llm"
@@ -391,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--temperature", type=float, default=None, help="sampling temperature (default: server's)"
     )
+    parser.add_argument(
+        "--json-mode",
+        action="store_true",
+        help='ask the endpoint for JSON mode (response_format {"type": "json_object"}); not every '
+        "OpenAI-compatible server supports it",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing prompt file")
     parser.add_argument("--dry-run", action="store_true", help="print the request and exit")
     parser.add_argument("--check", metavar="PATH", help="validate an existing prompt file and exit")
@@ -420,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[system]\n{SYSTEM_MESSAGE}\n\n[user]\n{prompt}")
         return 0
 
+    base_url = _check_base_url(args.base_url)
     out_path = Path(args.prompt_dir) / "HiVE_MIL" / _llm_folder(args) / f"{stem}.json"
     if out_path.exists() and not args.overwrite:
         raise InputError(f"{out_path}: already exists (pass --overwrite to replace it)")
@@ -427,8 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     if not api_key:
         raise InputError(f"--api-key-env: environment variable {args.api_key_env} is not set")
 
+    client = make_client(base_url, api_key, args.timeout)
+
     def ask(messages: list[dict[str, str]]) -> str:
-        return chat_completion(args.base_url, args.model, api_key, messages, args.timeout, args.temperature)
+        return chat_completion(client, args.model, messages, args.temperature, args.json_mode)
 
     prompts = generate_prompts(ask, dataset_name, classes, args.retries)
     prompts = parse_prompt_text(render_prompt_json(prompts), out_path, classes)  # re-check what is written

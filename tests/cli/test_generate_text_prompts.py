@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,7 +33,9 @@ def prompt_dict(classes=("IDC", "ILC")) -> dict:
 class FakeChatServer:
     """OpenAI-style ``POST /v1/chat/completions`` that answers from a list of scripted replies."""
 
-    def __init__(self, replies: list[str], status: int = 200, error_body: bytes = b""):
+    def __init__(
+        self, replies: list[str], status: int = 200, error_body: bytes = b"", raw_body: bytes | None = None
+    ):
         self.replies = list(replies)
         self.requests: list[dict] = []
         server = self
@@ -45,6 +48,8 @@ class FakeChatServer:
                 )
                 if status != 200:
                     payload = error_body
+                elif raw_body is not None:  # a 200 answer that is not a chat completion
+                    payload = raw_body
                 else:
                     reply = server.replies.pop(0)
                     payload = json.dumps(
@@ -227,6 +232,60 @@ def test_unreachable_endpoint_and_missing_key(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FAKE_KEY")
     code, _, err = run(gen_args(f"http://127.0.0.1:{port}/v1", tmp_path), capsys)
     assert code == 2 and err.strip() == "error: --api-key-env: environment variable FAKE_KEY is not set"
+
+
+def test_server_errors_are_retried_by_the_sdk_then_one_line(tmp_path, capsys):
+    body = json.dumps({"error": {"message": "model overloaded"}}).encode()
+    with FakeChatServer([], status=503, error_body=body) as server:
+        code, _, err = run(gen_args(server.url, tmp_path), capsys)
+    assert len(server.requests) == 1 + gen.NETWORK_RETRIES  # one attempt, NETWORK_RETRIES retries
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "HTTP 503" in lines[0] and "model overloaded" in lines[0]
+    assert not (tmp_path / "HiVE_MIL").exists()
+
+
+def test_non_chat_completion_answer_is_one_line(tmp_path, capsys):
+    for raw in (b'{"id": "x", "object": "list"}', b'{"choices": []}', b"<html>proxy login</html>"):
+        with FakeChatServer([], raw_body=raw) as server:
+            code, _, err = run(gen_args(server.url, tmp_path), capsys)
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(lines) == 1 and len(server.requests) == 1, err
+        assert "not an OpenAI-style chat completion response" in lines[0]
+
+
+def test_json_mode_is_requested_only_with_the_flag(tmp_path, capsys):
+    with FakeChatServer([json.dumps(prompt_dict())] * 2) as server:
+        code, _, err = run(gen_args(server.url, tmp_path), capsys)
+        assert code == 0, err
+        code, _, err = run(gen_args(server.url, tmp_path, "--json-mode", "--overwrite"), capsys)
+        assert code == 0, err
+    plain, json_mode = (request["body"] for request in server.requests)
+    assert "response_format" not in plain and "temperature" not in plain
+    assert json_mode["response_format"] == {"type": "json_object"}
+
+
+def test_without_the_openai_package_one_line_and_dry_run_and_check_still_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai now raises ImportError
+    with FakeChatServer([json.dumps(prompt_dict())]) as server:
+        code, out, err = run(gen_args(server.url, tmp_path), capsys)
+    assert code == 2 and out == "" and server.requests == []
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "pip install openai" in err
+    assert not (tmp_path / "HiVE_MIL").exists()
+    code, out, _ = run(["--task", "tcga_brca", "--dry-run"], capsys)
+    assert code == 0 and out.startswith("[system]")
+    code, out, _ = run(["--check", str(CURATED / "tcga_brca.json")], capsys)
+    assert code == 0 and out.startswith("ok: ")
+
+
+def test_bad_base_url_is_one_line(tmp_path, capsys):
+    for url in ("::bad", "localhost:8000/v1", "ftp://host/v1", "http://[bad/v1"):
+        code, out, err = run(gen_args(url, tmp_path), capsys)
+        assert (
+            code == 2
+            and out == ""
+            and err.strip()
+            == f"error: --base-url {url!r}: give an http(s) API root such as https://api.openai.com/v1"
+        )
 
 
 def test_bad_flags(tmp_path, capsys):
