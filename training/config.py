@@ -25,6 +25,7 @@ from datasets.tasks import TaskSpec
 from models.hivemil.options import SWITCHES, VARIANTS, HiveMILOptions, VariantSwitches
 from models.registry import ModelSpec
 from models.towers.loading import TowerSource
+from training.early_stopping import ES_METRICS
 from utils.device import resolve_device
 from utils.errors import InputError
 from utils.flags import add_flags, flag, given_values
@@ -221,8 +222,12 @@ class RunConfig:
     prompt_dir: str = flag(*_both("prompt_dir"), default="text_prompt", group="run", help="prompt folder")
     patience: int = flag("--patience", default=10, group="run", help="early-stopping patience in epochs")
     stop_epoch: int = flag(
-        *_both("stop_epoch"), default=20, group="run", help="no early stop before this epoch"
+        *_both("stop_epoch"), default=0, group="run", help="early stop only at epochs past this one (0-based)"
     )
+    es_metric: str = flag(
+        *_both("es_metric"), default="error", choices=ES_METRICS, group="run",
+        help="early stopping watches the validation error (released) or the validation loss (CE + lambda*HTCL)",
+    )  # fmt: skip
     num_workers: int = flag(*_both("num_workers"), default=1, group="run", help="prefetch threads")
     prefetch_depth: int = flag(
         *_both("prefetch_depth"), default=2, group="run", help="bags loaded ahead (0: off)"
@@ -383,6 +388,7 @@ def validate_config(config: RunConfig) -> None:
         (config.num_workers >= 0, "--num_workers must be >= 0"),
         (config.prefetch_depth >= 0, "--prefetch_depth must be >= 0"),
         (config.patience >= 1, "--patience must be >= 1"),
+        (config.stop_epoch >= 0, "--stop_epoch must be >= 0"),
         (config.max_slides is None or config.max_slides >= 1, "--max_slides must be >= 1"),
         (config.threads >= 0, "--threads must be >= 0"),
         (config.max_children >= 0, "--max-children must be >= 0"),

@@ -58,8 +58,9 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` on bags ``load(i)`` for ``i`` in ``indices`` (eval mode, no gradients).
 
-    The reported loss is the mean bag loss (the model's auxiliary loss does not depend on the slide
-    and is left out, as in the published validation).
+    The reported loss is the mean over slides of the training objective, bag loss + the model's
+    auxiliary loss (CE + lambda * HTCL for HiVE-MIL, as the released validation logs it: HTCL varies
+    slightly by slide because text nodes receive image messages).
     """
     was_training = model.training
     model.eval()
@@ -75,7 +76,7 @@ def evaluate(
                 bag = bag.to(device)
                 out = model(bag, cache=cache)
                 target = torch.tensor([bag.label], device=out.logits.device)
-                total_loss += float(loss_fn(out.logits.float(), target))
+                total_loss += float(loss_fn(out.logits.float(), target) + out.aux_loss.float())
                 probs.append(torch.softmax(out.logits.float(), dim=1).reshape(-1).cpu().numpy())
                 labels.append(int(bag.label))
                 slide_ids.append(bag.slide_id)

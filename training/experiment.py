@@ -43,7 +43,8 @@ MAX_LISTED = 5
 
 @dataclass
 class FoldIndices:
-    """Positions in the shared dataset of one fold's train/val/test slides (split-file order)."""
+    """Positions in the shared dataset of one fold's train/val/test slides, each part in dataset-CSV order
+    (the order the released code's split datasets, and so its samplers, see them)."""
 
     train: list[int]
     val: list[int]
@@ -173,13 +174,25 @@ def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
         layout, used, [label_of[s] for s in used], cache_mb=config.cache_mb, expected_dim=config.feature_dim
     )
     position = {s: i for i, s in enumerate(used)}
+    csv_row = {s: row for row, s in enumerate(df["slide_id"].astype(str))}
     folds = {
-        fold: FoldIndices(*[[position[s] for s in split.part(p)] for p in PARTS])
+        fold: FoldIndices(
+            *[[position[s] for s in sorted(split.part(p), key=csv_row.__getitem__)] for p in PARTS]
+        )
         for fold, split in splits.items()
     }
     return PreparedData(
         task=task, dataset=dataset, folds=folds, dropped=missing if config.skip_missing else []
     )
+
+
+def effective_bag_loss(config: RunConfig) -> str:
+    """The slide loss a run trains with: the released HiVE-MIL always uses cross-entropy
+    (``--bag_loss`` has no effect there, docs/divergences.md §11); the corrected variant and every
+    other model honour ``--bag_loss``."""
+    if config.model_type == "HiVE_MIL" and config.variant == "reference":
+        return "ce"
+    return config.bag_loss
 
 
 def seeded_model(config: RunConfig, task: TaskSpec) -> SlideClassifier:
@@ -204,11 +217,10 @@ def run_fold(
     """
     task, dataset, idx = data.task, data.dataset, data.folds[fold]
     model = (model if model is not None else seeded_model(config, task)).to(device)
-    loss_fn = build_bag_loss(config.bag_loss, task.num_classes).to(device)
+    loss_fn = build_bag_loss(effective_bag_loss(config), task.num_classes).to(device)
     trainable = model.trainable_parameters()
     # Training-free models (the zero-shot baseline) are evaluated as they are.
     optimizer = build_optimizer(config.opt, trainable, config.lr, config.reg) if trainable else None
-    generator = torch.Generator().manual_seed(config.seed)
     options = LoopOptions(
         config.prefetch_depth, config.num_workers, progress_enabled(config.quiet), config.amp
     )
@@ -249,11 +261,11 @@ def run_fold(
                 loss_fn,
                 device,
                 max_epochs=config.max_epochs,
-                generator=generator,
                 weighted_sample=config.weighted_sample,
                 early_stopping=EarlyStopping(config.patience, config.stop_epoch)
                 if config.early_stopping
                 else None,
+                es_metric=config.es_metric,
                 options=options,
                 scalars=scalars,
                 log=log.info,
@@ -307,6 +319,11 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
     log.info(
         f"task {data.task.name}: classes {', '.join(data.task.class_names)}; model {config.model_type}; device {device}"
     )
+    if effective_bag_loss(config) != config.bag_loss:
+        log.info(
+            f"notice: --bag_loss {config.bag_loss} has no effect on the released HiVE-MIL "
+            "(--variant reference trains with cross-entropy + lambda * HTCL; --variant corrected honours it)"
+        )
 
     rows = []
     try:

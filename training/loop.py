@@ -1,10 +1,11 @@
 """Training of one fold: one slide per optimiser step, validation every epoch, early stopping, best state.
 
 Step (docs/method.md §8.1): loss = bag_loss(logits, label) + out.aux_loss (e.g. lambda * HTCL), Adam
-(or SGD) with weight decay ``--reg`` on ``model.trainable_parameters()`` only. Slides are visited in a
-random order drawn from a seeded generator each epoch; ``--weighted_sample`` draws them class-balanced
-with replacement instead. The best state (or the last one without early stopping) is kept in memory and
-restored by the caller before testing.
+(or SGD) with weight decay ``--reg`` on ``model.trainable_parameters()`` only. The visiting order of
+the training slides, and every draw from torch's global generator that decides it, follow the released
+training run (:class:`ReleasedLoaderDraws`, docs/method.md §8.3); ``--weighted_sample`` draws slides
+class-balanced with replacement. The best state (or the last one without early stopping) is kept in
+memory and restored by the caller before testing.
 """
 
 from __future__ import annotations
@@ -66,21 +67,57 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def epoch_order(labels: Sequence[int], generator: torch.Generator, weighted: bool) -> list[int]:
-    """Positions 0..n-1 in this epoch's visiting order.
+def draw_int64() -> int:
+    """One int64 from torch's global CPU generator, drawn the way DataLoader and RandomSampler draw seeds."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
 
-    Unweighted: a random permutation. Weighted: n draws with replacement, each slide weighted by
-    1 / (number of training slides of its class), so every class is drawn equally often on average.
-    """
-    n = len(labels)
-    if n == 0:
-        return []
-    if not weighted:
-        return torch.randperm(n, generator=generator).tolist()
+
+def class_balanced_weights(labels: Sequence[int]) -> torch.Tensor:
+    """Per-slide sampling weight ``N / (number of training slides of its class)`` (float64), as released."""
     label_tensor = torch.as_tensor(list(labels), dtype=torch.long)
     counts = torch.bincount(label_tensor).double()
-    weights = 1.0 / counts[label_tensor]
-    return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+    return float(len(labels)) / counts[label_tensor]
+
+
+class ReleasedLoaderDraws:
+    """The training run's use of torch's global RNG for data order, reproduced draw for draw.
+
+    The released code iterates the training slides (in dataset-CSV order) through a ``DataLoader`` with
+    a ``RandomSampler`` (or ``WeightedRandomSampler``) and persistent workers, and the validation slides
+    through a sequential loader with persistent workers. From the global generator that means:
+
+    * the first training epoch: one int64 (the training loader's base seed), then the sampler's draws;
+    * every training epoch: the sampler draws one int64 that seeds a fresh generator for ``randperm(n)``
+      (weighted: ``multinomial(weights, n, replacement=True)`` on the global generator);
+    * the first validation pass: one int64 (the validation loader's base seed); later passes reuse the
+      persistent iterator and draw nothing.
+    """
+
+    def __init__(self, labels: Sequence[int], weighted: bool = False):
+        self.labels = list(labels)
+        self.weighted = weighted
+        self._train_started = False
+        self._validation_started = False
+
+    def epoch_order(self) -> list[int]:
+        """Positions 0..n-1 of the training slides in this epoch's visiting order."""
+        if not self._train_started:
+            self._train_started = True
+            draw_int64()  # training loader base seed (once: persistent workers)
+        n = len(self.labels)
+        if n == 0:
+            return []
+        if self.weighted:
+            return torch.multinomial(class_balanced_weights(self.labels), n, replacement=True).tolist()
+        generator = torch.Generator()
+        generator.manual_seed(draw_int64())
+        return torch.randperm(n, generator=generator).tolist()
+
+    def validation_pass(self) -> None:
+        """Call before each validation pass: the first one draws the validation loader's base seed."""
+        if not self._validation_started:
+            self._validation_started = True
+            draw_int64()
 
 
 def snapshot_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -141,29 +178,32 @@ def fit(
     device: torch.device,
     *,
     max_epochs: int,
-    generator: torch.Generator,
     weighted_sample: bool = False,
     early_stopping: EarlyStopping | None = None,
+    es_metric: str = "error",
     options: LoopOptions | None = None,
     scalars: ScalarLog | None = None,
     log: Callable[[str], None] = print,
 ) -> FitResult:
     """Train for up to ``max_epochs`` epochs, validating after each; keep the best (or last) state.
 
-    With ``early_stopping`` the state of the epoch with the lowest validation loss is kept and training
-    ends when the stopper says so; without it the last epoch's state is kept.
+    With ``early_stopping`` the state of the first epoch with the lowest validation ``es_metric``
+    (``error`` or ``loss``) is kept and training ends when the stopper says so; without it the last
+    epoch's state is kept. Data order and its RNG draws: :class:`ReleasedLoaderDraws`.
     """
     options = options or LoopOptions()
     scalars = scalars or ScalarLog(None)
+    draws = ReleasedLoaderDraws(train_labels, weighted_sample)
     history: list[dict[str, float]] = []
     best: tuple[int, EvalResult, dict[str, torch.Tensor]] | None = None
     stopped = False
     epochs = bar(range(max_epochs), desc="epochs", enabled=options.progress, leave=False)
     for epoch in epochs:
-        order = [train_indices[i] for i in epoch_order(train_labels, generator, weighted_sample)]
+        order = [train_indices[i] for i in draws.epoch_order()]
         stats = train_one_epoch(
             model, load, order, optimizer, loss_fn, device, options, desc=f"epoch {epoch}"
         )
+        draws.validation_pass()
         val = validate()
         history.append(
             {
@@ -183,7 +223,8 @@ def fit(
             ("val/f1", val.metrics["f1"]),
         ):
             scalars.add(tag, value, epoch)
-        improved = early_stopping.step(epoch, val.loss) if early_stopping is not None else True
+        monitored = val.error if es_metric == "error" else val.loss
+        improved = early_stopping.step(epoch, monitored) if early_stopping is not None else True
         marker = " *" if early_stopping is not None and improved else ""
         log(
             f"epoch {epoch:3d}  train loss {stats.loss:.4f} err {stats.error:.4f}  "
@@ -194,7 +235,7 @@ def fit(
         if early_stopping is not None and early_stopping.should_stop:
             stopped = True
             log(
-                f"early stop at epoch {epoch}: no validation-loss improvement for {early_stopping.patience} epochs"
+                f"early stop at epoch {epoch}: no validation-{es_metric} improvement for {early_stopping.patience} epochs"
             )
             break
     assert best is not None

@@ -35,11 +35,13 @@ class ModalityScaleAttention(nn.Module):
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
+        # Creation and initialisation follow the released order exactly, so one seed gives the released
+        # initial weights: scale embedding, attention, the embedding's init, then the q/k projections.
         self.scale_embeddings = nn.Embedding(2, dim)
         self.mha = nn.MultiheadAttention(dim, num_heads)
+        nn.init.xavier_normal_(self.scale_embeddings.weight)
         self.q_projs = nn.ModuleDict({r: nn.Linear(dim, dim) for r in relations})
         self.k_projs = nn.ModuleDict({r: nn.Linear(dim, dim) for r in relations})
-        nn.init.xavier_normal_(self.scale_embeddings.weight)
         for proj in [*self.q_projs.values(), *self.k_projs.values()]:
             nn.init.xavier_normal_(proj.weight)
             nn.init.zeros_(proj.bias)

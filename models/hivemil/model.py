@@ -115,6 +115,15 @@ class HiveMIL(FrozenTowerClassifier):
                 f"dimension ({tower.embed_dim}); use --text-encoding causal"
             )
         self.text_tower = tower
+        self.dim = tower.embed_dim
+        # The released model builds the GNN before it draws the learnable context: same seed, same weights.
+        self.gnn = HierHeteroGNN(
+            self.dim,
+            num_heads=options.num_heads,
+            dense_attention=sw.hier_attention == "dense",
+            double_residual=sw.attn_residual == "double",
+            attention_chunk=options.attention_chunk,
+        )
         self.prompt_learner = PromptLearner(
             tower,
             class_descriptions,
@@ -122,14 +131,6 @@ class HiveMIL(FrozenTowerClassifier):
             class_specific=options.class_specific_context,
             position=options.class_token_position,
             released_name_lengths=self.released_text,
-        )
-        self.dim = tower.embed_dim
-        self.gnn = HierHeteroGNN(
-            self.dim,
-            num_heads=options.num_heads,
-            dense_attention=sw.hier_attention == "dense",
-            double_residual=sw.attn_residual == "double",
-            attention_chunk=options.attention_chunk,
         )
 
     # ----- text side -------------------------------------------------------------------------------

@@ -37,3 +37,21 @@ def test_demo_variants_run(tmp_path, extra):
     run_dir = _run(tmp_path, "--max_epochs", "1", *extra)
     mean = pd.read_csv(run_dir / "results.csv").set_index("metric").loc["mean"]
     assert not math.isnan(mean["test_acc"])
+
+
+def test_first_demo_run_equals_later_runs(tmp_path, monkeypatch):
+    """Building the demo's tiny tower on first use draws nothing from the run's RNG: run 1 (which builds
+    it, in a fresh cache) and run 2 (which loads it) give byte-identical results."""
+    import torch
+
+    from models.towers.tiny import ensure_demo_text_tower
+
+    monkeypatch.setenv("HIVEMIL_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    ensure_demo_text_tower(tmp_path / "tower_cache")
+    assert torch.equal(torch.get_rng_state(), state)
+    first = _run(tmp_path / "a", "--max_epochs", "1")
+    second = _run(tmp_path / "b", "--max_epochs", "1")
+    for name in ("results.csv", "summary.csv"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()

@@ -28,7 +28,7 @@ from tests.toy_task import (
 from training.early_stopping import EarlyStopping
 from training.evaluation import EvalResult, evaluate
 from training.experiment import run_experiment
-from training.loop import LoopOptions, build_optimizer, epoch_order, fit, restore_state, snapshot_state
+from training.loop import LoopOptions, build_optimizer, fit, restore_state, snapshot_state
 from utils.prefetch import prefetch
 from utils.run_logging import RunLog
 
@@ -36,35 +36,26 @@ from utils.run_logging import RunLog
 # ------------------------------------------------------------------------------------- early stopping
 def test_early_stopping_counts_epochs_without_improvement():
     stopper = EarlyStopping(patience=2, stop_epoch=3)
-    losses = [1.0, 0.8, 0.9, 0.95, 0.8, 0.85, 0.9]
-    improved = [stopper.step(epoch, loss) for epoch, loss in enumerate(losses)]
-    # a tie (0.8 at epoch 4) counts as an improvement, as in the published rule
+    errors = [0.5, 0.3, 0.4, 0.3, 0.2, 0.2, 0.25]
+    improved = [stopper.step(epoch, value) for epoch, value in enumerate(errors)]
+    # a tie is no improvement (0.3 at epoch 3, 0.2 at epoch 5): the first epoch at the lowest value is kept
     assert improved == [True, True, False, False, True, False, False]
     assert stopper.best_epoch == 4 and stopper.should_stop  # counter 2 at epoch 6 > stop_epoch 3
 
 
 def test_early_stopping_waits_for_stop_epoch():
     stopper = EarlyStopping(patience=1, stop_epoch=3)
-    for epoch, loss in enumerate([1.0, 2.0, 2.0, 2.0]):
-        stopper.step(epoch, loss)
+    for epoch, value in enumerate([1.0, 2.0, 2.0, 2.0]):
+        stopper.step(epoch, value)
         assert stopper.should_stop == (epoch > 3)
     stopper.step(4, 2.0)
     assert stopper.should_stop
 
 
-# -------------------------------------------------------------------------------------------- sampling
-def test_epoch_order_is_a_seeded_permutation():
-    order_a = epoch_order([0, 1, 0, 1, 1], torch.Generator().manual_seed(3), weighted=False)
-    order_b = epoch_order([0, 1, 0, 1, 1], torch.Generator().manual_seed(3), weighted=False)
-    assert order_a == order_b and sorted(order_a) == [0, 1, 2, 3, 4]
-
-
-def test_weighted_order_balances_classes():
-    labels = [0] * 9 + [1]  # 9:1 imbalance
-    g = torch.Generator().manual_seed(0)
-    draws = [i for _ in range(200) for i in epoch_order(labels, g, weighted=True)]
-    share_minority = sum(labels[i] for i in draws) / len(draws)
-    assert 0.45 < share_minority < 0.55  # ~0.5 with class-balanced weights, 0.1 without
+def test_released_defaults_stop_at_epoch_10_at_the_earliest():
+    stopper = EarlyStopping()  # patience 10, stop_epoch 0
+    stops = [epoch for epoch in range(20) if (stopper.step(epoch, 0.5), stopper.should_stop)[1]]
+    assert stopper.best_epoch == 0 and stops[0] == 10  # epochs 1..10 tie with epoch 0: counter 10 at epoch 10
 
 
 # -------------------------------------------------------------------------------------------- prefetch
@@ -127,7 +118,10 @@ def test_evaluate_precomputes_once_and_passes_cache():
     with torch.no_grad():
         logits = torch.cat([model(bags[i]).logits for i in (0, 2, 4)])
     assert np.allclose(result.probs, torch.softmax(logits, 1).numpy(), atol=1e-6)
-    expected_loss = float(np.mean([loss_fn(logits[j : j + 1], torch.tensor([0])).item() for j in range(3)]))
+    aux = float(0.01 * model.text.detach().pow(2).mean())  # the model's auxiliary loss counts, as in training
+    expected_loss = float(
+        np.mean([loss_fn(logits[j : j + 1], torch.tensor([0])).item() + aux for j in range(3)])
+    )
     assert result.loss == pytest.approx(expected_loss, rel=1e-5)
     uncached = evaluate(
         model, bags.__getitem__, [0, 2, 4], loss_fn, torch.device("cpu"), 2, use_text_cache=False
@@ -136,13 +130,17 @@ def test_evaluate_precomputes_once_and_passes_cache():
 
 
 # ------------------------------------------------------------------------------------------------ fit
-def _scripted_validate(losses):
-    it = iter(losses)
+def _scripted_validate(losses, errors=None):
+    it = iter(zip(losses, errors if errors is not None else [0.0] * len(losses)))
 
     def validate():
-        loss = next(it)
+        loss, error = next(it)
         return EvalResult(
-            ["s"], np.array([0]), np.array([[0.6, 0.4]]), loss, {"acc": 1.0, "auc": float("nan"), "f1": 1.0}
+            ["s"],
+            np.array([0]),
+            np.array([[0.6, 0.4]]),
+            loss,
+            {"acc": 1.0 - error, "auc": float("nan"), "f1": 1.0},
         )
 
     return validate
@@ -162,8 +160,8 @@ def test_fit_keeps_best_state_and_stops_early():
     optimizer = build_optimizer("adam", model.trainable_parameters(), 1e-2, 0.0)
     result = fit(
         model, bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags], validate, optimizer, nn.CrossEntropyLoss(),
-        torch.device("cpu"), max_epochs=8, generator=torch.Generator().manual_seed(0),
-        early_stopping=EarlyStopping(patience=3, stop_epoch=2), log=lambda _msg: None,
+        torch.device("cpu"), max_epochs=8, early_stopping=EarlyStopping(patience=3, stop_epoch=2),
+        es_metric="loss", log=lambda _msg: None,
     )  # fmt: skip
     assert result.best_epoch == 1 and result.stopped_early and result.epochs_run == 5
     assert "frozen" not in result.best_state  # frozen parameters are not copied
@@ -178,7 +176,7 @@ def test_fit_without_early_stopping_keeps_last_epoch():
     optimizer = build_optimizer("sgd", model.trainable_parameters(), 1e-2, 1e-5)
     result = fit(
         model, bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags], _scripted_validate([0.1, 0.5, 0.9]),
-        optimizer, nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=3, generator=torch.Generator().manual_seed(0),
+        optimizer, nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=3,
         options=LoopOptions(prefetch_depth=0), log=lambda _msg: None,
     )  # fmt: skip
     assert result.best_epoch == 2 and not result.stopped_early
@@ -193,8 +191,7 @@ def test_training_updates_only_trainable_parameters():
     optimizer = build_optimizer("adam", model.trainable_parameters(), 1e-2, 1e-5)
     fit(
         model, bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags], _scripted_validate([1.0]), optimizer,
-        nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=1, generator=torch.Generator().manual_seed(0),
-        log=lambda _msg: None,
+        nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=1, log=lambda _msg: None,
     )  # fmt: skip
     after = dict(model.named_parameters())
     assert torch.equal(after["frozen"], before["frozen"])
