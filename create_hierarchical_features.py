@@ -1,7 +1,8 @@
 """Build hierarchical 5x->20x feature files: ``hierarchical_<extractor>_5x_20x/<slide>.h5``.
 
 For every slide in ``DATA_ROOT/<dataset>_<extractor>/<extractor>_5x`` this links each 20x patch to the
-5x patch that contains its top-left corner (near-linear grid-key lookup), keeps at most
+5x patches that contain its top-left corner (near-linear grid-key lookup; ``--link-rule all``, the
+released rule, lists it under every such 5x patch when 5x tiles overlap, ``nearest`` under one), keeps at most
 ``--max-patches`` children per 5x patch (seeded, reproducible sub-sample) and writes ``features``,
 ``coords``, ``parent_index`` and ``child_mask`` atomically. Finished slides are skipped, so an
 interrupted run resumes. A failing slide is reported and counted; the others continue.
@@ -24,6 +25,7 @@ from preprocess.hierarchy import (
     SlideJob,
     SlideOutcome,
     add_dataset_arguments,
+    add_link_rule_argument,
     layout_from_args,
     level0_mags_from_csv,
     magnifications,
@@ -38,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-patches", type=int, default=None, help="children per 5x patch (default (high/low)^2)"
     )
+    add_link_rule_argument(parser)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the >max-patches sub-sampling")
     parser.add_argument("--overwrite", action="store_true", help="rebuild finished slides too")
@@ -73,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             if csv_used and n_default
             else ""
         )
-        + f"; writing {layout.hier_dir}"
+        + f"; link rule {args.link_rule}; writing {layout.hier_dir}"
     )
     jobs = [
-        SlideJob(layout, s, mags[s], low_mag, high_mag, max_children, args.seed, args.overwrite)
+        SlideJob(
+            layout, s, mags[s], low_mag, high_mag, max_children, args.seed, args.overwrite, args.link_rule
+        )
         for s in slides
     ]
     outcomes = run_jobs(jobs, args.workers)
@@ -111,9 +116,11 @@ def summarize(outcomes: list[SlideOutcome]) -> str:
     """One-paragraph summary of a run (patch counts cover the slides built in this run)."""
     count = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     built = [o for o in outcomes if o.status == "done"]
+    linked, links = sum(o.linked for o in built), sum(o.links for o in built)
+    shared = f" ({links} links: overlapping 5x patches share children)" if links != linked else ""
     return (
         f"slides: {count['done']} done, {count['skipped']} skipped (already finished), {count['failed']} failed\n"
-        f"patches (slides built now): {sum(o.linked for o in built)} 20x linked, "
+        f"patches (slides built now): {linked} 20x linked{shared}, "
         f"{sum(o.orphans20 for o in built)} 20x without parent, "
         f"{sum(o.childless5 for o in built)} 5x without children, "
         f"{sum(o.dropped for o in built)} 20x dropped by --max-patches"

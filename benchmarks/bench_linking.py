@@ -5,7 +5,9 @@ of the 4x4 sub-grids, plus 1% without a parent). The naive baseline tests every 
 5x square (O(N5 * N20)); it runs on the first ``--naive-parents`` parents only and is extrapolated
 linearly to all of them (marked ``*``), after checking that both agree on that subset.
 
-    python benchmarks/bench_linking.py [--n5 8000 --n20 100000 --naive-parents 500]
+    python benchmarks/bench_linking.py [--n5 8000 --n20 100000 --naive-parents 500] [--rule all|nearest]
+
+The tiles do not overlap, so both linking rules give the same children (checked against the baseline).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasets.hierarchy import link_children  # noqa: E402
+from datasets.hierarchy import DEFAULT_LINK_RULE, LINK_RULES, link_children  # noqa: E402
 
 PARENT_PX = 2048
 CHILD_PX = 512
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n20", type=int, nargs="+", default=[12500, 100000])
     parser.add_argument("--naive-parents", type=int, default=500, help="parents scanned by the baseline")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rule", choices=LINK_RULES, default=DEFAULT_LINK_RULE, help="linking rule")
     args = parser.parse_args(argv)
     print(f"{'n5':>7} {'n20':>8} {'ours s':>9} {'naive s':>10} {'ratio':>8}")
     for n5, n20 in zip(args.n5, args.n20):
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            link = link_children(coords5, coords20, PARENT_PX, max_children=16, seed=0)
+            link = link_children(coords5, coords20, PARENT_PX, max_children=16, seed=0, rule=args.rule)
             times.append(time.perf_counter() - start)
         ours = min(times)
         subset = range(min(n5, args.naive_parents))

@@ -10,6 +10,10 @@ cells of side ``S`` (``coords // S``, packed into one int64 key); the 5x keys ar
 20x corner looks up the (at most four) cells whose parents could contain it with ``searchsorted``.
 Cost: O((N5 + N20) log N5). 5x patches need not lie on one global grid (CLAM-style tiling starts each
 tissue contour at its own origin), and overlapping 5x tiles are handled (see :func:`link_children`).
+
+Two linking rules differ only where 5x tiles overlap (e.g. tiles patched with a step smaller than the
+tile): ``all`` (default, as the released script) lists a 20x patch under every 5x patch whose square
+contains its corner; ``nearest`` lists it under one parent only, the one with the nearest corner.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import numpy as np
 BASE_PATCH_PX = 256
 _GRID_OFFSET = 1 << 30  # grid indices are shifted by this before packing (allows negative coords)
 _GRID_LIMIT = 1 << 30
+LINK_RULES = ("all", "nearest")
+DEFAULT_LINK_RULE = "all"  # the released script's rule
 
 
 def patch_px(level0_mag: float, mag: float, patch_size: int = BASE_PATCH_PX) -> int:
@@ -77,13 +83,16 @@ class LinkResult:
 
     Attributes:
         children: [N5, max_children] int64 indices into the 20x patches, ascending, -1 padded.
-        num_candidates: [N5] int64 number of 20x patches inside each 5x square (before sub-sampling).
-        parent_of: [N20] int64 index of the 5x parent of each 20x patch, -1 when it has none.
-            (A child dropped by sub-sampling still has its parent here; see ``kept``.)
-        kept: [N20] bool, True for 20x patches that appear in ``children``.
+        num_candidates: [N5] int64 number of children each 5x patch gets under ``rule`` before
+            sub-sampling (``all``: every 20x corner inside its square; ``nearest``: those it is nearest to).
+        parent_of: [N20] int64 index of the nearest 5x patch containing each 20x corner, -1 when none
+            does. (Under ``all`` the patch may be listed under further parents; a child dropped by
+            sub-sampling still has its parent here; see ``kept``.)
+        kept: [N20] bool, True for 20x patches that appear in ``children`` (under any parent).
         orphans20: indices of 20x patches with no parent.
         childless5: indices of 5x patches without any child.
         max_children: the cap used.
+        rule: the linking rule, ``all`` or ``nearest``.
     """
 
     children: np.ndarray
@@ -93,6 +102,7 @@ class LinkResult:
     orphans20: np.ndarray
     childless5: np.ndarray
     max_children: int
+    rule: str = DEFAULT_LINK_RULE
 
     @property
     def num_children(self) -> np.ndarray:
@@ -101,8 +111,13 @@ class LinkResult:
 
     @property
     def num_linked(self) -> int:
-        """Number of 20x patches kept as children."""
+        """Number of distinct 20x patches kept as children."""
         return int(self.kept.sum())
+
+    @property
+    def num_links(self) -> int:
+        """Number of parent-child links kept (above :attr:`num_linked` when a child has several parents)."""
+        return int((self.children >= 0).sum())
 
     @property
     def num_dropped(self) -> int:
@@ -115,13 +130,15 @@ class LinkResult:
         return [int(c) for c in row[row >= 0]]
 
 
-def find_parents(coords5: np.ndarray, coords20: np.ndarray, parent_size_px: int) -> np.ndarray:
-    """Index of the 5x patch whose square ``[c, c + S)^2`` contains each 20x top-left corner (-1: none).
+def containing_pairs(
+    coords5: np.ndarray, coords20: np.ndarray, parent_size_px: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(child, parent)`` pair where 5x square ``[c, c + S)^2`` contains the 20x top-left corner.
 
     A corner in grid cell ``g`` can only lie in parents whose corners are in cells ``g - (0|1, 0|1)``,
-    so four sorted-key lookups find all candidates. When several 5x squares contain a corner
-    (overlapping or duplicated 5x tiles), the parent with the nearest top-left corner (L1) wins,
-    ties going to the lowest 5x index.
+    so four sorted-key lookups find all candidates: O((N5 + N20) log N5), never a scan of all 20x
+    patches per 5x patch. Returns two int64 arrays of equal length (a pair appears once); a 20x
+    corner inside overlapping (or duplicated) 5x tiles appears once per containing square.
     """
     c5 = _as_coords(coords5, "coords5")
     c20 = _as_coords(coords20, "coords20")
@@ -129,9 +146,9 @@ def find_parents(coords5: np.ndarray, coords20: np.ndarray, parent_size_px: int)
     if size <= 0:
         raise ValueError(f"parent_size_px must be positive, got {parent_size_px}")
     n20 = c20.shape[0]
-    parent_of = np.full(n20, -1, dtype=np.int64)
+    none = np.zeros(0, dtype=np.int64)
     if n20 == 0 or c5.shape[0] == 0:
-        return parent_of
+        return none, none
     keys5 = pack_cells(np.floor_divide(c5, size))
     order5 = np.argsort(keys5, kind="stable")
     sorted5 = keys5[order5]
@@ -141,7 +158,7 @@ def find_parents(coords5: np.ndarray, coords20: np.ndarray, parent_size_px: int)
 
     x20, y20 = c20[:, 0], c20[:, 1]
     x5, y5 = c5[:, 0], c5[:, 1]
-    child_parts, parent_parts = [], []
+    child_parts, parent_parts = [none], [none]
     for dx in (0, 1):
         for dy in (0, 1):
             keys = pack_cells(cells - np.array([dx, dy], dtype=np.int64))
@@ -164,10 +181,25 @@ def find_parents(coords5: np.ndarray, coords20: np.ndarray, parent_size_px: int)
             inside = (off_x >= 0) & (off_x < size) & (off_y >= 0) & (off_y < size)
             child_parts.append(child[inside])
             parent_parts.append(parent[inside])
-    if not child_parts:
-        return parent_of
-    child = np.concatenate(child_parts)
-    parent = np.concatenate(parent_parts)
+    return np.concatenate(child_parts), np.concatenate(parent_parts)
+
+
+def find_parents(coords5: np.ndarray, coords20: np.ndarray, parent_size_px: int) -> np.ndarray:
+    """Index of the 5x patch whose square ``[c, c + S)^2`` contains each 20x top-left corner (-1: none).
+
+    When several 5x squares contain a corner (overlapping or duplicated 5x tiles), the parent with the
+    nearest top-left corner (L1) wins, ties going to the lowest 5x index (the ``nearest`` rule).
+    """
+    c5 = _as_coords(coords5, "coords5")
+    c20 = _as_coords(coords20, "coords20")
+    child, parent = containing_pairs(c5, c20, parent_size_px)
+    return _nearest_parent(c5, c20, child, parent)
+
+
+def _nearest_parent(c5: np.ndarray, c20: np.ndarray, child: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """[N20] nearest containing parent from the containing pairs (-1 where a corner has none)."""
+    n20 = c20.shape[0]
+    parent_of = np.full(n20, -1, dtype=np.int64)
     if child.size and np.bincount(child, minlength=n20).max() > 1:
         # Several squares contain some corners: keep the nearest corner (L1), then the lowest index.
         distance = np.abs(c20[child] - c5[parent]).sum(axis=1)
@@ -187,8 +219,9 @@ def link_children(
     max_children: int = 16,
     seed: int = 0,
     salt: int = 0,
+    rule: str = DEFAULT_LINK_RULE,
 ) -> LinkResult:
-    """Assign every 20x patch to its 5x parent and cap each parent at ``max_children`` children.
+    """Assign the 20x patches to their 5x parents and cap each parent at ``max_children`` children.
 
     Args:
         coords5: [N5, 2] level-0 top-left corners of the 5x patches.
@@ -197,6 +230,9 @@ def link_children(
         max_children: cap per parent (16 = (20/5)^2 for 5x->20x).
         seed: global seed of the sub-sampling.
         salt: per-slide integer (:func:`slide_salt` of the slide id) so slides draw independently.
+        rule: ``all`` (released): a 20x patch is a child of every 5x patch whose square contains its
+            corner, so with overlapping 5x tiles it can be listed under several parents; ``nearest``:
+            only under the nearest such parent (:func:`find_parents`). Both agree when tiles do not overlap.
 
     When a parent has more than ``max_children`` candidates, a random subset is kept, drawn with a
     numpy Generator seeded from ``(seed, salt, parent corner x, parent corner y)`` over the candidates
@@ -205,16 +241,21 @@ def link_children(
     """
     if max_children <= 0:
         raise ValueError(f"max_children must be positive, got {max_children}")
+    if rule not in LINK_RULES:
+        raise ValueError(f"rule must be one of {', '.join(LINK_RULES)}, got {rule!r}")
     c5 = _as_coords(coords5, "coords5")
     c20 = _as_coords(coords20, "coords20")
     n5, n20 = c5.shape[0], c20.shape[0]
-    parent_of = find_parents(c5, c20, parent_size_px)
-    linked = np.flatnonzero(parent_of >= 0)
-    num_candidates = np.bincount(parent_of[linked], minlength=n5).astype(np.int64)
+    pair_child, pair_parent = containing_pairs(c5, c20, parent_size_px)
+    parent_of = _nearest_parent(c5, c20, pair_child, pair_parent)
+    if rule == "nearest":
+        pair_child = np.flatnonzero(parent_of >= 0)
+        pair_parent = parent_of[pair_child]
+    num_candidates = np.bincount(pair_parent, minlength=n5).astype(np.int64)
 
-    # Group linked children by parent (stable: ascending 20x index inside each group).
-    grouped = linked[np.argsort(parent_of[linked], kind="stable")]
-    group_parent = parent_of[grouped]
+    # Group the pairs by parent, ascending 20x index inside each group.
+    order = np.argsort(pair_parent * np.int64(max(n20, 1)) + pair_child)  # pairs are unique: no ties
+    grouped, group_parent = pair_child[order], pair_parent[order]
     group_start = np.cumsum(num_candidates) - num_candidates
     position = np.arange(grouped.size, dtype=np.int64) - group_start[group_parent]
 
@@ -236,6 +277,7 @@ def link_children(
         orphans20=np.flatnonzero(parent_of < 0),
         childless5=np.flatnonzero(num_candidates == 0),
         max_children=int(max_children),
+        rule=rule,
     )
 
 

@@ -5,9 +5,15 @@ missing or unreadable files, missing keys, wrong shapes, feature-dimension disag
 duplicate coordinates in the 5x or 20x file, invalid ``parent_index`` (out of range, repeated),
 published-format files whose row count differs from the 5x count (rows cannot be aligned),
 children that are not patches of the 20x file, lie outside their parent's square, or whose feature
-row differs from the 20x file's row, a 20x patch used twice, non-zero padding, 5x patches with fewer
-children than the 20x file provides (below the cap), and a ``level0_mag`` attribute that disagrees
+row differs from the 20x file's row, a 20x patch used twice (under ``nearest`` linking: anywhere; under
+``all``: within one parent), non-zero padding, 5x patches with fewer children than the 20x file
+provides under the file's linking rule (below the cap), and a ``level0_mag`` attribute that disagrees
 with the CSV.
+
+Linking rule of a file: its ``link_rule`` attribute (``all`` or ``nearest``,
+:func:`datasets.hierarchy.link_children`). Without one, a published file was made by the released
+script (``all``: a 20x patch under every overlapping 5x patch that contains it) and one of ours by
+the versions before the attribute (``nearest``). The rules only differ where 5x tiles overlap.
 
 Notes (reported, not problems): 5x patches without children (the loader gives them an empty,
 masked row, so they are harmless; the released checker deleted them from the 5x file in place, which we
@@ -27,7 +33,14 @@ import h5py
 import numpy as np
 
 from datasets.features import FeatureLayout, open_h5, read_patch_file, require_dataset
-from datasets.hierarchy import find_parents, pack_cells, patch_px
+from datasets.hierarchy import (
+    DEFAULT_LINK_RULE,
+    LINK_RULES,
+    containing_pairs,
+    find_parents,
+    pack_cells,
+    patch_px,
+)
 from preprocess.hierarchy import build_slide_hierarchy
 from utils.errors import InputError
 
@@ -43,6 +56,7 @@ class SlideReport:
     notes: dict[str, int | str] = field(default_factory=dict)
     inputs_ok: bool = True  # the 5x and 20x files are sound, so the hierarchical file can be rebuilt
     fixed_path: Path | None = None
+    link_rule: str = DEFAULT_LINK_RULE  # the rule the hierarchical file was checked (and is fixed) with
 
     @property
     def ok(self) -> bool:
@@ -84,11 +98,21 @@ def check_slide(
     report.notes.update(n5=x5.shape[0], n20=x20.shape[0])
     _check_inputs(report, x5, coords5, x20, coords20, layout.low_file(slide_id), layout.high_file(slide_id))
 
-    parent_of = find_parents(coords5, coords20, parent_size)
-    candidates = np.bincount(parent_of[parent_of >= 0], minlength=x5.shape[0])
-    report.notes.update(childless5=int((candidates == 0).sum()), orphans20=int((parent_of < 0).sum()))
-
     hier_path = layout.hier_file(slide_id)
+    rule, rule_problem = stored_link_rule(hier_path)
+    report.link_rule = rule
+    if rule_problem:
+        report.problems.append(rule_problem)
+    if rule == "nearest":
+        parent_of = find_parents(coords5, coords20, parent_size)
+        linked_parents = parent_of[parent_of >= 0]
+        orphans = int((parent_of < 0).sum())
+    else:
+        pair_child, linked_parents = containing_pairs(coords5, coords20, parent_size)
+        orphans = x20.shape[0] - int(np.unique(pair_child).size)
+    candidates = np.bincount(linked_parents, minlength=x5.shape[0])
+    report.notes.update(childless5=int((candidates == 0).sum()), orphans20=orphans, link_rule=rule)
+
     try:
         with open_h5(hier_path, "hierarchical feature") as f:
             _check_hierarchical(
@@ -97,6 +121,26 @@ def check_slide(
     except InputError as err:
         report.problems.append(str(err))
     return report
+
+
+def stored_link_rule(path: Path) -> tuple[str, str | None]:
+    """``(rule, problem)``: the linking rule a hierarchical file was made with (see the module docstring).
+
+    A missing or unreadable file gives the default rule and no problem (reported elsewhere); an
+    unknown ``link_rule`` value gives the default rule and a problem line.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("link_rule")
+            ours = "parent_index" in f
+    except (OSError, ValueError):
+        return DEFAULT_LINK_RULE, None
+    if value is None:
+        return ("nearest" if ours else "all"), None
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    if value not in LINK_RULES:
+        return DEFAULT_LINK_RULE, f"{path}: unknown link_rule attribute {value!r} (expected all or nearest)"
+    return value, None
 
 
 def _check_inputs(report, x5, coords5, x20, coords20, low_path: Path, high_path: Path) -> None:
@@ -121,7 +165,7 @@ def _check_hierarchical(
 ):
     """Problems of the hierarchical file ``f`` relative to the 5x and 20x arrays.
 
-    ``candidates`` [N5] counts the 20x patches inside each 5x square (from :func:`find_parents`).
+    ``candidates`` [N5] counts the children each 5x patch has under the file's linking rule, before the cap.
     """
     problems = report.problems
     feats_ds = require_dataset(f, "features", 3, path)
@@ -168,6 +212,7 @@ def _check_hierarchical(
     order20 = np.argsort(keys20, kind="stable")
     sorted20 = keys20[order20]
     used = np.zeros(x20.shape[0], dtype=np.int64)
+    link_keys = []  # parent * N20 + 20x index of every found child (a pair listed twice is a problem)
     counts = {"not_in_20x": 0, "outside": 0, "feature_mismatch": 0, "bad_padding": 0, "nonfinite": 0}
     children_per_parent = np.zeros(n5, dtype=np.int64)
     for start in range(0, rows, _BLOCK_ROWS):
@@ -191,6 +236,7 @@ def _check_hierarchical(
         counts["not_in_20x"] += int((~found).sum())
         index20 = order20[pos[found]]
         np.add.at(used, index20, 1)
+        link_keys.append(child_parent[found] * np.int64(x20.shape[0]) + index20)
         stored = feats[mask][found]
         reference = x20[index20].astype(feats.dtype)
         same = (stored == reference) | (np.isnan(stored) & np.isnan(reference))
@@ -206,9 +252,15 @@ def _check_hierarchical(
     for key, text in messages.items():
         if counts[key]:
             problems.append(f"{path}: {counts[key]} {text}")
-    twice = int((used > 1).sum())
-    if twice:
-        problems.append(f"{path}: {twice} 20x patches appear more than once")
+    if report.link_rule == "nearest":
+        twice = int((used > 1).sum())
+        if twice:
+            problems.append(f"{path}: {twice} 20x patches appear more than once")
+    else:  # 'all': a 20x patch may sit under several overlapping parents, but only once under each
+        keys = np.concatenate([np.zeros(0, dtype=np.int64), *link_keys])
+        twice = keys.size - int(np.unique(keys).size)
+        if twice:
+            problems.append(f"{path}: {twice} 20x patches appear more than once under the same 5x patch")
 
     expected = np.minimum(candidates, width)
     short = int((children_per_parent < expected).sum())
@@ -241,6 +293,7 @@ def fix_slide(
         seed=seed,
         overwrite=True,
         output=target,
+        link_rule=report.link_rule,
     )
     report.fixed_path = target
     return target

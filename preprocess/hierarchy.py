@@ -1,8 +1,9 @@
 """Building one slide's hierarchical 5x->20x feature file (the work of ``create_hierarchical_features.py``).
 
-For one slide: read the 5x and 20x files, link every 20x patch to the 5x patch containing its top-left
-corner (:func:`datasets.hierarchy.link_children`, seeded cap of ``(high/low)^2`` children), and write
-``features``/``coords``/``parent_index``/``child_mask`` atomically. The demo generator uses the same
+For one slide: read the 5x and 20x files, link every 20x patch to the 5x patches containing its top-left
+corner (:func:`datasets.hierarchy.link_children`: every containing 5x patch as released, or only the
+nearest one; seeded cap of ``(high/low)^2`` children), and write
+``features``/``coords``/``parent_index``/``child_mask`` atomically, the rule in the ``link_rule`` attribute. The demo generator uses the same
 function, so demo files and user files are built identically.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets.features import FeatureLayout, hier_file_is_complete, read_patch_file, write_hierarchical_file
-from datasets.hierarchy import link_children, patch_px, slide_salt
+from datasets.hierarchy import DEFAULT_LINK_RULE, LINK_RULES, link_children, patch_px, slide_salt
 from utils.errors import InputError, one_line
 from utils.magnification import magnification_label, magnification_value
 
@@ -28,6 +29,7 @@ class SlideOutcome:
     status: str  # "done", "skipped" or "failed"
     rows: int = 0
     linked: int = 0
+    links: int = 0
     orphans20: int = 0
     childless5: int = 0
     dropped: int = 0
@@ -44,6 +46,7 @@ def build_slide_hierarchy(
     seed: int = 0,
     overwrite: bool = False,
     output: Path | None = None,
+    link_rule: str = DEFAULT_LINK_RULE,
 ) -> SlideOutcome:
     """Create ``layout.hier_file(slide_id)`` (or ``output``) from the slide's 5x and 20x files.
 
@@ -62,7 +65,13 @@ def build_slide_hierarchy(
         )
     parent_size = patch_px(level0_mag, low_mag)
     link = link_children(
-        coords5, coords20, parent_size, max_children=max_children, seed=seed, salt=slide_salt(slide_id)
+        coords5,
+        coords20,
+        parent_size,
+        max_children=max_children,
+        seed=seed,
+        salt=slide_salt(slide_id),
+        rule=link_rule,
     )
     if link.num_linked == 0:
         raise InputError(
@@ -71,6 +80,7 @@ def build_slide_hierarchy(
     attrs = {
         "max_children": int(max_children),
         "seed": int(seed),
+        "link_rule": link_rule,
         "level0_mag": int(level0_mag),
         "low_mag": float(low_mag),
         "high_mag": float(high_mag),
@@ -90,6 +100,7 @@ def build_slide_hierarchy(
         "done",
         rows=rows,
         linked=link.num_linked,
+        links=link.num_links,
         orphans20=int(link.orphans20.size),
         childless5=int(link.childless5.size),
         dropped=link.num_dropped,
@@ -108,6 +119,7 @@ class SlideJob:
     max_children: int
     seed: int
     overwrite: bool
+    link_rule: str = DEFAULT_LINK_RULE
 
 
 def run_slide_job(job: SlideJob) -> SlideOutcome:
@@ -122,6 +134,7 @@ def run_slide_job(job: SlideJob) -> SlideOutcome:
             max_children=job.max_children,
             seed=job.seed,
             overwrite=job.overwrite,
+            link_rule=job.link_rule,
         )
     except InputError as err:
         return SlideOutcome(job.slide_id, "failed", message=str(err))
@@ -185,4 +198,16 @@ def layout_from_args(args: argparse.Namespace) -> FeatureLayout:
         args.feature_extractor_name,
         low_mag=magnification_label(args.low_mag),
         high_mag=magnification_label(args.high_mag),
+    )
+
+
+def add_link_rule_argument(parser: argparse.ArgumentParser) -> None:
+    """``--link-rule all|nearest``: which 5x parents a 20x patch is listed under when 5x tiles overlap."""
+    parser.add_argument(
+        "--link-rule",
+        choices=LINK_RULES,
+        default=DEFAULT_LINK_RULE,
+        help="where overlapping 5x tiles both contain a 20x corner: 'all' lists the 20x patch under every "
+        "such 5x patch (the released rule), 'nearest' only under the one with the nearest corner "
+        f"(default {DEFAULT_LINK_RULE}; the same result when 5x tiles do not overlap)",
     )

@@ -290,6 +290,127 @@ def test_checker_level0_mag_disagreement(tmp_path, capsys):
     assert any("level0_mag attribute 40 but 20 expected" in p for p in report.problems)
 
 
+# ------------------------------------------------------------------------------ linking rules (all | nearest)
+
+
+def _make_overlapping_root(root: Path) -> FeatureLayout:
+    """Slide 'ov': 5x tiles of 2048 px at step 1024 (2 x 2, overlapping) over a 512-px grid of 36 20x tiles."""
+    layout = FeatureLayout(root, "toy", "plip")
+    coords5 = np.array([[0, 0], [1024, 0], [0, 1024], [1024, 1024]])
+    coords20 = np.array([[x, y] for y in range(0, 3072, 512) for x in range(0, 3072, 512)])
+    write_slide(layout, "ov", coords5, coords20, seed=4)
+    pd.DataFrame([("c", "ov", "A", 40)], columns=["case_id", "slide_id", "label", "level0_mag"]).to_csv(
+        root / "toy.csv", index=False
+    )
+    return layout
+
+
+def _rows_by_parent(path: Path) -> dict[int, list[list[int]]]:
+    with h5py.File(path, "r") as f:
+        parents, mask, coords = f["parent_index"][()], f["child_mask"][()], f["coords"][()]
+    return {int(p): sorted(coords[i][mask[i]].tolist()) for i, p in enumerate(parents)}
+
+
+def test_link_rules_on_overlapping_tiles_create_check_and_load(tmp_path, capsys):
+    layouts = {}
+    for rule in ("all", "nearest"):
+        root = tmp_path / rule
+        layout = layouts[rule] = _make_overlapping_root(root)
+        extra = [] if rule == "all" else ["--link-rule", "nearest"]
+        assert run_cli(create_cli.main, [*_flags(root), *extra]) == 0
+        out = capsys.readouterr().out
+        with h5py.File(layout.hier_file("ov"), "r") as f:
+            assert f.attrs["link_rule"] == rule
+        assert run_cli(checker_cli.main, _flags(root)) == 0, capsys.readouterr().out
+        checked = capsys.readouterr().out
+        assert "1 checked, 1 ok" in checked and f"link_rule={rule}" in checked
+        bag = read_slide_bag(layout, "ov")
+        if rule == "all":
+            # Every 2048-px tile contains a 4 x 4 block of 512-px corners: 64 links over 36 distinct 20x tiles.
+            assert "36 20x linked (64 links: overlapping 5x patches share children)" in out
+            np.testing.assert_array_equal(bag.child_mask.sum(1).numpy(), [16, 16, 16, 16])
+        else:
+            assert "36 20x linked, 0 20x without parent" in out
+            assert bag.child_mask.sum().item() == 36
+    rows_all = _rows_by_parent(layouts["all"].hier_file("ov"))
+    rows_nearest = _rows_by_parent(layouts["nearest"].hier_file("ov"))
+    # By hand: tile #3 at (1024, 1024) holds corners x, y in {1024, 1536, 2048, 2560} under 'all' ...
+    assert rows_all[3] == sorted([x, y] for x in (1024, 1536, 2048, 2560) for y in (1024, 1536, 2048, 2560))
+    # ... and under 'nearest' only those nearer to it than to any other tile (ties: lowest index).
+    assert rows_nearest[0] == sorted([x, y] for x in (0, 512) for y in (0, 512))
+    assert rows_nearest[3] == sorted(
+        [x, y] for x in (1024, 1536, 2048, 2560) for y in (1024, 1536, 2048, 2560)
+    )
+    assert sum(len(v) for v in rows_nearest.values()) == 36
+
+
+def test_checker_applies_the_files_rule(tmp_path, capsys):
+    layout = _make_overlapping_root(tmp_path)
+    assert run_cli(create_cli.main, _flags(tmp_path)) == 0
+    capsys.readouterr()
+    path = layout.hier_file("ov")
+    # The same rows labelled 'nearest': children under two parents are now a problem.
+    with h5py.File(path, "a") as f:
+        f.attrs["link_rule"] = "nearest"
+    report = check_slide(layout, "ov", 40)
+    assert not report.ok and any("20x patches appear more than once" in p for p in report.problems)
+    # A child listed twice under the same parent is a problem under 'all' too.
+    with h5py.File(path, "a") as f:
+        f.attrs["link_rule"] = "all"
+        feats, coords = f["features"][()], f["coords"][()]
+    feats[0, 1], coords[0, 1] = feats[0, 0], coords[0, 0]
+    edit_h5(path, "features", feats)
+    edit_h5(path, "coords", coords)
+    report = check_slide(layout, "ov", 40)
+    assert any("1 20x patches appear more than once under the same 5x patch" in p for p in report.problems)
+    # --fix rebuilds with the file's rule into the _fixed folder.
+    assert run_cli(checker_cli.main, _flags(tmp_path, "--fix")) == 0
+    fixed = layout.hier_dir.with_name(layout.hier_dir.name + "_fixed") / "ov.h5"
+    with h5py.File(fixed, "r") as f:
+        assert f.attrs["link_rule"] == "all" and f["child_mask"][()].sum() == 64
+    with h5py.File(path, "a") as f:
+        f.attrs["link_rule"] = "closest"
+    assert any("unknown link_rule attribute 'closest'" in p for p in check_slide(layout, "ov", 40).problems)
+
+
+def test_checker_reads_published_overlapping_files_with_the_released_rule(tmp_path):
+    """A published file (no attributes) made by the released script from overlapping tiles is sound."""
+    layout = _make_overlapping_root(tmp_path)
+    assert run_cli(create_cli.main, _flags(tmp_path)) == 0
+    with h5py.File(layout.hier_file("ov"), "r") as f:
+        feats, coords = f["features"][()], f["coords"][()]
+    layout.hier_file("ov").unlink()
+    write_published_hier(layout.hier_file("ov"), feats, coords)  # 4 rows for 4 5x patches
+    report = check_slide(layout, "ov", 40)
+    assert report.ok and report.link_rule == "all", report.line()
+    assert read_slide_bag(layout, "ov").child_mask.sum().item() == 64
+
+
+def test_link_rules_write_the_same_rows_without_overlap(tmp_path, capsys):
+    contents = {}
+    for rule in ("all", "nearest"):
+        root = tmp_path / rule
+        layout = _make_root(root)
+        assert run_cli(create_cli.main, [*_flags(root), "--link-rule", rule]) == 0
+        assert run_cli(checker_cli.main, _flags(root)) == 0
+        contents[rule] = {p.name: _h5_content(p) for p in sorted(layout.hier_dir.glob("*.h5"))}
+    capsys.readouterr()
+    assert contents["all"].keys() == contents["nearest"].keys()
+    for name, content in contents["all"].items():
+        other = contents["nearest"][name]
+        assert content["attrs"].pop("link_rule") == "all" and other["attrs"].pop("link_rule") == "nearest"
+        assert content == other
+
+
+def test_bad_link_rule_is_refused(tmp_path, capsys):
+    _make_root(tmp_path, n_slides=1)
+    with pytest.raises(SystemExit) as exit_:
+        create_cli.main([*_flags(tmp_path), "--link-rule", "closest"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'closest'" in capsys.readouterr().err
+    assert not (tmp_path / "toy_plip" / "hierarchical_plip_5x_20x").exists()
+
+
 # ---------------------------------------------------------------------------------------- other CLIs
 
 
