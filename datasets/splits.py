@@ -105,6 +105,36 @@ def check_split_against_csv(split: Split, df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(s for s in split.all_ids() if s not in known))
 
 
+def split_leakage(split: Split, case_of: dict[str, str]) -> tuple[list[str], list[str]]:
+    """``(slide problems, patient problems)`` of one split, each a short phrase naming the ids.
+
+    Slide problems: a slide listed twice in one part or in two parts. Patient problems: one case
+    (``case_of[slide]``) with slides in two parts -- patient-level leakage.
+    """
+    slide_problems, patient_problems = [], []
+    for name in PARTS:
+        ids = split.part(name)
+        repeated = sorted({s for s in ids if ids.count(s) > 1})
+        if repeated:
+            slide_problems.append(f"{_few(repeated)} listed twice in {name}")
+    for i, first in enumerate(PARTS):
+        for second in PARTS[i + 1 :]:
+            both = sorted(set(split.part(first)) & set(split.part(second)))
+            if both:
+                slide_problems.append(f"slide(s) {_few(both)} in both {first} and {second}")
+            cases = sorted(
+                {case_of[s] for s in split.part(first) if s in case_of}
+                & {case_of[s] for s in split.part(second) if s in case_of}
+            )
+            if cases:
+                patient_problems.append(f"patient(s) {_few(cases)} in both {first} and {second}")
+    return slide_problems, patient_problems
+
+
+def _few(ids: list[str], limit: int = 3) -> str:
+    return ", ".join(ids[:limit]) + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
 def _cases_by_class(df: pd.DataFrame) -> dict[str, list[tuple[str, list[str]]]]:
     """``{label: [(case_id, [slide ids]), ...]}`` sorted by case id, slides sorted; one label per case."""
     missing = [c for c in ("case_id", "slide_id", "label") if c not in df.columns]

@@ -99,18 +99,20 @@ def load_run(
     Args:
         results_dir_or_config: the run folder, its ``config.json``, or a checkpoint file next to one.
         fold: which ``s_<fold>_checkpoint.pt`` to load (ignored when ``checkpoint`` is given).
-        checkpoint: explicit checkpoint file (ours or a released one, see :mod:`models.convert_checkpoint`).
+        checkpoint: explicit checkpoint file (ours or a released one, see :mod:`models.checkpoint`); one
+            whose stored identity disagrees with the run config is refused.
         config: explicit ``config.json``.
         device: where the model goes (eval mode).
     """
-    from models.convert_checkpoint import load_model_state
+    from models.checkpoint import load_checkpoint, model_identity
     from models.registry import build_model
 
     files = resolve_run_files(results_dir_or_config, fold, checkpoint, config)
     run_config = read_run_config(files.config)
     task = run_task(run_config)
-    model = build_model(run_config.model_type, run_config.model_spec(task))
-    load_model_state(model, files.checkpoint)
+    spec = run_config.model_spec(task)
+    model = build_model(run_config.model_type, spec)
+    load_checkpoint(model, files.checkpoint, model_identity(run_config.model_type, spec))
     return model.to(device).eval(), task, run_config
 
 

@@ -48,21 +48,33 @@ class ModelSpec:
 
 
 _BUILDERS: dict[str, Callable] = {}
+_TEXT_TOWER_MODELS: set[str] = set()
 
 # Modules that register models when imported.
 _MODEL_MODULES = ("models.hivemil.model", "models.baselines")
 
 
-def register_model(name: str):
-    """Decorator: register ``builder(spec: ModelSpec) -> SlideClassifier`` under ``name``."""
+def register_model(name: str, text_tower: bool = False):
+    """Decorator: register ``builder(spec: ModelSpec) -> SlideClassifier`` under ``name``.
+
+    ``text_tower``: the model uses the spec's text tower and prompts (vision-language models).
+    """
 
     def wrap(builder: Callable) -> Callable:
         if name in _BUILDERS and _BUILDERS[name] is not builder:
             raise ValueError(f"model type {name!r} registered twice")
         _BUILDERS[name] = builder
+        if text_tower:
+            _TEXT_TOWER_MODELS.add(name)
         return builder
 
     return wrap
+
+
+def uses_text_tower(name: str) -> bool:
+    """Whether model type ``name`` reads a text tower and prompt file."""
+    _load_all()
+    return name in _TEXT_TOWER_MODELS
 
 
 def _load_all() -> None:

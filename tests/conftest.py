@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Generated files (demo data, demo tower, slide-check verdicts) go to a fresh folder, not the project's cache/.
+os.environ.setdefault("HIVEMIL_CACHE", tempfile.mkdtemp(prefix="hivemil-test-cache-"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

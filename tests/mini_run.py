@@ -55,10 +55,11 @@ def make_mini_run(
     from datasets.features import FeatureLayout, write_patch_file
     from datasets.splits import Split, split_csv_path, write_split
     from datasets.tasks import get_task
+    from models.checkpoint import model_identity, save_checkpoint
     from models.registry import build_model
     from preprocess.hierarchy import build_slide_hierarchy
     from training.config import RunConfig
-    from training.results import save_checkpoint, write_run_config
+    from training.results import write_run_config
 
     task_name, classes = "minitask", ("alpha", "beta", "gamma")
     layout = FeatureLayout(root / "features", task_name, "tiny")
@@ -94,8 +95,11 @@ def make_mini_run(
     if model_type == "HiVE_MIL":
         torch.manual_seed(0)
         task = get_task(task_name, csv_dir=config.csv_dir, prompt_dir=config.prompt_dir)
+        spec = config.model_spec(task)
         save_checkpoint(
-            run_dir / "s_0_checkpoint.pt", build_model(model_type, config.model_spec(task)).state_dict()
+            run_dir / "s_0_checkpoint.pt",
+            build_model(model_type, spec).state_dict(),
+            model_identity(model_type, spec),
         )
     else:
         (run_dir / "s_0_checkpoint.pt").write_bytes(b"not used")

@@ -49,6 +49,9 @@ RESUME_INDEPENDENT = frozenset(
     }
 )
 
+# Models whose results depend on --variant and the switches (their run folders carry the variant tag).
+VARIANT_MODELS = frozenset({"HiVE_MIL"})
+
 TESTING_MAX_SLIDES = 8  # ``--testing`` (published "debugging tool"): at most this many slides per split part
 
 GROUPS = {
@@ -246,6 +249,15 @@ class RunConfig:
     deterministic: bool = flag(
         *_both("no_deterministic"), default=True, group="run", help="allow non-deterministic kernels"
     )
+    allow_patient_overlap: bool = flag(
+        *_both("allow_patient_overlap"), default=False, group="run",
+        help="accept splits where one patient (case_id) has slides in two parts (patient-level leakage)",
+    )  # fmt: skip
+    max_orphan_frac: float = flag(
+        *_both("max_orphan_frac"), default=0.2, group="run",
+        help="refuse slides where more than this fraction of 20x patches has no 5x parent "
+        "(a wrong level0_mag); above 0.05 a warning",
+    )  # fmt: skip
     overwrite: bool = flag(
         "--overwrite", default=False, group="run", help="retrain every fold even if finished"
     )
@@ -267,14 +279,28 @@ class RunConfig:
         return f"{self.task}_{self.feature_extractor}_{self.model_type}_{self.few_shot_num}"
 
     @property
+    def variant_tag(self) -> str:
+        """``""`` for the reference variant; else ``_corrected`` and/or one ``_<switch>-<value>`` per
+        switch that differs from its variant's value, e.g. ``_corrected_text-encoding-released``."""
+        if self.model_type not in VARIANT_MODELS:
+            return ""
+        tag = "" if self.variant == "reference" else f"_{self.variant}"
+        defaults = VariantSwitches.for_variant(self.variant)
+        for name, value in self.switches().to_dict().items():
+            if value != getattr(defaults, name):
+                tag += f"_{name.replace('_', '-')}-{value}"
+        return tag
+
+    @property
     def run_dir(self) -> Path:
-        """``results_dir/<task>/<extractor>/<shots>/<exp_code>_s<seed>`` (published layout)."""
+        """``results_dir/<task>/<extractor>/<shots>/<exp_code>_s<seed><variant_tag>`` (published layout,
+        extended so that runs of different variants never share a folder)."""
         return (
             Path(self.results_dir)
             / str(self.task)
             / self.feature_extractor
             / str(self.few_shot_num)
-            / f"{self.exp_code}_s{self.seed}"
+            / f"{self.exp_code}_s{self.seed}{self.variant_tag}"
         )
 
     @property
@@ -389,6 +415,7 @@ def validate_config(config: RunConfig) -> None:
         (config.prefetch_depth >= 0, "--prefetch_depth must be >= 0"),
         (config.patience >= 1, "--patience must be >= 1"),
         (config.stop_epoch >= 0, "--stop_epoch must be >= 0"),
+        (0 <= config.max_orphan_frac <= 1, "--max_orphan_frac must be in [0, 1]"),
         (config.max_slides is None or config.max_slides >= 1, "--max_slides must be >= 1"),
         (config.threads >= 0, "--threads must be >= 0"),
         (config.max_children >= 0, "--max-children must be >= 0"),

@@ -2,19 +2,29 @@
 
 Order of work (docs/method.md §8):
 
-1. :func:`prepare_data` checks every input before any training -- task, dataset CSV, split folder and
-   files, split slide ids against the CSV, feature files (``--skip-missing`` drops missing slides with a
-   warning), feature dimension against the first slide -- and builds one bounded-cache
+1. :func:`run_experiment` checks the flags, takes the run folder's lock (a second run into the same
+   folder stops with one line naming the holder) and starts ``log.txt``; every error from here on is
+   also written there.
+2. :func:`prepare_data` checks every input before any training -- task and prompt classes, dataset CSV,
+   split files (slides in the CSV, no slide in two parts, no patient in two parts), feature files
+   (``--skip-missing`` drops missing slides with a warning) and then *every slide* of every requested
+   fold (keys, shapes, dimensions, alignment, NaN/Inf, stale hierarchical files, 20x patches without a
+   5x parent), all problems reported at once -- and builds one bounded-cache
    :class:`datasets.bag_dataset.BagDataset` over all slides the folds use.
-2. :func:`run_experiment` reuses finished folds of an earlier run with the same settings (resume),
-   and for every other fold calls :func:`run_fold`: seed reset, model, optimiser, training with
-   validation every epoch and early stopping, best state restored, checkpoint, val/test predictions.
-3. Summary CSVs (mean and population std) and a one-screen table.
+3. Finished folds of an earlier run are reused only when the flags (``config.json``) and the fold's
+   inputs (``fold_<k>/inputs.json``: split, CSV rows, prompt file, text tower, feature files) are
+   unchanged; other folds are (re)trained by :func:`run_fold`: seed reset, model, optimiser, training
+   with validation every epoch and early stopping, best state restored, checkpoint with its identity,
+   val/test predictions.
+4. Summary CSVs (mean and population std) and a one-screen table.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +32,25 @@ import torch
 
 from datasets.bag_dataset import BagDataset
 from datasets.dataset_csv import read_dataset_csv
-from datasets.features import FeatureLayout, missing_feature_slides, read_slide_bag
-from datasets.splits import PARTS, Split, check_split_against_csv, read_split, split_csv_path
+from datasets.features import FeatureLayout, missing_feature_slides
+from datasets.slide_check import check_slides
+from datasets.splits import PARTS, Split, check_split_against_csv, read_split, split_csv_path, split_leakage
 from datasets.tasks import TaskSpec, get_task
 from models.base import SlideClassifier
-from models.registry import build_model
+from models.checkpoint import model_identity, save_checkpoint
+from models.registry import build_model, uses_text_tower
+from models.towers.loading import tower_identity
 from training import results as res
 from training.bag_losses import build_bag_loss
 from training.config import RunConfig, validate_config, with_values
 from training.early_stopping import EarlyStopping
 from training.evaluation import EvalResult, evaluate
+from training.fingerprints import changed_inputs, fold_inputs, read_fold_inputs, write_fold_inputs
 from training.loop import FitResult, LoopOptions, build_optimizer, fit, restore_state
 from utils.device import resolve_device
 from utils.errors import InputError
-from utils.run_logging import RunLog, ScalarLog, progress_enabled
+from utils.locking import FolderLock, LockHeld
+from utils.run_logging import RunLog, ScalarLog, bar, progress_enabled
 from utils.seed import configure_determinism, seed_everything
 
 MAX_LISTED = 5
@@ -59,6 +74,16 @@ class PreparedData:
     dataset: BagDataset
     folds: dict[int, FoldIndices]
     dropped: list[str] = field(default_factory=list)
+    csv_rows: dict[str, list] = field(default_factory=dict)  # slide -> [case_id, label, level0_mag]
+
+    @property
+    def layout(self) -> FeatureLayout:
+        return self.dataset.layout
+
+    def fold_split(self, fold: int) -> dict[str, list[str]]:
+        """Slide ids of each part of ``fold`` (dataset-CSV order)."""
+        idx = self.folds[fold]
+        return {part: [self.dataset.slide_ids[i] for i in getattr(idx, part)] for part in PARTS}
 
 
 def _listed(ids: list[str]) -> str:
@@ -124,8 +149,20 @@ def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
     """Check all inputs of the run (one-line :class:`InputError` each) and build the shared dataset."""
     task = run_task(config)
     df = read_dataset_csv(task.csv_path, task)
+    empty_classes = [c for c in task.class_names if not (df["label"] == c).any()]
+    if empty_classes:
+        raise InputError(
+            f"{task.csv_path}: no slides of class(es) {', '.join(map(repr, empty_classes))}, which the task "
+            f"defines (classes: {', '.join(task.class_names)}; for a custom task they are the prompt file's keys)"
+        )
     label_of = dict(zip(df["slide_id"].astype(str), df["label_idx"].astype(int)))
-    splits = {fold: _limit_split(s, config, fold) for fold, s in _read_fold_splits(config, task, df).items()}
+    case_of = dict(zip(df["slide_id"].astype(str), df["case_id"].astype(str)))
+    csv_rows = {
+        str(r.slide_id): [str(r.case_id), str(r.label), int(r.level0_mag)] for r in df.itertuples(index=False)
+    }
+    raw_splits = _read_fold_splits(config, task, df)
+    _check_leakage(config, raw_splits, case_of)
+    splits = {fold: _limit_split(s, config, fold) for fold, s in raw_splits.items()}
 
     layout = FeatureLayout(
         Path(config.data_root_dir).expanduser(),
@@ -162,18 +199,17 @@ def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
             raise InputError(
                 f"fold {fold}: no slides left in {', '.join(empty)} (split of --few_shot_num {config.few_shot_num})"
             )
+        trained = {label_of[s] for s in split.train}
+        absent = [name for c, name in enumerate(task.class_names) if c not in trained]
+        if absent:
+            log.warning(f"fold {fold}: no training slide of class(es) {', '.join(absent)}")
 
-    first = used[0]
-    bag = read_slide_bag(layout, first, label_of[first])
-    if bag.feature_dim != config.feature_dim:
-        raise InputError(
-            f"--feature_dim {config.feature_dim} does not match the features of slide {first} "
-            f"({layout.low_file(first)}: dimension {bag.feature_dim})"
-        )
+    _check_feature_dim(config, layout, used[0])
     dataset = BagDataset(
         layout, used, [label_of[s] for s in used], cache_mb=config.cache_mb, expected_dim=config.feature_dim
     )
     position = {s: i for i, s in enumerate(used)}
+    _check_every_slide(config, layout, used, lambda s: dataset[position[s]], log)
     csv_row = {s: row for row, s in enumerate(df["slide_id"].astype(str))}
     folds = {
         fold: FoldIndices(
@@ -182,8 +218,81 @@ def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
         for fold, split in splits.items()
     }
     return PreparedData(
-        task=task, dataset=dataset, folds=folds, dropped=missing if config.skip_missing else []
+        task=task,
+        dataset=dataset,
+        folds=folds,
+        dropped=missing if config.skip_missing else [],
+        csv_rows={s: csv_rows[s] for s in used},
     )
+
+
+def _check_leakage(config: RunConfig, splits: dict[int, Split], case_of: dict[str, str]) -> None:
+    """No slide in two parts of a split; no patient in two parts unless ``--allow-patient-overlap``."""
+    for fold, split in splits.items():
+        slide_problems, patient_problems = split_leakage(split, case_of)
+        if slide_problems:
+            raise InputError(f"fold {fold} split: {'; '.join(slide_problems)}")
+        if patient_problems and not config.allow_patient_overlap:
+            raise InputError(
+                f"fold {fold} split: {'; '.join(patient_problems)} (patient-level leakage; "
+                "--allow-patient-overlap accepts it)"
+            )
+
+
+def _check_feature_dim(config: RunConfig, layout: FeatureLayout, slide_id: str) -> None:
+    """``--feature_dim`` against the first slide's 5x file (one clear line before the full scan)."""
+    import h5py
+
+    try:
+        with h5py.File(layout.low_file(slide_id), "r") as f:
+            dim = int(f["features"].shape[-1])
+    except (OSError, KeyError, ValueError, IndexError):
+        return  # the per-slide scan reports unreadable files with their exact problem
+    if dim != config.feature_dim:
+        raise InputError(
+            f"--feature_dim {config.feature_dim} does not match the features of slide {slide_id} "
+            f"({layout.low_file(slide_id)}: dimension {dim})"
+        )
+
+
+ORPHAN_WARNING = 0.05  # fraction of 20x patches without a 5x parent that earns a warning
+
+
+def _check_every_slide(
+    config: RunConfig, layout: FeatureLayout, slides: list[str], load, log: RunLog
+) -> None:
+    """Open every slide once (cached verdicts skip unchanged files); report all problems in one error."""
+    start = time.perf_counter()
+    progress = partial(
+        bar, total=len(slides), desc="checking slides", enabled=progress_enabled(config.quiet), leave=False
+    )
+    verdicts, cached = check_slides(layout, slides, config.feature_dim, progress=progress, load=load)
+    bad = [v for v in verdicts if v.problem is not None]
+    orphaned = [v for v in verdicts if v.problem is None and (v.orphan_fraction or 0.0) > ORPHAN_WARNING]
+    too_many = [v for v in orphaned if v.orphan_fraction > config.max_orphan_frac]
+    log.info(
+        f"checked {len(slides)} slides in {time.perf_counter() - start:.1f} s ({cached} unchanged since an "
+        f"earlier check): {len(bad) + len(too_many)} with problems"
+    )
+    for v in orphaned:
+        if v not in too_many:
+            log.warning(
+                f"slide {v.slide_id}: {v.orphan_fraction:.0%} of its 20x patches have no 5x parent "
+                "(check level0_mag in the dataset CSV)"
+            )
+    problems = [f"slide {v.slide_id}: {v.problem}" for v in bad] + [
+        f"slide {v.slide_id}: {v.orphan_fraction:.0%} of its 20x patches have no 5x parent, above "
+        f"--max_orphan_frac {config.max_orphan_frac} (level0_mag wrong in the dataset CSV?)"
+        for v in too_many
+    ]
+    if len(problems) == 1:
+        raise InputError(problems[0])
+    if problems:
+        for line in problems:
+            log.error(line)
+        raise InputError(
+            f"{len(problems)} of {len(slides)} slides are unusable (each listed above); nothing was trained"
+        )
 
 
 def effective_bag_loss(config: RunConfig) -> str:
@@ -208,9 +317,11 @@ def run_fold(
     run_dir: Path,
     device: torch.device,
     log: RunLog,
+    inputs: dict,
     model: SlideClassifier | None = None,
 ) -> dict:
-    """Train and evaluate one fold; write its checkpoint, predictions and summary row; return the row.
+    """Train and evaluate one fold; write its checkpoint, predictions, input record (``inputs``, see
+    :func:`fold_input_record`) and summary row; return the row.
 
     ``model``, when given, must come straight from :func:`seeded_model` with no RNG use since, so the
     fold is exactly as if it had been built here.
@@ -271,7 +382,11 @@ def run_fold(
                 log=log.info,
             )
         restore_state(model, fitted.best_state)
-        res.save_checkpoint(res.checkpoint_path(run_dir, fold), model.state_dict())
+        save_checkpoint(
+            res.checkpoint_path(run_dir, fold),
+            model.state_dict(),
+            model_identity(config.model_type, config.model_spec(task)),
+        )
         val = fitted.best_val
         test = run_eval(idx.test, "test")
         row = {
@@ -290,6 +405,7 @@ def run_fold(
         scalars.close()
     res.write_predictions(res.predictions_path(run_dir, fold, "val"), val, task.class_names)
     res.write_predictions(res.predictions_path(run_dir, fold, "test"), test, task.class_names)
+    write_fold_inputs(res.fold_inputs_path(run_dir, fold), inputs)
     res.write_fold_row(run_dir, fold, row)  # last: marks the fold finished
     log.info(
         f"fold {fold}: best epoch {fitted.best_epoch} of {fitted.epochs_run}; "
@@ -298,27 +414,93 @@ def run_fold(
     return row
 
 
+def fold_input_record(config: RunConfig, data: PreparedData, fold: int, tower: dict | None) -> dict:
+    """What fold ``fold``'s results depend on besides the flags (:mod:`training.fingerprints`)."""
+    prompt = data.task.prompt_file(config.LLM) if uses_text_tower(config.model_type) else None
+    return fold_inputs(data.fold_split(fold), data.csv_rows, data.layout, prompt, tower)
+
+
+def _check_writable(run_dir: Path) -> None:
+    """The run folder can be created and written, checked without creating anything (one line)."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(
+            f"--results_dir: cannot write the run folder {run_dir} ({existing} is not a writable folder)"
+        )
+
+
 def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
-    """Run (or resume) every fold of ``config`` and write the summaries; return the fold rows."""
+    """Run (or resume) every fold of ``config`` and write the summaries; return the fold rows.
+
+    Nothing is written before every input has been checked. Then the run folder is created and locked
+    (:class:`utils.locking.FolderLock`): a second run into the same folder stops with one line naming
+    the holder. An input error of a rerun is also appended to the existing folder's ``log.txt``.
+    """
     log = log or RunLog(quiet=config.quiet)
-    validate_config(config)
-    config = resolve_prompts(config)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    configure_determinism(config.deterministic)
-    device = resolve_device(config.device)
-    run_dir = config.run_dir
-    resuming = False if config.overwrite else res.check_resumable(run_dir, config)
-    data = prepare_data(config, log)
-    # Build the first fold's model now, so model errors (type, text tower, prompts) come before any output.
-    first_model: SlideClassifier | None = seeded_model(config, data.task)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log.attach(run_dir / "log.txt")
-    res.write_run_config(run_dir, config, {"device": str(device), "run_dir": str(run_dir)})
+    run_dir: Path | None = None
+    lock: FolderLock | None = None
+    lock_refused = False
+    try:
+        validate_config(config)
+        run_dir = config.run_dir
+        _check_writable(run_dir)
+        config = resolve_prompts(config)
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        configure_determinism(config.deterministic)
+        device = resolve_device(config.device)
+        if not config.overwrite:
+            res.check_resumable(run_dir, config)
+        data = prepare_data(config, log)
+        # The first fold's model now, so model errors (type, tower, prompts) come before any output.
+        first_model = seeded_model(config, data.task)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(run_dir)
+        try:
+            lock.acquire()
+        except LockHeld as err:
+            lock, lock_refused = None, True
+            raise InputError(f"{err}; wait for it to finish or use another --results_dir") from None
+        log.attach(run_dir / "log.txt")
+        # Under the lock: a run that finished meanwhile may have written other settings.
+        resuming = False if config.overwrite else res.check_resumable(run_dir, config)
+        return _run_folds(config, data, run_dir, device, log, resuming, first_model)
+    except InputError as err:
+        if run_dir is not None and run_dir.is_dir() and not log.attached and not lock_refused:
+            log.attach(run_dir / "log.txt")  # a rerun's error goes to its existing log too
+        log.info(f"error: {err}", console=False)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+        log.close()
+
+
+def _run_folds(
+    config: RunConfig,
+    data: PreparedData,
+    run_dir: Path,
+    device: torch.device,
+    log: RunLog,
+    resuming: bool,
+    first_model: SlideClassifier | None,
+) -> list[dict]:
+    """Write the run config, then reuse or train every requested fold and write the summaries."""
+    spec = config.model_spec(data.task)
+    text_model = uses_text_tower(config.model_type)
+    tower = tower_identity(spec.tower) if text_model else None
+    extra = {"device": str(device), "run_dir": str(run_dir)}
+    if text_model:
+        extra["prompt_file"] = str(spec.prompt_file)
+    res.write_run_config(run_dir, config, extra)
     log.info(f"run directory: {run_dir}")
     log.info(
         f"task {data.task.name}: classes {', '.join(data.task.class_names)}; model {config.model_type}; device {device}"
     )
+    if text_model:
+        log.info(f"prompts: {spec.prompt_file}")
     if effective_bag_loss(config) != config.bag_loss:
         log.info(
             f"notice: --bag_loss {config.bag_loss} has no effect on the released HiVE-MIL "
@@ -326,19 +508,24 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
         )
 
     rows = []
-    try:
-        for fold in config.fold_range:
-            row = res.finished_fold_row(run_dir, fold) if resuming else None
-            if row is not None:
-                log.info(f"fold {fold}: finished in an earlier run, reusing its results")
+    for fold in config.fold_range:
+        inputs = fold_input_record(config, data, fold, tower)
+        row = res.finished_fold_row(run_dir, fold) if resuming else None
+        if row is not None:
+            changes = changed_inputs(read_fold_inputs(res.fold_inputs_path(run_dir, fold)), inputs)
+            if changes:
+                log.info(
+                    f"fold {fold}: inputs changed since it finished ({'; '.join(changes)}); training it again"
+                )
+                row = None
             else:
-                row = run_fold(config, data, fold, run_dir, device, log, model=first_model)
-                first_model = None
-            rows.append(row)
-        summary_path, results_path = res.write_summaries(run_dir, rows, config.fold_range, config.k)
-        log.info("")
-        log.info(res.format_summary_table(rows))
-        log.info(f"results: {results_path}")
-    finally:
-        log.close()
+                log.info(f"fold {fold}: finished in an earlier run with the same inputs, reusing its results")
+        if row is None:
+            row = run_fold(config, data, fold, run_dir, device, log, inputs, model=first_model)
+            first_model = None
+        rows.append(row)
+    summary_path, results_path = res.write_summaries(run_dir, rows, config.fold_range, config.k)
+    log.info("")
+    log.info(res.format_summary_table(rows))
+    log.info(f"results: {results_path}")
     return rows

@@ -3,8 +3,10 @@
 Under ``<results_dir>/<task>/<extractor>/<shots>/<task>_<extractor>_<model>_<shots>_s<seed>/``:
 
 * ``config.json``: the resolved configuration, variant switches and package versions;
-* ``s_<k>_checkpoint.pt``: the restored (best) model ``state_dict`` of fold k (published name);
+* ``s_<k>_checkpoint.pt``: the restored (best) model of fold k (published name) with its identity
+  (:mod:`models.checkpoint`);
 * ``fold_<k>/predictions_{val,test}.csv``: slide_id, label, pred, prob_<class>...;
+* ``fold_<k>/inputs.json``: what the fold's results depend on (:mod:`training.fingerprints`);
 * ``fold_<k>/metrics.json``: fold k's summary row, written last -- its presence marks the fold finished;
 * ``summary.csv``: one row per fold; ``results.csv``: mean and population std (``np.std``) of every
   metric column, as published. A run over a subset of folds writes ``summary_partial_<a>_<b>.csv`` and
@@ -23,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from training.config import RunConfig
 from training.evaluation import EvalResult
+from training.fingerprints import INPUTS_FILE
 from utils.atomic_io import atomic_path, atomic_write_text
 from utils.errors import InputError
 
@@ -50,9 +52,8 @@ def fold_row_path(run_dir: Path, fold: int) -> Path:
     return fold_dir(run_dir, fold) / "metrics.json"
 
 
-def save_checkpoint(path: Path, state_dict: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state_dict, tmp)
+def fold_inputs_path(run_dir: Path, fold: int) -> Path:
+    return fold_dir(run_dir, fold) / INPUTS_FILE
 
 
 def write_predictions(path: Path, result: EvalResult, class_names: tuple[str, ...]) -> None:

@@ -36,27 +36,36 @@ class RunLog:
             self._write(line)
         self._buffer.clear()
 
+    @property
+    def attached(self) -> bool:
+        """Whether lines go to a log file yet (before :meth:`attach` they are buffered)."""
+        return self._file is not None
+
     def _write(self, line: str) -> None:
         self._file.write(line + "\n")
         self._file.flush()
 
     def info(self, message: str = "", console: bool = True) -> None:
-        for line in str(message).splitlines() or [""]:
-            if self._file is None:
-                self._buffer.append(line)
-            else:
-                self._write(line)
+        self._record(str(message) or "\n")
         if console and not self.quiet:
             tqdm.write(str(message), file=sys.stdout)
 
     def warning(self, message: str) -> None:
         """A warning is always shown (on stderr), even with ``--quiet``."""
-        for line in f"warning: {message}".splitlines():
+        self._record(f"warning: {message}")
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+
+    def error(self, message: str) -> None:
+        """An error line (``error: ...`` on stderr and in the log), e.g. one of several problems found."""
+        self._record(f"error: {message}")
+        tqdm.write(f"error: {message}", file=sys.stderr)
+
+    def _record(self, text: str) -> None:
+        for line in text.splitlines():
             if self._file is None:
                 self._buffer.append(line)
             else:
                 self._write(line)
-        tqdm.write(f"warning: {message}", file=sys.stderr)
 
     def close(self) -> None:
         if self._file is not None:

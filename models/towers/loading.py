@@ -53,6 +53,19 @@ def load_text_tower(source: TowerSource, device: str | torch.device = "cpu") -> 
     return load_towers(source.extractor, source=source.weights, sides=("text",), device=device).text
 
 
+def tower_identity(source: TowerSource) -> dict:
+    """Which weights ``source`` resolves to, without loading them: kind, location and the size and
+    modification time of every file there (a changed or replaced tower changes the identity)."""
+    from datasets.fingerprint import stat_record
+
+    kind, location = resolve_tower_source(source.extractor, source.weights)
+    path = Path(location)
+    if kind == "open_clip" and not path.exists():  # an ARCH:/path/to/weights spec
+        path = Path(location.split(":", 1)[1])
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return {"kind": kind, "location": location, "files": {p.name: stat_record(p) for p in files}}
+
+
 @dataclass
 class Towers:
     """The loaded towers of one model: ``kind`` in :data:`KINDS`, ``source`` = where weights came from."""

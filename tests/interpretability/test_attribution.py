@@ -18,6 +18,7 @@ from interpretability.attribution import (
     text_contributions,
     topk_text_scores,
 )
+from models.checkpoint import read_checkpoint
 from models.hivemil.graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT
 from models.hivemil.model import HiveMIL
 from models.hivemil.options import HiveMILOptions, VariantSwitches
@@ -282,7 +283,7 @@ def test_load_run_and_slide(mini_run):
     model, task, config = load_run(mini_run, fold=0)
     assert isinstance(model, HiveMIL) and not model.training
     assert task.class_names == ("alpha", "beta", "gamma")
-    state = torch.load(mini_run / "s_0_checkpoint.pt", weights_only=True)
+    state, _ = read_checkpoint(mini_run / "s_0_checkpoint.pt")
     assert torch.equal(model.prompt_learner.ctx, state["prompt_learner.ctx"])
     slide = first_test_slide(config, task, 0)
     assert slide == "slide_2"

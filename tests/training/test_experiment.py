@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from models.checkpoint import read_checkpoint
 from tests.toy_task import (
     DIM,
     TASK,
@@ -219,8 +220,9 @@ def test_run_experiment_writes_published_layout(tmp_path):
         assert np.allclose(preds[["prob_A", "prob_B"]].sum(axis=1), 1.0)
         acc = float((preds["label"] == preds["pred"]).mean())
         assert summary.loc[fold, "test_acc"] == pytest.approx(acc)
-        state = torch.load(run_dir / f"s_{fold}_checkpoint.pt", weights_only=True)
+        state, identity = read_checkpoint(run_dir / f"s_{fold}_checkpoint.pt")
         assert set(state) == {"proj.weight", "proj.bias", "text", "frozen"}
+        assert identity == {"model_type": TEST_MODEL, "class_names": ["A", "B"], "feature_dim": DIM}
         assert list((run_dir / "tb" / f"fold_{fold}").iterdir())
     log = (run_dir / "log.txt").read_text()
     assert "fold 2: best epoch" in log and "mean ± std" in log
@@ -234,7 +236,7 @@ def test_checkpoint_reproduces_test_predictions(tmp_path):
 
     task = get_task(TASK, csv_dir=tmp_path / "in" / "dataset_csv", prompt_dir=tmp_path / "none")
     model = _build_test_model(config.model_spec(task))
-    model.load_state_dict(torch.load(config.run_dir / "s_0_checkpoint.pt", weights_only=True))
+    model.load_state_dict(read_checkpoint(config.run_dir / "s_0_checkpoint.pt")[0])
     model.eval()
     preds = pd.read_csv(config.run_dir / "fold_0" / "predictions_test.csv")
     from datasets.features import read_slide_bag

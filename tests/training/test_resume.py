@@ -27,11 +27,11 @@ def _count_run_fold(monkeypatch, fail_on: int | None = None) -> list[int]:
     trained = []
     original = ORIGINAL_RUN_FOLD
 
-    def wrapped(config, data, fold, run_dir, device, log, model=None):
+    def wrapped(config, data, fold, run_dir, device, log, inputs, model=None):
         if fold == fail_on:
             raise RuntimeError("killed")
         trained.append(fold)
-        return original(config, data, fold, run_dir, device, log, model=model)
+        return original(config, data, fold, run_dir, device, log, inputs, model=model)
 
     monkeypatch.setattr(training, "run_fold", wrapped)
     return trained
@@ -50,7 +50,7 @@ def test_partial_then_full_run_matches_uninterrupted(toy, monkeypatch):
     assert trained == [0, 1, 2]  # folds 0 and 1 were not trained twice
     for name in ("results.csv", "summary.csv"):
         assert (full.run_dir / name).read_bytes() == (toy["reference"] / name).read_bytes()
-    assert "fold 1: finished in an earlier run" in (full.run_dir / "log.txt").read_text()
+    assert "fold 1: finished in an earlier run with the same inputs" in (full.run_dir / "log.txt").read_text()
 
 
 def test_crash_then_rerun_matches_uninterrupted(toy, monkeypatch):
