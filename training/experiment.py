@@ -431,6 +431,101 @@ def _check_writable(run_dir: Path) -> None:
         )
 
 
+@dataclass
+class PreparedRun:
+    """A run whose inputs are all checked (nothing written yet): what every fold needs."""
+
+    config: RunConfig  # prompts resolved
+    data: PreparedData
+    run_dir: Path
+    device: torch.device
+    tower: dict | None  # text tower identity (vision-language models)
+
+
+def prepare_run(config: RunConfig, log: RunLog) -> PreparedRun:
+    """Check flags, output folder, settings of an existing run folder and every input; write nothing."""
+    validate_config(config)
+    run_dir = config.run_dir
+    _check_writable(run_dir)
+    config = resolve_prompts(config)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    configure_determinism(config.deterministic)
+    device = resolve_device(config.device)
+    if not config.overwrite:
+        res.check_resumable(run_dir, config)
+    data = prepare_data(config, log)
+    spec = config.model_spec(data.task)
+    tower = tower_identity(spec.tower) if uses_text_tower(config.model_type) else None
+    return PreparedRun(config, data, run_dir, device, tower)
+
+
+def write_run_header(run: PreparedRun, log: RunLog) -> bool:
+    """Under the run lock: check the folder's settings again, write ``config.json``, log the header.
+
+    Returns whether finished folds may be reused (False with ``--overwrite``).
+    """
+    config, data = run.config, run.data
+    resuming = False if config.overwrite else res.check_resumable(run.run_dir, config)
+    spec = config.model_spec(data.task)
+    text_model = uses_text_tower(config.model_type)
+    extra = {"device": str(run.device), "run_dir": str(run.run_dir)}
+    if text_model:
+        extra["prompt_file"] = str(spec.prompt_file)
+    res.write_run_config(run.run_dir, config, extra)
+    log.info(f"run directory: {run.run_dir}")
+    log.info(
+        f"task {data.task.name}: classes {', '.join(data.task.class_names)}; model {config.model_type}; "
+        f"device {run.device}"
+    )
+    if text_model:
+        log.info(f"prompts: {spec.prompt_file}")
+    if effective_bag_loss(config) != config.bag_loss:
+        log.info(
+            f"notice: --bag_loss {config.bag_loss} has no effect on the released HiVE-MIL "
+            "(--variant reference trains with cross-entropy + lambda * HTCL; --variant corrected honours it)"
+        )
+    return resuming
+
+
+def reusable_fold_row(run: PreparedRun, fold: int, log: RunLog) -> dict | None:
+    """The stored row of a finished fold whose inputs are unchanged, else None (saying why, when it changed)."""
+    row = res.finished_fold_row(run.run_dir, fold)
+    if row is None:
+        return None
+    inputs = fold_input_record(run.config, run.data, fold, run.tower)
+    changes = changed_inputs(read_fold_inputs(res.fold_inputs_path(run.run_dir, fold)), inputs)
+    if changes:
+        log.info(f"fold {fold}: inputs changed since it finished ({'; '.join(changes)}); training it again")
+        return None
+    log.info(f"fold {fold}: finished in an earlier run with the same inputs, reusing its results")
+    return row
+
+
+def train_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | None = None) -> dict:
+    """Train fold ``fold`` under its own lock (``.fold_<k>.lock`` in the run folder): a fold is never
+    trained twice at once, also when several workers share one run."""
+    lock = FolderLock(run.run_dir, name=f".fold_{fold}.lock")
+    try:
+        lock.acquire()
+    except LockHeld as err:
+        raise InputError(f"fold {fold}: {err}") from None
+    try:
+        inputs = fold_input_record(run.config, run.data, fold, run.tower)
+        return run_fold(run.config, run.data, fold, run.run_dir, run.device, log, inputs, model=model)
+    finally:
+        lock.release()
+
+
+def finish_run(run: PreparedRun, rows: list[dict], log: RunLog) -> Path:
+    """Write the summary CSVs of ``rows`` and log the table; returns the results file."""
+    _, results_path = res.write_summaries(run.run_dir, rows, run.config.fold_range, run.config.k)
+    log.info("")
+    log.info(res.format_summary_table(rows))
+    log.info(f"results: {results_path}")
+    return results_path
+
+
 def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
     """Run (or resume) every fold of ``config`` and write the summaries; return the fold rows.
 
@@ -443,19 +538,10 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
     lock: FolderLock | None = None
     lock_refused = False
     try:
-        validate_config(config)
         run_dir = config.run_dir
-        _check_writable(run_dir)
-        config = resolve_prompts(config)
-        if config.threads > 0:
-            torch.set_num_threads(config.threads)
-        configure_determinism(config.deterministic)
-        device = resolve_device(config.device)
-        if not config.overwrite:
-            res.check_resumable(run_dir, config)
-        data = prepare_data(config, log)
+        run = prepare_run(config, log)
         # The first fold's model now, so model errors (type, tower, prompts) come before any output.
-        first_model = seeded_model(config, data.task)
+        first_model: SlideClassifier | None = seeded_model(run.config, run.data.task)
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = FolderLock(run_dir)
         try:
@@ -464,9 +550,16 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
             lock, lock_refused = None, True
             raise InputError(f"{err}; wait for it to finish or use another --results_dir") from None
         log.attach(run_dir / "log.txt")
-        # Under the lock: a run that finished meanwhile may have written other settings.
-        resuming = False if config.overwrite else res.check_resumable(run_dir, config)
-        return _run_folds(config, data, run_dir, device, log, resuming, first_model)
+        resuming = write_run_header(run, log)
+        rows = []
+        for fold in run.config.fold_range:
+            row = reusable_fold_row(run, fold, log) if resuming else None
+            if row is None:
+                row = train_fold(run, fold, log, model=first_model)
+                first_model = None
+            rows.append(row)
+        finish_run(run, rows, log)
+        return rows
     except InputError as err:
         if run_dir is not None and run_dir.is_dir() and not log.attached and not lock_refused:
             log.attach(run_dir / "log.txt")  # a rerun's error goes to its existing log too
@@ -476,56 +569,3 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
         if lock is not None:
             lock.release()
         log.close()
-
-
-def _run_folds(
-    config: RunConfig,
-    data: PreparedData,
-    run_dir: Path,
-    device: torch.device,
-    log: RunLog,
-    resuming: bool,
-    first_model: SlideClassifier | None,
-) -> list[dict]:
-    """Write the run config, then reuse or train every requested fold and write the summaries."""
-    spec = config.model_spec(data.task)
-    text_model = uses_text_tower(config.model_type)
-    tower = tower_identity(spec.tower) if text_model else None
-    extra = {"device": str(device), "run_dir": str(run_dir)}
-    if text_model:
-        extra["prompt_file"] = str(spec.prompt_file)
-    res.write_run_config(run_dir, config, extra)
-    log.info(f"run directory: {run_dir}")
-    log.info(
-        f"task {data.task.name}: classes {', '.join(data.task.class_names)}; model {config.model_type}; device {device}"
-    )
-    if text_model:
-        log.info(f"prompts: {spec.prompt_file}")
-    if effective_bag_loss(config) != config.bag_loss:
-        log.info(
-            f"notice: --bag_loss {config.bag_loss} has no effect on the released HiVE-MIL "
-            "(--variant reference trains with cross-entropy + lambda * HTCL; --variant corrected honours it)"
-        )
-
-    rows = []
-    for fold in config.fold_range:
-        inputs = fold_input_record(config, data, fold, tower)
-        row = res.finished_fold_row(run_dir, fold) if resuming else None
-        if row is not None:
-            changes = changed_inputs(read_fold_inputs(res.fold_inputs_path(run_dir, fold)), inputs)
-            if changes:
-                log.info(
-                    f"fold {fold}: inputs changed since it finished ({'; '.join(changes)}); training it again"
-                )
-                row = None
-            else:
-                log.info(f"fold {fold}: finished in an earlier run with the same inputs, reusing its results")
-        if row is None:
-            row = run_fold(config, data, fold, run_dir, device, log, inputs, model=first_model)
-            first_model = None
-        rows.append(row)
-    summary_path, results_path = res.write_summaries(run_dir, rows, config.fold_range, config.k)
-    log.info("")
-    log.info(res.format_summary_table(rows))
-    log.info(f"results: {results_path}")
-    return rows
