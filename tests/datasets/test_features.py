@@ -215,3 +215,40 @@ def test_no_children_at_all_is_an_empty_bag(layout):
     edit_h5(layout.hier_file("s1"), "child_mask", np.zeros((2, 16), bool))
     with pytest.raises(InputError, match="empty bag"):
         read_slide_bag(layout, "s1")
+
+
+def _edge_slide(layout, slide="edge"):
+    """5x #0 at (0, 0) with children at (1536, 0) and (2047, 0) (its last column); 5x #1 at (2048, 0)
+    with the child (2048, 0), which lies exactly on #0's far edge."""
+    coords5 = np.array([[0, 0], [2048, 0]])
+    coords20 = np.array([[1536, 0], [2047, 0], [2048, 0]])
+    write_slide(layout, slide, coords5, coords20)
+    link = link_children(coords5, coords20, 2048)
+    assert link.children_of(0) == [0, 1] and link.children_of(1) == [2]
+    write_hierarchical_file(
+        layout.hier_file(slide), *_read_20x(layout, slide), link, {"parent_size_px": 2048}
+    )
+
+
+def _read_20x(layout, slide):
+    with h5py.File(layout.high_file(slide), "r") as f:
+        return f["features"][()], f["coords"][()]
+
+
+def test_loader_far_edge_of_a_parent_is_outside(layout):
+    """A child at parent + size - 1 loads; one at parent + size (moved into the parent's row) is refused."""
+    _edge_slide(layout)
+    bag = read_slide_bag(layout, "edge")
+    np.testing.assert_array_equal(bag.coords20[0, :2].numpy(), [[1536, 0], [2047, 0]])
+    x20, coords20 = _read_20x(layout, "edge")
+    with h5py.File(layout.hier_file("edge"), "r") as f:
+        feats, coords = f["features"][()], f["coords"][()]
+    feats[0, 1], coords[0, 1] = x20[2], coords20[2]  # (2048, 0) listed under 5x #0
+    edit_h5(layout.hier_file("edge"), "features", feats)
+    edit_h5(layout.hier_file("edge"), "coords", coords)
+    with pytest.raises(InputError, match="1 children lie outside their 5x patch"):
+        read_slide_bag(layout, "edge")
+    coords[0, 1] = [2048, 5]  # the same on the other axis: x is one past the edge
+    edit_h5(layout.hier_file("edge"), "coords", coords)
+    with pytest.raises(InputError, match="1 children lie outside their 5x patch"):
+        read_slide_bag(layout, "edge")

@@ -315,9 +315,10 @@ def test_child_on_the_far_boundary_of_its_parent(rule):
             [1000, 3000 + size - 1],  # last row: child
             [999, 3000],  # one left of the corner: not a child
             [1000, 2999],  # one above the corner: not a child
+            [1000, 3000],  # the corner itself: child
         ]
     )
-    np.testing.assert_array_equal(find_parents(parent, coords20, size), [0, -1, -1, 0, 0, -1, -1])
+    np.testing.assert_array_equal(find_parents(parent, coords20, size), [0, -1, -1, 0, 0, -1, -1, 0])
     link = link_children(parent, coords20, size, rule=rule)
-    assert link.children_of(0) == [0, 3, 4]
+    assert link.children_of(0) == [0, 3, 4, 7]
     np.testing.assert_array_equal(link.orphans20, [1, 2, 5, 6])

@@ -411,6 +411,32 @@ def test_bad_link_rule_is_refused(tmp_path, capsys):
     assert not (tmp_path / "toy_plip" / "hierarchical_plip_5x_20x").exists()
 
 
+def test_checker_far_edge_of_a_parent_is_outside(tmp_path):
+    """The checker's square is half-open too: a child at parent + size - 1 is fine, at parent + size is not."""
+    layout = FeatureLayout(tmp_path, "toy", "plip")
+    coords5 = np.array([[0, 0], [2048, 0]])
+    coords20 = np.array([[1536, 0], [2047, 0], [2048, 0], [2048, 2047]])
+    write_slide(layout, "edge", coords5, coords20)
+    pd.DataFrame([("c", "edge", "A", 40)], columns=["case_id", "slide_id", "label", "level0_mag"]).to_csv(
+        tmp_path / "toy.csv", index=False
+    )
+    assert run_cli(create_cli.main, _flags(tmp_path)) == 0
+    assert check_slide(layout, "edge", 40).ok
+    with h5py.File(layout.hier_file("edge"), "r") as f:
+        feats, coords, mask = f["features"][()], f["coords"][()], f["child_mask"][()]
+    with h5py.File(layout.high_file("edge"), "r") as f:
+        x20 = f["features"][()]
+    mask[0, 2] = True
+    edit_h5(layout.hier_file("edge"), "child_mask", mask)
+    for moved in (2, 3):  # (2048, 0): on #0's right edge; (2048, 2047): also one past it in x
+        edited_feats, edited_coords = feats.copy(), coords.copy()
+        edited_feats[0, 2], edited_coords[0, 2] = x20[moved], coords20[moved]  # listed under #0 as well
+        edit_h5(layout.hier_file("edge"), "features", edited_feats)
+        edit_h5(layout.hier_file("edge"), "coords", edited_coords)
+        report = check_slide(layout, "edge", 40)
+        assert any("1 children outside their parent's 5x square" in p for p in report.problems), report.line()
+
+
 # ---------------------------------------------------------------------------------------- other CLIs
 
 

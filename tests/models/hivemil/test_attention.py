@@ -59,3 +59,23 @@ def test_chunked_dense_attention_equals_one_block_values_and_grads():
     assert torch.allclose(full, chunked, atol=1e-6)
     for a, b in zip(grads_full, (query.grad, key.grad, attn.mha.in_proj_weight.grad)):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_sparse_attention_gives_exactly_zero_without_incoming_edge_not_the_output_bias():
+    """A destination without incoming edges gets 0, not ``out_proj(0) = out_proj.bias``."""
+    torch.manual_seed(2)
+    attn = ModalityScaleAttention(8, num_heads=2)
+    with torch.no_grad():
+        attn.mha.out_proj.bias.fill_(
+            0.25
+        )  # nn.MultiheadAttention starts it at zero, which would hide a bias leak
+    query, key = torch.randn(3, 8), torch.randn(4, 8)
+    edge_index = torch.tensor([[0, 1, 3], [0, 0, 2]])  # query 1 has no incoming edge
+    out = attn.sparse("hier_x20tox5_image", query, key, 0, 1, edge_index)
+    assert torch.equal(out[1], torch.zeros(8))
+    # Destinations with edges do include the bias (the masked dense reference agrees).
+    q, k = attn._project("hier_x20tox5_image", query, key, 0, 1)
+    allowed = torch.zeros(3, 4, dtype=torch.bool)
+    allowed[edge_index[1], edge_index[0]] = True
+    dense, _ = attn.mha(q, k, k, attn_mask=~allowed)
+    assert torch.allclose(out[[0, 2]], dense[[0, 2]], atol=1e-5)

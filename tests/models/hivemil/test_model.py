@@ -213,3 +213,22 @@ def test_output_records_which_patch_each_node_is(tiny_text_tower, variant, max_c
         for r in rows.unique().tolist():
             real = int(bag.child_mask[r].sum())
             assert per_row[r] == (min(real, max_children) if max_children else real)
+
+
+@pytest.mark.parametrize("variant", ["reference", "corrected"])
+def test_stage1_keeping_nothing_keeps_every_5x_patch(tiny_text_tower, variant):
+    """TGDF stage 1 keeps no 5x patch (identical 5x features: zero-spread columns), so the fallback
+    keeps all of them, not some: every 5x node is kept and all their children become candidates."""
+    d, n5 = 64, 5
+    children = [3, 16, 1, 7, 2]
+    mask = torch.zeros(n5, 16, dtype=torch.bool)
+    for i, k in enumerate(children):
+        mask[i, :k] = True
+    g = torch.Generator().manual_seed(4)
+    bag = SlideBag("z", torch.ones(n5, d), torch.randn(n5, 16, d, generator=g) * mask.unsqueeze(-1), mask, 0)
+    out = make_model(tiny_text_tower, variant)(bag)
+    assert not out.x5_mask.any()  # TGDF itself kept nothing
+    assert out.kept_5x.tolist() == list(range(n5))
+    expected_nodes = 16 * n5 if variant == "reference" else sum(children)
+    assert out.n_x20_nodes == expected_nodes
+    assert sorted(set(out.x20_parent.tolist())) == list(range(n5))

@@ -42,3 +42,17 @@ def test_tgdf_single_image_keeps_nothing_like_released_code():
 def test_tgdf_empty_image_set():
     res = text_guided_filter(torch.zeros(0, 4), torch.randn(3, 4), torch.tensor(1.0), alpha=0.5)
     assert res.kept.shape == (0, 3) and res.image_mask.shape == (0,)
+
+
+def test_tgdf_keeps_an_entry_exactly_at_the_threshold():
+    """``S' >= tau`` as released: an entry equal to tau is kept (``>`` would drop it)."""
+    # One text, sims [0, 1, 2] (logit_scale 0: factor 1) -> min-max [0, 0.5, 1] exactly (2 + 1e-8 == 2 in
+    # float32); alpha 0 -> tau = mean = 0.5 exactly, equal to the middle entry.
+    image = torch.tensor([[0.0], [1.0], [2.0]])
+    res = text_guided_filter(image, torch.ones(1, 1), torch.tensor(0.0), alpha=0.0)
+    assert res.threshold.tolist() == [0.5]
+    assert res.kept[:, 0].tolist() == [0.0, 0.5, 1.0]
+    assert res.image_mask.tolist() == [False, True, True]
+    # With alpha > 0 the threshold moves above 0.5 and the same entry is dropped.
+    res = text_guided_filter(image, torch.ones(1, 1), torch.tensor(0.0), alpha=0.1)
+    assert res.image_mask.tolist() == [False, False, True]
