@@ -1,6 +1,6 @@
 """Nested 5x/20x tile grids on level-0 pixels, the tissue test per tile, and the pyramid level to read.
 
-Geometry (DESIGN.md section 2): a tile is ``patch_size`` (256) pixels at its magnification, so it
+Geometry (docs/formats.md §3): a tile is ``patch_size`` (256) pixels at its magnification, so it
 covers ``patch_size * level0_mag / mag`` level-0 pixels: 2048 (5x) and 512 (20x) at level0_mag 40,
 1024 and 256 at level0_mag 20. Both grids are anchored at level-0 (0, 0); only tiles lying fully
 inside the slide are considered. Each 5x tile therefore contains exactly a 4x4 block of 20x tiles.
