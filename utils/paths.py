@@ -19,9 +19,9 @@ def resolve_project_path(value: str | os.PathLike) -> Path:
     """A relative path from the working directory when it exists there, else from the project root.
 
     Lets project folders (``splits``, ``dataset_csv``, ``text_prompt``) be named relatively from any
-    working directory.
+    working directory; the result is absolute, so logs and ``config.json`` name files unambiguously.
     """
     path = Path(value).expanduser()
     if path.is_absolute() or path.exists():
-        return path
+        return path.absolute()
     return PROJECT_ROOT / path

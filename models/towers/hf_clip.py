@@ -141,6 +141,9 @@ def is_hf_clip_folder(folder: Path) -> bool:
 def load_hf_clip(folder: Path, sides: tuple[str, ...]) -> tuple[TextTower | None, ImageTower | None]:
     """Load a local Hugging Face CLIP folder (offline) and wrap the requested sides."""
     from transformers import CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the per-tensor loading bar is noise in every run's output
 
     try:
         model = CLIPModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)

@@ -56,6 +56,9 @@ def save_tiny_hf_clip(
 ) -> Path:
     """Random ``transformers.CLIPModel`` (CLIP BPE vocab 49408, context 77, logit_scale 4.6052) in ``path``."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     path = Path(path)
     config = CLIPConfig(
