@@ -14,7 +14,8 @@ Two ways to choose which sources a destination attends to:
 - :meth:`sparse` (corrected): only along the edges (true parent <-> children), as a segment softmax
   over each destination's incoming edges -- memory and time linear in the number of edges. A node
   without incoming edges gets no attention output (zero).
-Both use the same parameters (``nn.MultiheadAttention``'s in/out projections), so checkpoints are shared.
+Both use the same parameters (``nn.MultiheadAttention``'s in/out projections, computed here with
+``scaled_dot_product_attention``), so checkpoints are shared.
 """
 
 from __future__ import annotations
@@ -46,11 +47,28 @@ class ModalityScaleAttention(nn.Module):
             nn.init.xavier_normal_(proj.weight)
             nn.init.zeros_(proj.bias)
 
-    def _project(self, relation: str, query, key, query_scale: int, key_scale: int):
+    def _projected(self, relation: str, query, key, query_scale: int, key_scale: int):
+        """Per-head queries, keys and values ``[heads, N, head_dim]`` of one relation.
+
+        Mathematically ``q = W_in_q (Q_e(h_dst + s) ) + b_in_q`` and ``k, v = W_in_{k,v} (K_e(h_src + s))
+        + b_in_{k,v}``: two linear maps back to back. When a side has more rows than it costs to
+        multiply the two weight matrices, their product is applied once instead (exact algebra; the
+        gradient still reaches both parameters): ``(W_in W_e) x + (W_in b_e + b_in)``.
+        """
         emb = self.scale_embeddings.weight
-        q = self.q_projs[relation](query + emb[query_scale])
-        k = self.k_projs[relation](key + emb[key_scale])
-        return q, k
+        w_q, w_k, w_v = self.mha.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.mha.in_proj_bias.chunk(3)
+        q = _two_linear(query + emb[query_scale], self.q_projs[relation], w_q, b_q)
+        kv = _two_linear(
+            key + emb[key_scale], self.k_projs[relation], torch.cat([w_k, w_v]), torch.cat([b_k, b_v])
+        )
+        k, v = kv.chunk(2, dim=-1)
+        heads, head_dim = self.num_heads, self.dim // self.num_heads
+        return tuple(t.reshape(-1, heads, head_dim).transpose(0, 1) for t in (q, k, v))
+
+    def _output(self, heads_out: torch.Tensor) -> torch.Tensor:
+        """``[heads, N, head_dim]`` -> the attention's output projection ``[N, D]``."""
+        return self.mha.out_proj(heads_out.transpose(0, 1).reshape(-1, self.dim))
 
     def dense(
         self, relation: str, query, key, query_scale: int, key_scale: int, chunk: int = 0
@@ -61,32 +79,41 @@ class ModalityScaleAttention(nn.Module):
         recomputed in the backward pass (activation checkpointing): the same result with memory
         O(chunk x N_keys) instead of O(N_queries x N_keys).
         """
-        q, k = self._project(relation, query, key, query_scale, key_scale)
-        if chunk <= 0 or q.shape[0] <= chunk:
-            return self.mha(q, k, k, need_weights=False)[0]
+        qh, kh, vh = self._projected(relation, query, key, query_scale, key_scale)
 
-        def block(q_part, k_all):
-            return self.mha(q_part, k_all, k_all, need_weights=False)[0]
+        def block(q_part, k_all, v_all):
+            return self._output(F.scaled_dot_product_attention(q_part, k_all, v_all))
 
-        parts = [checkpoint(block, q_part, k, use_reentrant=False) for q_part in q.split(chunk)]
+        if chunk <= 0 or qh.shape[1] <= chunk:
+            return block(qh, kh, vh)
+        parts = [checkpoint(block, q_part, kh, vh, use_reentrant=False) for q_part in qh.split(chunk, dim=1)]
         return torch.cat(parts, dim=0)
 
     def sparse(
         self, relation: str, query, key, query_scale: int, key_scale: int, edge_index: torch.Tensor
     ) -> torch.Tensor:
         """Attention output restricted to ``edge_index`` ([2, E]: row 0 source/key, row 1 destination/query)."""
-        q, k = self._project(relation, query, key, query_scale, key_scale)
-        w_q, w_k, w_v = self.mha.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.mha.in_proj_bias.chunk(3)
-        heads, head_dim = self.num_heads, self.dim // self.num_heads
-        qh = F.linear(q, w_q, b_q).view(-1, heads, head_dim)
-        kh = F.linear(k, w_k, b_k).view(-1, heads, head_dim)
-        vh = F.linear(k, w_v, b_v).view(-1, heads, head_dim)
+        qh, kh, vh = (
+            t.transpose(0, 1) for t in self._projected(relation, query, key, query_scale, key_scale)
+        )
         src, dst = edge_index[0], edge_index[1]
-        scores = (qh[dst] * kh[src]).sum(-1) / math.sqrt(head_dim)  # [E, heads]
+        scores = (qh[dst] * kh[src]).sum(-1) / math.sqrt(self.dim // self.num_heads)  # [E, heads]
         alpha = softmax(scores, dst, num_nodes=query.shape[0])
         agg = scatter(alpha.unsqueeze(-1) * vh[src], dst, dim=0, dim_size=query.shape[0], reduce="sum")
-        out = self.mha.out_proj(agg.reshape(-1, self.dim))
+        out = self._output(agg.transpose(0, 1))
         has_edge = torch.zeros(query.shape[0], dtype=torch.bool, device=query.device)
         has_edge[dst] = True
         return out * has_edge.unsqueeze(-1).to(out.dtype)
+
+
+def _two_linear(x: torch.Tensor, first: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.linear(first(x), weight, bias)``, as one product with the folded weights when that is cheaper.
+
+    Sequential: ``n * d_in * d_mid + n * d_mid * d_out`` multiply-adds; folded: ``d_out * d_mid * d_in``
+    to fold plus ``n * d_in * d_out``.
+    """
+    n, d_in = x.shape[0], x.shape[-1]
+    d_mid, d_out = first.weight.shape[0], weight.shape[0]
+    if n * d_mid * (d_in + d_out) <= d_out * d_mid * d_in + n * d_in * d_out:
+        return F.linear(first(x), weight, bias)
+    return F.linear(x, weight @ first.weight, F.linear(first.bias, weight, bias))

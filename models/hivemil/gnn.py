@@ -4,7 +4,8 @@ One layer updates every node type as
 
     h'_t = h_t + sum_{intra edge types e -> t} SAGE_e(h)  +  sum_{hier edge types e -> t} A_e(h)
 
-where SAGE_e is GraphSAGE with mean aggregation (``lin_l(mean_neighbours) + lin_r(h_dst)``) and A_e
+where SAGE_e is GraphSAGE with mean aggregation (``lin_l(mean_neighbours) + lin_r(h_dst)``,
+:func:`sage_mean`: the parameters of PyG's ``SAGEConv``, computed in the cheaper exact order) and A_e
 the modality-scale attention (:mod:`models.hivemil.attention`). The released attention term is
 ``h_dst + MHA(...)``, so the residual is counted twice (``attn_residual="double"``); ``"single"`` adds
 only the attention output. The network is layer 1 -> ReLU -> layer 2 -> L2 normalisation.
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import HeteroConv, SAGEConv
+from torch_geometric.utils import scatter
 
 from models.hivemil.attention import ModalityScaleAttention
 from models.hivemil.graph import HIER_EDGE_TYPES, INTRA_EDGE_TYPES, NODE_SCALE
@@ -35,6 +37,26 @@ _CONV_EDGE_TYPES = (
     ("x5image", "x5_intra", "x5text"),
     ("x5text", "x5_intra", "x5image"),
 )
+
+
+def sage_mean(
+    conv: SAGEConv, x_src: torch.Tensor, x_dst: torch.Tensor, edge_index: torch.Tensor
+) -> torch.Tensor:
+    """GraphSAGE with mean aggregation, ``lin_l(mean_{j -> i} x_j) + lin_r(x_i)``, as PyG's ``SAGEConv``.
+
+    ``lin_l`` is linear, so ``mean_j(W x_j) + b = W mean_j(x_j) + b``: when there are fewer source nodes
+    than destinations (e.g. 96 texts sending to 2,000 image nodes) the sources are projected *before*
+    aggregating, which needs far fewer multiplications. A node without neighbours gets ``b + lin_r(x_i)``
+    either way.
+    """
+    src, dst = edge_index[0], edge_index[1]
+    n_dst = x_dst.shape[0]
+    if x_src.shape[0] < n_dst:
+        projected = F.linear(x_src, conv.lin_l.weight)
+        aggregated = scatter(projected[src], dst, dim=0, dim_size=n_dst, reduce="mean") + conv.lin_l.bias
+    else:
+        aggregated = conv.lin_l(scatter(x_src[src], dst, dim=0, dim_size=n_dst, reduce="mean"))
+    return aggregated + conv.lin_r(x_dst)
 
 
 class HierGraphLayer(nn.Module):
@@ -60,8 +82,11 @@ class HierGraphLayer(nn.Module):
 
     def forward(self, graph: HeteroData, h: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         new_h = {t: x.clone() for t, x in h.items()}
-        intra = {et: graph[et].edge_index for et in INTRA_EDGE_TYPES if et in graph.edge_types}
-        conv_out = self.convs(h, intra)
+        conv_out = {
+            et[2]: sage_mean(self.convs.convs[et], h[et[0]], h[et[2]], graph[et].edge_index)
+            for et in INTRA_EDGE_TYPES
+            if et in graph.edge_types
+        }
         for et in HIER_EDGE_TYPES:
             if et not in graph.edge_types:
                 continue

@@ -8,6 +8,12 @@ import torch.nn.functional as F
 from models.hivemil.attention import ModalityScaleAttention
 
 
+def _reference_qk(attn, relation, query, key, query_scale, key_scale):
+    """The definition: per-relation projections of the scale-embedded inputs (before the MHA)."""
+    emb = attn.scale_embeddings.weight
+    return attn.q_projs[relation](query + emb[query_scale]), attn.k_projs[relation](key + emb[key_scale])
+
+
 def test_dense_attention_matches_manual_multihead():
     torch.manual_seed(0)
     attn = ModalityScaleAttention(8, num_heads=2)
@@ -36,7 +42,7 @@ def test_sparse_attention_equals_dense_masked_reference():
     # edges src(key) -> dst(query); query 3 has no edge
     edge_index = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 0, 1, 1, 2, 2]])
     out = attn.sparse("hier_x5tox20_image", query, key, 1, 0, edge_index)
-    q, k = attn._project("hier_x5tox20_image", query, key, 1, 0)
+    q, k = _reference_qk(attn, "hier_x5tox20_image", query, key, 1, 0)
     allowed = torch.zeros(4, 6, dtype=torch.bool)
     allowed[edge_index[1], edge_index[0]] = True
     dense, _ = attn.mha(q[:3], k, k, attn_mask=~allowed[:3])  # reference on nodes that have edges
@@ -74,8 +80,32 @@ def test_sparse_attention_gives_exactly_zero_without_incoming_edge_not_the_outpu
     out = attn.sparse("hier_x20tox5_image", query, key, 0, 1, edge_index)
     assert torch.equal(out[1], torch.zeros(8))
     # Destinations with edges do include the bias (the masked dense reference agrees).
-    q, k = attn._project("hier_x20tox5_image", query, key, 0, 1)
+    q, k = _reference_qk(attn, "hier_x20tox5_image", query, key, 0, 1)
     allowed = torch.zeros(3, 4, dtype=torch.bool)
     allowed[edge_index[1], edge_index[0]] = True
     dense, _ = attn.mha(q, k, k, attn_mask=~allowed)
     assert torch.allclose(out[[0, 2]], dense[[0, 2]], atol=1e-5)
+
+
+def test_folded_projections_equal_two_linear_maps_values_and_grads():
+    """Many rows: the q/k projection and the attention's in-projection are applied as one folded product;
+    values and every parameter's gradient equal the two maps applied back to back (nn.MultiheadAttention)."""
+    torch.manual_seed(5)
+    attn = ModalityScaleAttention(8, num_heads=2)
+    query, key = torch.randn(40, 8), torch.randn(50, 8)  # more rows than the width: the folded path
+    relation = "hier_x5tox20_image"
+    out = attn.dense(relation, query, key, 1, 0)
+    out.square().sum().backward()
+    folded_grads = {n: p.grad.clone() for n, p in attn.named_parameters() if p.grad is not None}
+    attn.zero_grad()
+    q, k = _reference_qk(attn, relation, query, key, 1, 0)
+    expected = attn.mha(q, k, k, need_weights=False)[0]
+    expected.square().sum().backward()
+    assert torch.allclose(out, expected, atol=1e-5)
+    for name, grad in folded_grads.items():
+        assert torch.allclose(grad, dict(attn.named_parameters())[name].grad, atol=1e-4), name
+    assert set(folded_grads) >= {
+        f"q_projs.{relation}.weight",
+        f"k_projs.{relation}.weight",
+        "mha.in_proj_weight",
+    }

@@ -51,3 +51,28 @@ def test_released_state_dict_names():
     assert "layer2.attn.mha.in_proj_weight" in names
     assert "layer1.attn.q_projs.hier_x20tox5_image.weight" in names
     assert "layer1.attn.scale_embeddings.weight" in names
+
+
+@pytest.mark.parametrize(("n_src", "n_dst"), [(3, 40), (40, 3)])
+def test_sage_mean_equals_pyg_sageconv_in_both_orders(n_src, n_dst):
+    """Projecting before or after the mean gives PyG's SAGEConv (values and grads); isolated nodes too."""
+    from torch_geometric.nn import SAGEConv
+
+    from models.hivemil.gnn import sage_mean
+
+    torch.manual_seed(0)
+    conv = SAGEConv(8, 8, aggr="mean")
+    x_src, x_dst = torch.randn(n_src, 8), torch.randn(n_dst, 8)
+    src = torch.randint(0, n_src, (30,))
+    dst = torch.randint(0, n_dst - 1, (30,))  # the last destination has no neighbour
+    edge_index = torch.stack([src, dst])
+    ours = sage_mean(conv, x_src, x_dst, edge_index)
+    ours.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in conv.named_parameters()}
+    conv.zero_grad()
+    reference = conv((x_src, x_dst), edge_index)
+    reference.square().sum().backward()
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert torch.allclose(ours[-1], conv.lin_l.bias + conv.lin_r(x_dst[-1]), atol=1e-6)
+    for name, p in conv.named_parameters():
+        assert torch.allclose(grads[name], p.grad, atol=1e-4), name
