@@ -11,13 +11,29 @@ import pytest
 
 import collect_results as cr
 from tests.paths import PROJECT
+from training.config import RunConfig
+from training.results import write_run_config
 from utils.errors import InputError, run_cli
 
 
-def write_run(root: Path, task: str, extractor: str, shots: str, model: str, seed: int, mean, std) -> Path:
-    """A results.csv as main.py writes it (metric,test_acc,test_auc,test_f1,val_...)."""
-    run_dir = root / task / extractor / shots / f"{task}_{extractor}_{model}_{shots}_s{seed}"
+def write_run(
+    root: Path,
+    task: str,
+    extractor: str,
+    shots: str,
+    model: str,
+    seed: int,
+    mean,
+    std,
+    folder: str | None = None,
+) -> Path:
+    """config.json and a results.csv as main.py writes them (metric,test_acc,test_auc,test_f1,val_...)."""
+    config = RunConfig(
+        task=task, feature_extractor=extractor, few_shot_num=int(shots), model_type=model, seed=seed
+    )
+    run_dir = root / task / extractor / shots / (folder or config.run_dir.name)
     run_dir.mkdir(parents=True)
+    write_run_config(run_dir, config)
     frame = pd.DataFrame(
         {
             "metric": ["mean", "std"],
@@ -45,12 +61,25 @@ def results(tmp_path: Path) -> Path:
     return root
 
 
-def test_parse_run_name_handles_underscores_in_method_and_task():
-    assert cr.parse_run_name("tcga_brca_plip_mean_pool_5x_16_s3", "tcga_brca", "plip", "16") == (
-        "mean_pool_5x",
-        "3",
+def test_runs_are_identified_by_config_json_not_folder_names(tmp_path: Path):
+    """Underscores in task and method, a variant-tagged folder and a renamed folder: config.json decides."""
+    root = tmp_path / "R"
+    write_run(root, "tcga_brca", "plip", "16", "mean_pool_5x", 3, (0.7, 0.8, 0.6), (0.0, 0.0, 0.0))
+    write_run(root, "tcga_brca", "plip", "16", "ABMIL", 1, (0.6, 0.7, 0.5), (0.0, 0.0, 0.0), folder="renamed")
+    config = RunConfig(
+        task="tcga_brca", feature_extractor="plip", few_shot_num=16, variant="corrected", seed=2
     )
-    assert cr.parse_run_name("something_else", "tcga_brca", "plip", "16") == ("something_else", "?")
+    assert config.run_dir.name.endswith("_s2_corrected")
+    run_dir = root / "tcga_brca" / "plip" / "16" / config.run_dir.name
+    run_dir.mkdir(parents=True)
+    write_run_config(run_dir, config)
+    pd.DataFrame(
+        {"metric": ["mean", "std"], "test_acc": [0.9, 0.0], "test_auc": [0.9, 0.0], "test_f1": [0.9, 0.0]}
+    ).to_csv(run_dir / "results.csv", index=False)
+    found = {(r.method, r.variant, r.seed) for r in cr.find_results(root)}
+    assert found == {("mean_pool_5x", "", 3), ("ABMIL", "", 1), ("HiVE_MIL", "corrected", 2)}
+    md, _, _ = cr.collect(root, None, tmp_path / "t.md")
+    assert "| HiVE_MIL (corrected) | 90.00 ± 0.00 |" in md.read_text(encoding="utf-8")
 
 
 def test_markdown_and_csv_by_hand(results: Path, tmp_path: Path):
