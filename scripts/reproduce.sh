@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Reproduce the paper's comparison for one task and feature extractor: HiVE-MIL and every baseline
 # with the published hyper-parameters (seed 1, dropout, early stopping, lr 1e-4, 5 folds, 16 shots,
-# cross-entropy), then collect_results.py tabulates mean ± std test ACC/AUC/F1.
+# cross-entropy). A thin wrapper around reproduce.py, which trains every (model, fold) as a Ray task
+# (a local Ray instance, or a running cluster with --address auto) and writes RESULTS/table.md,
+# table.csv and table_folds.csv (mean ± std test ACC/AUC/F1 per model).
 #
 # usage: scripts/reproduce.sh TASK EXTRACTOR DATA_ROOT [RESULTS] [extra main.py args...]
 #   e.g. scripts/reproduce.sh tcga_brca plip /data/features results --text_tower /weights/plip
+# Extra args may also be reproduce.py flags (--address auto, --retries N, ...).
 # Environment: PYTHON (default: python), MODELS (space-separated model types; default: all below).
 set -euo pipefail
 
@@ -42,12 +45,8 @@ fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python}
 MODELS=${MODELS:-"HiVE_MIL zero_shot ViLa_MIL mean_pool max_pool MIL_fc ABMIL TransMIL LiteMIL"}
+read -r -a MODEL_LIST <<<"$MODELS"
 
-for MODEL in $MODELS; do
-    echo "=== $TASK / $EXTRACTOR / $MODEL ==="
-    "$PYTHON" "$ROOT/main.py" --seed 1 --drop_out --early_stopping --lr 1e-4 --k 5 --few_shot_num 16 \
-        --feature_extractor "$EXTRACTOR" --feature_dim 512 --bag_loss ce --task "$TASK" \
-        --results_dir "$RESULTS" --model_type "$MODEL" --data_root_dir "$DATA_ROOT" "$@"
-done
-
-"$PYTHON" "$ROOT/collect_results.py" --results_dir "$RESULTS" --task "$TASK"
+exec "$PYTHON" "$ROOT/reproduce.py" --tasks "$TASK" --extractors "$EXTRACTOR" --models "${MODEL_LIST[@]}" \
+    --seed 1 --drop_out --early_stopping --lr 1e-4 --k 5 --few_shot_num 16 --feature_dim 512 --bag_loss ce \
+    --results_dir "$RESULTS" --data_root_dir "$DATA_ROOT" "$@"
