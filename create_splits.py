@@ -1,7 +1,9 @@
 """Make k patient-level few-shot splits: ``<splits_root>/<task>/<task>_<N>/splits_<i>.csv``.
 
 Per split: N training slides per class (whole cases), stratified val/test from the remaining cases,
-seeded. Existing split files are never overwritten without ``--overwrite``.
+seeded. Existing split files are never overwritten without ``--overwrite``. ``--csv`` names the dataset
+CSV, so a task this project does not know needs no ``dataset_csv/<task>.csv``: its classes are its
+prompt file's keys when there is one, else the CSV's labels.
 
     python create_splits.py --task tcga_brca --few_shot_num 16 --k 5 --seed 1
 """
@@ -21,7 +23,11 @@ from utils.errors import InputError, run_cli
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, help="task name (dataset_csv/<task>.csv)")
-    parser.add_argument("--csv", default=None, help="dataset CSV (default: the task's CSV)")
+    parser.add_argument(
+        "--csv",
+        default=None,
+        help="dataset CSV (default dataset_csv/<task>.csv); any task name works with it",
+    )
     parser.add_argument("--few_shot_num", type=int, required=True, help="training slides per class")
     parser.add_argument("--k", type=int, default=5, help="number of splits (default 5)")
     parser.add_argument("--val_frac", type=float, default=0.3, help="fraction of the remaining cases for val")
@@ -36,8 +42,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    task = get_task(args.task)
-    csv_path = Path(args.csv) if args.csv else task.csv_path
+    if args.csv is not None and not Path(args.csv).is_file():
+        raise InputError(f"--csv {args.csv}: no such file")
+    task = get_task(args.task, csv_path=args.csv)
+    csv_path = task.csv_path
     targets = [
         split_csv_path(args.splits_root, task.name, args.few_shot_num, i) for i in range(max(args.k, 0))
     ]

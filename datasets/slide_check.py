@@ -29,6 +29,10 @@ from utils.paths import cache_root
 
 # Attributes of a hierarchical file naming the content of the 5x / 20x files it was built from.
 SOURCE_ATTRS = {"source_low": "low", "source_high": "high"}
+# 20x patches without a 5x parent: above ORPHAN_WARNING of a slide's patches earns a warning, above
+# DEFAULT_MAX_ORPHAN_FRAC a refusal (main.py --max_orphan_frac, the hierarchy CLIs' --max-orphan-frac).
+ORPHAN_WARNING = 0.05
+DEFAULT_MAX_ORPHAN_FRAC = 0.2
 CHECK_VERSION = 1
 
 

@@ -86,16 +86,18 @@ def get_task(
     csv_dir: str | Path | None = None,
     prompt_dir: str | Path | None = None,
     llm: str | None = None,
+    csv_path: str | Path | None = None,
 ) -> TaskSpec:
     """Resolve a task by name.
 
     Built-in TCGA tasks have fixed classes; other names take their classes from the prompt file
     ``<prompt_dir>/HiVE_MIL/<llm>/<name>.json`` (``llm`` None: gpt4o if present, else curated), else
-    from the labels of ``<csv_dir>/<name>.csv``.
+    from the labels of the task's dataset CSV: ``csv_path`` when given (a CSV anywhere, e.g.
+    ``create_splits.py --csv``), else ``<csv_dir>/<name>.csv``.
     """
     prompt_root = Path(prompt_dir) if prompt_dir is not None else DEFAULT_PROMPT_DIR
     csv_root = Path(csv_dir) if csv_dir is not None else DEFAULT_CSV_DIR
-    csv_path = csv_root / f"{name}.csv"
+    csv_path = Path(csv_path) if csv_path is not None else csv_root / f"{name}.csv"
     if name in _BUILTIN_CLASSES:
         classes = _BUILTIN_CLASSES[name]
     else:

@@ -7,8 +7,10 @@ published-format files whose row count differs from the 5x count (rows cannot be
 children that are not patches of the 20x file, lie outside their parent's square, or whose feature
 row differs from the 20x file's row, a 20x patch used twice (under ``nearest`` linking: anywhere; under
 ``all``: within one parent), non-zero padding, 5x patches with fewer children than the 20x file
-provides under the file's linking rule (below the cap), and a ``level0_mag`` attribute that disagrees
-with the CSV.
+provides under the file's linking rule (below the cap), a ``level0_mag`` attribute that disagrees
+with the CSV, a file built from 5x/20x files that changed since (its ``source_low``/``source_high``
+records), and more than ``max_orphan_frac`` of the 20x patches lying in no 5x patch at the slide's
+``level0_mag`` (a wrong ``level0_mag`` in the CSV orphans most of them).
 
 Linking rule of a file: its ``link_rule`` attribute (``all`` or ``nearest``,
 :func:`datasets.hierarchy.link_children`). Without one, a published file was made by the released
@@ -17,7 +19,8 @@ the versions before the attribute (``nearest``). The rules only differ where 5x 
 
 Notes (reported, not problems): 5x patches without children (the loader gives them an empty,
 masked row, so they are harmless; the released checker deleted them from the 5x file in place, which we
-never do), 20x patches without a parent, and parents capped at ``max_children``.
+never do), 20x patches without a parent (their fraction ``orphan_frac``; a warning above 5 %), and
+parents capped at ``max_children``.
 
 Fixing never touches the inputs: a hierarchical file is rebuilt from the 5x and 20x files into a
 sibling folder ``<hier_dir>_fixed/<slide>.h5`` (atomic), provided the 5x and 20x files themselves are
@@ -41,6 +44,7 @@ from datasets.hierarchy import (
     pack_cells,
     patch_px,
 )
+from datasets.slide_check import ORPHAN_WARNING, hierarchy_staleness
 from preprocess.hierarchy import build_slide_hierarchy
 from utils.errors import InputError
 
@@ -54,9 +58,13 @@ class SlideReport:
     slide_id: str
     problems: list[str] = field(default_factory=list)
     notes: dict[str, int | str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     inputs_ok: bool = True  # the 5x and 20x files are sound, so the hierarchical file can be rebuilt
     fixed_path: Path | None = None
     link_rule: str = DEFAULT_LINK_RULE  # the rule the hierarchical file was checked (and is fixed) with
+    orphan_problem: bool = (
+        False  # too many orphaned 20x patches: level0_mag is wrong, rebuilding cannot fix it
+    )
 
     @property
     def ok(self) -> bool:
@@ -69,6 +77,8 @@ class SlideReport:
         text = f"{head} {self.slide_id}: {notes}"
         if self.problems:
             text += " | " + "; ".join(self.problems)
+        if self.warnings:
+            text += " | warning: " + "; ".join(self.warnings)
         if self.fixed_path is not None:
             text += f" | fixed copy: {self.fixed_path}"
         return text
@@ -80,9 +90,18 @@ def fixed_dir(layout: FeatureLayout) -> Path:
 
 
 def check_slide(
-    layout: FeatureLayout, slide_id: str, level0_mag: int, low_mag: float = 5, high_mag: float = 20
+    layout: FeatureLayout,
+    slide_id: str,
+    level0_mag: int,
+    low_mag: float = 5,
+    high_mag: float = 20,
+    max_orphan_frac: float | None = None,
 ) -> SlideReport:
-    """Check the three files of one slide; never modifies them."""
+    """Check the three files of one slide; never modifies them.
+
+    ``max_orphan_frac``: more than this fraction of 20x patches without a 5x parent is a problem
+    (None: only the warning above :data:`datasets.slide_check.ORPHAN_WARNING`).
+    """
     report = SlideReport(slide_id)
     parent_size = patch_px(level0_mag, low_mag)
     inputs = {}
@@ -111,7 +130,22 @@ def check_slide(
         pair_child, linked_parents = containing_pairs(coords5, coords20, parent_size)
         orphans = x20.shape[0] - int(np.unique(pair_child).size)
     candidates = np.bincount(linked_parents, minlength=x5.shape[0])
-    report.notes.update(childless5=int((candidates == 0).sum()), orphans20=orphans, link_rule=rule)
+    fraction = orphans / x20.shape[0]
+    report.notes.update(
+        childless5=int((candidates == 0).sum()),
+        orphans20=orphans,
+        orphan_frac=f"{fraction:.0%}",
+        link_rule=rule,
+    )
+    orphan_text = f"{fraction:.0%} of the 20x patches lie in no 5x patch at level0_mag {level0_mag}"
+    if max_orphan_frac is not None and fraction > max_orphan_frac:
+        report.orphan_problem = True
+        report.problems.append(
+            f"{layout.high_file(slide_id)}: {orphan_text}, above --max-orphan-frac {max_orphan_frac:g} "
+            "(is level0_mag right in the dataset CSV?)"
+        )
+    elif fraction > ORPHAN_WARNING:
+        report.warnings.append(f"{orphan_text} (check level0_mag in the dataset CSV)")
 
     try:
         with open_h5(hier_path, "hierarchical feature") as f:
@@ -120,6 +154,9 @@ def check_slide(
             )
     except InputError as err:
         report.problems.append(str(err))
+    stale = hierarchy_staleness(layout, slide_id)
+    if stale:
+        report.problems.append(stale)
     return report
 
 
@@ -279,8 +316,14 @@ def fix_slide(
     max_children: int,
     seed: int,
 ) -> Path | None:
-    """Rebuild the slide's hierarchical file into :func:`fixed_dir` (atomic); None when not fixable."""
+    """Rebuild the slide's hierarchical file into :func:`fixed_dir` (atomic); None when not fixable.
+
+    Too many orphaned 20x patches are not fixable here (the level0_mag is wrong): when that is the
+    only problem nothing is written; otherwise the copy fixes the rest and the slide stays unresolved.
+    """
     if report.ok or not report.inputs_ok:
+        return None
+    if report.orphan_problem and len(report.problems) == 1:
         return None
     target = fixed_dir(layout) / f"{report.slide_id}.h5"
     build_slide_hierarchy(

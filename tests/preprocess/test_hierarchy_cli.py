@@ -90,7 +90,9 @@ def test_create_then_resume_then_overwrite(tmp_path, capsys):
     assert run_cli(create_cli.main, _flags(tmp_path)) == 0
     assert "1 done, 3 skipped" in capsys.readouterr().out
     assert run_cli(create_cli.main, _flags(tmp_path, "--overwrite", "--max-patches", "4")) == 0
-    assert "4 done" in capsys.readouterr().out
+    assert (
+        "0 done, 0 skipped (up to date), 4 rebuilt (built with other settings: 4)" in capsys.readouterr().out
+    )
     with h5py.File(layout.hier_file("s0"), "r") as f:
         assert f["features"].shape == (2, 4, 8)
     assert snapshot(layout.low_dir) | snapshot(layout.high_dir) == inputs
