@@ -6,6 +6,15 @@ tiles (:mod:`preprocess.wsi.tiling`), encode them (:mod:`preprocess.wsi.encode`)
 ``<extractor>_5x/<slide>.h5`` and ``<extractor>_20x/<slide>.h5`` atomically (20x first, so a slide is
 finished exactly when both exist). ``--thumbnails`` adds a PNG with the mask and the kept tiles
 (``<task>_<extractor>/thumbnails/<slide>.png``).
+
+Encoder identity: every output records which encoder made it (:func:`encoder_identity`: the
+extractor name, the ``--weights`` value, the tower kind, the image tower's class and embedding size,
+and ``encoder_weights``, a digest of the content of the weight files, computed from the files without
+loading them again). Features of two encoders must never share a folder: an existing output of another
+encoder is an error for that slide unless ``ExtractOptions.overwrite``, and :func:`is_finished` given
+the run's options counts only outputs of the same encoder as finished (same ``encoder_weights``; for
+outputs written before it was recorded, the same extractor name and ``--weights`` value). Files that
+record no extractor at all (e.g. published features) cannot be judged and count as finished.
 """
 
 from __future__ import annotations
@@ -15,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from datasets.features import FeatureLayout, write_patch_file
+from datasets.fingerprint import content_record, json_digest
 from models.towers.base import ImageTower
 from preprocess.wsi.encode import StageTimes, TileGroup, encode_tiles
 from preprocess.wsi.reader import SlideError, open_slide, read_downsampled
@@ -25,8 +36,11 @@ from preprocess.wsi.sources import SlideSource
 from preprocess.wsi.tiling import TileGeometry, TilePlan, choose_level, plan_tiles, resolve_level0_mag
 from preprocess.wsi.tissue import TissueParams, segment_tissue
 from utils.atomic_io import atomic_path
+from utils.errors import InputError
 
 FORMAT_SOURCE = "extract_features.py"
+# Attributes naming the encoder of an output (besides ``extractor`` and ``weights``).
+ENCODER_ATTRS = ("encoder_kind", "encoder_class", "encoder_embed_dim", "encoder_weights")
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,7 @@ class ExtractOptions:
     amp: bool = False
     thumbnails: bool = False
     backends: tuple[str, ...] | None = None
+    overwrite: bool = False  # replace existing outputs made with another encoder (else: error for the slide)
 
 
 @dataclass
@@ -73,9 +88,106 @@ class SlideResult:
         )
 
 
-def is_finished(layout: FeatureLayout, slide_id: str) -> bool:
-    """Both output files exist (they are written atomically, so existing means complete)."""
-    return layout.low_file(slide_id).is_file() and layout.high_file(slide_id).is_file()
+_WEIGHTS_DIGESTS: dict[str, str] = {}  # tower_identity (file stats) -> content digest, per process
+
+
+def weights_fingerprint(extractor: str, weights: str | None) -> tuple[str, str] | None:
+    """``(kind, digest)`` of the tower weights ``extractor``/``weights`` resolve to, from the files'
+    content (size and BLAKE2b of every file of the weights folder, or of the checkpoint file); None
+    when they cannot be resolved. Cached per process by the files' size and modification time."""
+    from models.towers.loading import TowerSource, resolve_tower_source, tower_identity
+
+    try:
+        identity = tower_identity(TowerSource(extractor, weights))
+    except (InputError, OSError):
+        return None
+    key = json_digest(identity)
+    if key not in _WEIGHTS_DIGESTS:
+        kind, location = resolve_tower_source(extractor, weights)
+        path = Path(location)
+        if kind == "open_clip" and not path.exists():  # an ARCH:/path/to/weights spec
+            path = Path(location.split(":", 1)[1])
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        try:
+            _WEIGHTS_DIGESTS[key] = json_digest([kind, {p.name: content_record(p) for p in files}])
+        except OSError:
+            return None
+    return identity["kind"], _WEIGHTS_DIGESTS[key]
+
+
+def encoder_identity(options: ExtractOptions, tower: ImageTower | None = None) -> dict[str, str | int]:
+    """The HDF5 attributes naming the encoder of this run (module docstring); the tower's class and
+    embedding size only when the loaded ``tower`` is given (it is never loaded for this)."""
+    identity: dict[str, str | int] = {"extractor": options.extractor, "weights": options.weights or ""}
+    fingerprint = weights_fingerprint(options.extractor, options.weights)
+    if fingerprint is not None:
+        identity["encoder_kind"], identity["encoder_weights"] = fingerprint
+    if tower is not None:
+        identity["encoder_class"] = type(tower).__name__
+        identity["encoder_embed_dim"] = int(getattr(tower, "embed_dim", -1))
+    return identity
+
+
+def _describe(identity: dict) -> str:
+    text = f"{identity.get('extractor')}, weights {identity.get('weights') or 'default'}"
+    if identity.get("encoder_class"):
+        text += f", {identity['encoder_class']} dim {identity.get('encoder_embed_dim')}"
+    if identity.get("encoder_weights"):
+        text += f", weights digest {str(identity['encoder_weights'])[:12]}"
+    return text
+
+
+def recorded_encoder(path: Path) -> dict | None:
+    """The encoder attributes of an existing output (None when absent or unreadable)."""
+    try:
+        with h5py.File(path, "r") as f:
+            found = {k: f.attrs[k] for k in ("extractor", "weights", *ENCODER_ATTRS) if k in f.attrs}
+    except (OSError, ValueError):
+        return None
+    return {
+        k: v.decode() if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
+        for k, v in found.items()
+    }
+
+
+def same_encoder(recorded: dict, identity: dict) -> bool:
+    """Whether an output with ``recorded`` attributes was made by the encoder ``identity`` names.
+
+    Compared by weight content when both name it, else by extractor name and ``--weights`` value;
+    an output recording no extractor at all cannot be judged and counts as the same."""
+    if "extractor" not in recorded:
+        return True
+    if recorded.get("encoder_weights") and identity.get("encoder_weights"):
+        return (recorded["encoder_weights"], recorded.get("encoder_kind")) == (
+            identity["encoder_weights"],
+            identity.get("encoder_kind"),
+        )
+    return (str(recorded["extractor"]), str(recorded.get("weights", ""))) == (
+        str(identity["extractor"]),
+        str(identity.get("weights", "")),
+    )
+
+
+def encoder_conflict(layout: FeatureLayout, slide_id: str, identity: dict) -> str | None:
+    """One line naming an existing output of ``slide_id`` made with another encoder, else None."""
+    for path in (layout.high_file(slide_id), layout.low_file(slide_id)):
+        recorded = recorded_encoder(path) if path.is_file() else None
+        if recorded is not None and not same_encoder(recorded, identity):
+            return (
+                f"{path} was made with another encoder ({_describe(recorded)}) than this run's "
+                f"({_describe(identity)}); features of two encoders must not be mixed: use --overwrite to "
+                "replace it, or another --data-root or --task"
+            )
+    return None
+
+
+def is_finished(layout: FeatureLayout, slide_id: str, options: ExtractOptions | None = None) -> bool:
+    """Both output files exist (they are written atomically, so existing means complete) and, given the
+    run's ``options``, were made with the run's encoder (module docstring); outputs of another encoder
+    are not finished, and :func:`extract_slide` refuses them unless ``options.overwrite``."""
+    if not (layout.low_file(slide_id).is_file() and layout.high_file(slide_id).is_file()):
+        return False
+    return options is None or encoder_conflict(layout, slide_id, encoder_identity(options)) is None
 
 
 def thumbnail_path(layout: FeatureLayout, slide_id: str) -> Path:
@@ -95,6 +207,11 @@ def extract_slide(
     start = time.perf_counter()
     if source.path is None:
         raise SlideError("no slide file with this id was found (check --slides / --slide-dir)")
+    identity = encoder_identity(options, tower)
+    if not options.overwrite:
+        conflict = encoder_conflict(layout, source.slide_id, identity)
+        if conflict is not None:
+            raise SlideError(conflict)
     times: dict[str, float] = {}
     t = time.perf_counter()
     reader = open_slide(source.path, options.backends)
@@ -136,11 +253,10 @@ def extract_slide(
         times.update(_stage_dict(stage))
         t = time.perf_counter()
         common = {
+            **identity,
             "level0_mag": int(mag),
             "level0_mag_source": mag_source,
             "patch_size": int(geometry.patch_size),
-            "extractor": options.extractor,
-            "weights": options.weights or "",
             "min_tissue": float(options.min_tissue),
             "slide_file": source.path.name,
             "slide_id": source.slide_id,
