@@ -2,7 +2,7 @@
 
 Modules, one mechanism each:
 
-- :mod:`preprocess.wsi.reader`: :func:`open_slide` -> :class:`SlideReader` (OpenSlide, tiffslide or tifffile).
+- :mod:`preprocess.wsi.reader`: :func:`open_slide` -> :class:`SlideReader` (OpenSlide, or tiffslide when installed).
 - :mod:`preprocess.wsi.tissue`: :func:`segment_tissue` on a thumbnail (saturation, Otsu, morphology, pen marks).
 - :mod:`preprocess.wsi.tiling`: nested 5x/20x grids, the tissue test per tile, the pyramid level to read.
 - :mod:`preprocess.wsi.encode`: batched encoding with background tile readers.

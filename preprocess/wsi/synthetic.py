@@ -86,8 +86,8 @@ def write_pyramid_tiff(
     """Write ``image`` as a tiled pyramidal TIFF (zlib) with tifffile.
 
     With ``objective_power`` the file follows the Aperio SVS layout (description with ``AppMag`` and
-    ``MPP``, a stripped thumbnail as the second page), which OpenSlide, tiffslide and our tifffile reader
-    all parse; without it, a generic pyramid whose reduced levels are marked as such.
+    ``MPP``, a stripped thumbnail as the second page), which OpenSlide and tiffslide both parse;
+    without it, a generic pyramid whose reduced levels are marked as such.
     """
     import tifffile
 
