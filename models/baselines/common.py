@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from datasets.bag import SlideBag
@@ -35,6 +36,19 @@ def bag_instances(bag: SlideBag, mag: str = "20x") -> torch.Tensor:
         return bag.x5
     real = bag.x20[bag.child_mask]
     return real if real.shape[0] > 0 else bag.x5
+
+
+def bag_instance_rows(bag: SlideBag, mag: str = "20x") -> tuple[np.ndarray, np.ndarray | None]:
+    """Where each instance of :func:`bag_instances` sits in ``bag``: ``(rows, slots)``.
+
+    20x: instance i is child slot ``slots[i]`` of 5x row ``rows[i]`` (row-major, as the mask selects);
+    5x (or the 20x fallback to 5x patches): ``(arange(N5), None)``.
+    """
+    if mag != "5x":
+        rows, slots = np.nonzero(bag.child_mask.cpu().numpy())
+        if rows.size:
+            return rows, slots
+    return np.arange(bag.num_5x), None
 
 
 class InstanceMIL(SlideClassifier):

@@ -10,6 +10,10 @@ TransMIL's own code uses, with its settings: ``heads`` heads of ``dim // heads``
 landmarks, 6 pseudo-inverse iterations, the depthwise value-convolution residual, dropout 0.1. The
 package pads a sequence whose length is not a multiple of the landmark count with zero tokens at the
 front (part of TransMIL's reference behaviour, kept as is).
+
+``extras["attention"]`` [N]: per instance, the class token's attention in the second layer (the
+Nyström row, mean over heads), with the attention on a square-padding repeat added to the instance
+it repeats; used for heatmaps.
 """
 
 from __future__ import annotations
@@ -40,8 +44,17 @@ class TransLayer(nn.Module):
             dropout=dropout,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.attention(self.norm(x))
+    def forward(self, x: torch.Tensor, cls_attention: bool = False):
+        """``x + attention(LayerNorm(x))``; with ``cls_attention`` also the class token's (position 0)
+        attention row over all positions, mean over heads, [B, n] -- the row of the package's Nyström
+        matrix ``attn1 @ pinv(attn2) @ attn3`` without forming the n x n matrix."""
+        if not cls_attention:
+            return x + self.attention(self.norm(x))
+        out, (attn1, attn2_inv, attn3) = self.attention(self.norm(x), return_attn_matrices=True)
+        n = x.shape[1]
+        first = attn1.shape[-2] - n  # the package pads the sequence at the front
+        row = attn1[..., first : first + 1, :] @ attn2_inv @ attn3  # [B, heads, 1, padded n]
+        return x + out, row[..., 0, -n:].mean(dim=1)
 
 
 class PPEG(nn.Module):
@@ -91,8 +104,19 @@ class TransMIL(InstanceMIL):
         h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
         h = self.layer1(h)
         h = self.position(h, side)
-        h = self.layer2(h)
-        return self.classifier(self.norm(h)[:, 0]), {}
+        h, cls_row = self.layer2(h, cls_attention=True)
+        return self.classifier(self.norm(h)[:, 0]), {"attention": instance_scores(cls_row[0].detach(), n)}
+
+
+def instance_scores(cls_row: torch.Tensor, n: int) -> torch.Tensor:
+    """[n] class-token attention per instance from its row over [cls, n instances, square-padding
+    repeats]: a repeat's attention is added to the instance it repeats."""
+    tokens = cls_row[1:]
+    scores = tokens[:n].clone()
+    if tokens.shape[0] > n:
+        repeated = torch.arange(tokens.shape[0] - n, device=tokens.device) % n
+        scores.index_add_(0, repeated, tokens[n:])
+    return scores
 
 
 def _build(spec: ModelSpec, mag: str) -> TransMIL:
