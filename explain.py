@@ -1,12 +1,14 @@
 """Explain one slide's HiVE-MIL prediction: description contributions, slide heatmaps, 5x -> 20x drill-down.
 
     python explain.py --checkpoint RESULTS/<task>/<extractor>/<shots>/<run> --slide SLIDE_ID [--fold 0] \\
-        [--config config.json] [--out DIR] [--top 5]
+        [--config config.json] [--out DIR] [--top 5] [--slide-file SLIDE.svs]
 
 ``--checkpoint`` is a run folder (``config.json`` + ``s_<fold>_checkpoint.pt``) or a checkpoint file
 (its folder's ``config.json`` unless ``--config`` is given). Writes ``contributions_5x.png``,
 ``contributions_20x.png``, ``heatmap_5x.png``, ``heatmap_20x.png``, ``drilldown.csv`` and
 ``explanation.json`` (all numbers) into ``--out`` (default ``<run folder>/explanations/fold_<k>/<slide>``).
+The heatmaps are drawn by :mod:`interpretability.heatmaps` (as ``predict.py --heatmaps``), over the
+slide's thumbnail with ``--slide-file``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide", required=True, help="slide id (a row of the task's dataset CSV)")
     p.add_argument("--out", default=None, help="output folder (default: <run>/explanations/fold_<k>/<slide>)")
     p.add_argument("--top", type=int, default=5, help="top patches listed per description (default: 5)")
+    p.add_argument(
+        "--slide-file",
+        default=None,
+        help="the raw slide (.svs, .tif, ...): heatmaps drawn over its thumbnail",
+    )
     return p
 
 
@@ -37,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"--top must be >= 1, got {args.top}")
     from interpretability.attribution import explain_slide
     from interpretability.loading import (
+        SUPPORTED_MODEL,
         load_prompts,
         load_run,
         load_slide,
@@ -48,18 +56,30 @@ def main(argv: list[str] | None = None) -> int:
 
     files = resolve_run_files(args.checkpoint, args.fold, config=args.config)
     # Cheap checks first (model type, task, slide, prompts), then the model.
-    config = read_run_config(files.config)
+    config = read_run_config(files.config, model_types=(SUPPORTED_MODEL,))
     task = run_task(config)
     bag = load_slide(config, task, args.slide)
     prompts = load_prompts(config, task)
-    model, task, config = load_run(files.config, args.fold, checkpoint=files.checkpoint)
+    image = None
+    if args.slide_file:
+        from interpretability.heatmaps import read_thumbnail
+        from preprocess.wsi.reader import open_slide
+
+        try:
+            with open_slide(args.slide_file) as reader:
+                image = read_thumbnail(reader)
+        except InputError as err:
+            raise InputError(f"--slide-file {args.slide_file}: {err}") from None
+    model, task, config = load_run(
+        files.config, args.fold, checkpoint=files.checkpoint, model_types=(SUPPORTED_MODEL,)
+    )
     explanation = explain_slide(model, bag, task.class_names, prompts, top_n=args.top)
     out = (
         Path(args.out)
         if args.out
         else files.checkpoint.parent / "explanations" / f"fold_{args.fold}" / args.slide
     )
-    save_report(explanation, out)
+    save_report(explanation, out, image=image)
     probs = ", ".join(f"{n} {p:.3f}" for n, p in zip(task.class_names, explanation.probabilities))
     print(f"slide {args.slide}: predicted {explanation.predicted_name} ({probs}); wrote {out}")
     return 0

@@ -215,7 +215,7 @@ def _jsonable(value):
 # ------------------------------------------------------------------------------------------ graph rows
 
 
-def _infer_step(coords: np.ndarray) -> int | None:
+def grid_step(coords: np.ndarray) -> int | None:
     """Smallest positive gap between distinct coordinates along x or y (the grid step), if any."""
     gaps = []
     for axis in range(coords.shape[1] if coords.ndim == 2 else 0):
@@ -226,16 +226,20 @@ def _infer_step(coords: np.ndarray) -> int | None:
 
 
 def _patch_sizes(model: HiveMIL, bag: SlideBag) -> tuple[int | None, int | None]:
-    """Patch sides in level-0 px: from ``bag.meta['level0_mag']`` when known, else from the coordinate grid."""
-    opts = model.options
+    return patch_sizes(bag, model.options.low_mag, model.options.high_mag)
+
+
+def patch_sizes(bag: SlideBag, low_mag: float = 5, high_mag: float = 20) -> tuple[int | None, int | None]:
+    """(5x, 20x) patch sides in level-0 px: from ``bag.meta['level0_mag']`` when known, else from the
+    coordinate grid (the smallest gap between patch corners; None when it cannot be told)."""
     level0 = bag.meta.get("level0_mag")
     if level0:
-        return patch_px(level0, opts.low_mag), patch_px(level0, opts.high_mag)
-    ratio = max(1, int(round(math.sqrt(opts.children_per_parent))))
+        return patch_px(level0, low_mag), patch_px(level0, high_mag)
+    ratio = max(1, int(round(float(high_mag) / float(low_mag))))
     size20 = None
     if bag.coords20 is not None and bool(bag.child_mask.any()):
-        size20 = _infer_step(bag.coords20[bag.child_mask.cpu()].cpu().numpy())
-    size5 = _infer_step(bag.coords5.cpu().numpy()) if bag.coords5 is not None else None
+        size20 = grid_step(bag.coords20[bag.child_mask.cpu()].cpu().numpy())
+    size5 = grid_step(bag.coords5.cpu().numpy()) if bag.coords5 is not None else None
     if size5 is None and size20 is not None:
         size5 = size20 * ratio
     if size20 is None and size5 is not None:
@@ -358,6 +362,7 @@ def explain_slide(
     prompts: HierarchicalPrompts,
     top_n: int = 5,
     drilldown_class: int | None = None,
+    cache: object | None = None,
 ) -> SlideExplanation:
     """Explain HiVE-MIL's prediction for ``bag`` (one forward pass in eval mode; the model is not changed).
 
@@ -368,7 +373,10 @@ def explain_slide(
         prompts: the task's hierarchical prompts (the texts behind the model's description columns).
         top_n: patches listed per description.
         drilldown_class: class of the 5x -> 20x drill-down (default: the predicted class).
+        cache: the model's text features (``model.precompute()``), reused when explaining many slides.
     """
+    if not isinstance(model, HiveMIL):
+        raise InputError(f"only HiVE-MIL models can be explained this way, got {type(model).__name__}")
     if top_n < 1:
         raise InputError(f"top_n must be >= 1, got {top_n}")
     _check_prompts(model, class_names, prompts)
@@ -379,7 +387,7 @@ def explain_slide(
     was_training = model.training
     model.eval()
     try:
-        out = model(bag.to(device))
+        out = model(bag.to(device), cache=cache)
     finally:
         model.train(was_training)
     emb = out.embeddings

@@ -9,7 +9,7 @@ tower, prompts and variant switches) and the fold's learned state is loaded into
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +63,12 @@ def resolve_run_files(
     return RunFiles(config=config_path, checkpoint=ckpt_path)
 
 
-def read_run_config(path: str | Path) -> RunConfig:
-    """The :class:`RunConfig` stored in a run's ``config.json`` (or a bare config dict); HiVE-MIL runs only."""
+def read_run_config(path: str | Path, model_types: Collection[str] | None = None) -> RunConfig:
+    """The :class:`RunConfig` stored in a run's ``config.json`` (or a bare config dict).
+
+    ``model_types``: the model types the caller can handle (e.g. ``("HiVE_MIL",)`` to explain a run);
+    None accepts every registered model. Anything else is one :class:`InputError` line.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -80,9 +84,16 @@ def read_run_config(path: str | Path) -> RunConfig:
         raise InputError(f"{path}: not a run config ({err})") from None
     if not config.task:
         raise InputError(f"{path}: the run config names no task")
-    if config.model_type != SUPPORTED_MODEL:
+    if model_types is not None and config.model_type not in model_types:
+        wanted = " or ".join(model_types)
         raise InputError(
-            f"{path}: model_type {config.model_type!r} is not {SUPPORTED_MODEL}; only HiVE-MIL runs can be explained"
+            f"{path}: model_type {config.model_type!r} is not {wanted}; only {wanted} runs can be explained"
+        )
+    from models.registry import available_models
+
+    if config.model_type not in available_models():
+        raise InputError(
+            f"{path}: model_type {config.model_type!r} is not a known model ({', '.join(available_models())})"
         )
     return config
 
@@ -93,8 +104,9 @@ def load_run(
     checkpoint: str | Path | None = None,
     config: str | Path | None = None,
     device: str | torch.device = "cpu",
+    model_types: Collection[str] | None = None,
 ):
-    """Rebuild a run's HiVE-MIL model and load fold ``fold``'s checkpoint; returns ``(model, task, config)``.
+    """Rebuild a run's model and load fold ``fold``'s checkpoint; returns ``(model, task, config)``.
 
     Args:
         results_dir_or_config: the run folder, its ``config.json``, or a checkpoint file next to one.
@@ -103,17 +115,25 @@ def load_run(
             whose stored identity disagrees with the run config is refused.
         config: explicit ``config.json``.
         device: where the model goes (eval mode).
+        model_types: model types accepted (:func:`read_run_config`; None: any).
     """
+    files = resolve_run_files(results_dir_or_config, fold, checkpoint, config)
+    run_config = read_run_config(files.config, model_types)
+    task = run_task(run_config)
+    model = load_fold_model(run_config, task, files.checkpoint, device)
+    return model, task, run_config
+
+
+def load_fold_model(config: RunConfig, task: TaskSpec, checkpoint: str | Path, device="cpu"):
+    """The run's model built as training built it, with ``checkpoint`` loaded (its stored identity must
+    match the config), on ``device`` in eval mode."""
     from models.checkpoint import load_checkpoint, model_identity
     from models.registry import build_model
 
-    files = resolve_run_files(results_dir_or_config, fold, checkpoint, config)
-    run_config = read_run_config(files.config)
-    task = run_task(run_config)
-    spec = run_config.model_spec(task)
-    model = build_model(run_config.model_type, spec)
-    load_checkpoint(model, files.checkpoint, model_identity(run_config.model_type, spec))
-    return model.to(device).eval(), task, run_config
+    spec = config.model_spec(task)
+    model = build_model(config.model_type, spec)
+    load_checkpoint(model, checkpoint, model_identity(config.model_type, spec))
+    return model.to(device).eval()
 
 
 def load_prompts(config: RunConfig, task: TaskSpec) -> HierarchicalPrompts:
