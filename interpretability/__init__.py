@@ -2,9 +2,14 @@
 
 * :mod:`interpretability.attribution` - :func:`explain_slide` -> :class:`SlideExplanation` (pure numbers);
 * :mod:`interpretability.plots` - contribution bar charts and slide heatmaps (matplotlib, Agg);
-* :mod:`interpretability.loading` - from a ``main.py`` run folder to the model, prompts and a slide.
+* :mod:`interpretability.heatmaps` - per-patch scores (HiVE-MIL class evidence, baseline attention)
+  drawn over the slide thumbnail or the patch grid, top tiles, ``scores.npz`` (one drawing for all);
+* :mod:`interpretability.loading` - from a ``main.py`` run folder to the model, prompts and a slide;
+* :mod:`interpretability.slide_inputs` / :mod:`interpretability.prediction` - new slides (ids, feature
+  files, tensors, raw slides) predicted by a run's fold checkpoints (``predict.py``);
+* :mod:`interpretability.planted` - a synthetic slide with a planted region and an ABMIL run rigged to it.
 
-Used by ``explain.py`` (CLI) and ``interpretability_analysis.ipynb``.
+Used by ``explain.py`` and ``predict.py`` (CLIs) and ``interpretability_analysis.ipynb``.
 """
 
 from interpretability.attribution import (

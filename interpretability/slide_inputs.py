@@ -1,0 +1,560 @@
+"""Which slides ``predict.py`` predicts, and how each becomes a :class:`~datasets.bag.SlideBag`.
+
+``--slides`` takes any mix of (docs/formats.md §8):
+
+* **slide ids** of the run's task: features from the run's ``DATA_ROOT/<task>_<extractor>/``, label and
+  ``level0_mag`` from the task's dataset CSV;
+* a **feature folder** holding ``<extractor>_5x/`` and ``hierarchical_<extractor>_5x_20x/`` (the run's
+  extractor), e.g. ``DATA_ROOT/<task>_<extractor>/``: every slide with a 5x file; a single 5x ``.h5``
+  file of such a folder names one slide;
+* **tensor files** ``.pt`` / ``.pth`` (:func:`read_tensor_bag`);
+* **raw slides** (``.svs``, ``.tif``, ``.ndpi``, ... -- see :data:`preprocess.wsi.sources.SLIDE_EXTENSIONS`):
+  features are extracted with the run's tower into a cache (:mod:`interpretability.prediction`);
+* a **folder** of tensor files and/or raw slides (searched recursively);
+* a **CSV** with ``slide_id`` and optional ``path`` (any of the above but a CSV, relative to the CSV's
+  folder), ``label`` (class name or index), ``level0_mag`` and ``slide_path`` (the raw slide, for
+  heatmaps drawn over its thumbnail). A row without ``path`` names a slide of the run's task.
+
+An input that cannot be used (a missing file, an unknown slide id) becomes a :class:`SlideInput` with
+a ``problem``: it is reported as one failed slide and the others go on. A bad CSV or folder, or two
+inputs with one slide id, is an :class:`InputError` before any work.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from datasets.bag import SlideBag
+from datasets.features import FeatureLayout, read_slide_bag
+from datasets.fingerprint import stat_record
+from datasets.hierarchy import (
+    build_hierarchical_arrays,
+    children_per_parent,
+    link_children,
+    patch_px,
+    slide_salt,
+)
+from datasets.tasks import TaskSpec
+from preprocess.wsi.sources import SLIDE_EXTENSIONS, slide_extension, slide_id_from_path
+from training.config import RunConfig
+from utils.errors import InputError, one_line
+from utils.magnification import magnification_label, magnification_value
+
+TASK, FEATURES, TENSOR, RAW = "task", "features", "tensor", "raw"
+TENSOR_SUFFIXES = (".pt", ".pth")
+_BAD_ID = re.compile(r"[/\\]|^\.\.?$|^$")
+
+
+@dataclass(frozen=True)
+class FolderLayout(FeatureLayout):
+    """A :class:`FeatureLayout` rooted at an arbitrary folder (``<folder>/<extractor>_5x/`` ...)."""
+
+    folder: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.folder) if self.folder is not None else super().root
+
+
+@dataclass
+class SlideInput:
+    """One slide to predict.
+
+    Attributes:
+        slide_id: the row's id in ``predictions.csv`` (also the heatmap folder name).
+        kind: ``task``, ``features``, ``tensor`` or ``raw``.
+        source: how the slide was named (a path or ``task:<name>``).
+        path: the tensor file or raw slide (``tensor``/``raw``).
+        layout: where the 5x and hierarchical files are (``task``/``features``).
+        label: class index when known.
+        level0_mag: level-0 magnification when known (CSV column or dataset CSV).
+        slide_file: the raw slide, when at hand (heatmaps over its thumbnail, top tiles).
+        problem: why the slide cannot be predicted (reported as a failed slide).
+    """
+
+    slide_id: str
+    kind: str
+    source: str
+    path: Path | None = None
+    layout: FeatureLayout | None = None
+    label: int | None = None
+    level0_mag: float | None = None
+    slide_file: Path | None = None
+    problem: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def input_files(self) -> list[Path]:
+        """The files the prediction reads (their size and mtime make the row's input record)."""
+        if self.kind in (TASK, FEATURES) and self.layout is not None:
+            return [self.layout.low_file(self.slide_id), self.layout.hier_file(self.slide_id)]
+        return [self.path] if self.path is not None else []
+
+    def input_record(self) -> dict:
+        """What the prediction of this slide is computed from (files by size and mtime)."""
+        return {
+            "kind": self.kind,
+            "files": {str(p): stat_record(p) for p in self.input_files()},
+            "level0_mag": self.level0_mag,
+            **self.extra,
+        }
+
+
+class InputResolver:
+    """Turns ``--slides`` items into :class:`SlideInput` (see the module docstring)."""
+
+    def __init__(self, config: RunConfig, task: TaskSpec, slide_dir: str | Path | None = None):
+        self.config = config
+        self.task = task
+        self.low = magnification_label(config.low_mag)
+        self.high = magnification_label(config.high_mag)
+        self.run_layout = FeatureLayout(
+            config.resolve_path(config.data_root_dir) if config.data_root_dir else Path("."),
+            task.name,
+            config.feature_extractor,
+            self.low,
+            self.high,
+        )
+        self._task_rows: dict[str, tuple[int, int]] | None = None
+        self._slide_files: dict[str, Path] | None = None
+        self.slide_dir = None if slide_dir is None else Path(slide_dir).expanduser()
+        if self.slide_dir is not None and not self.slide_dir.is_dir():
+            raise InputError(f"--slide-dir {slide_dir}: not a folder")
+
+    # ---- public
+
+    def resolve(self, items: list[str]) -> list[SlideInput]:
+        """Every slide the items name, in order; one :class:`InputError` for unusable lists."""
+        inputs: list[SlideInput] = []
+        for item in items:
+            inputs.extend(self._item(str(item)))
+        seen: dict[str, str] = {}
+        for inp in inputs:
+            if inp.slide_id in seen:
+                raise InputError(
+                    f"--slides: slide id {inp.slide_id!r} is named twice ({seen[inp.slide_id]} and {inp.source})"
+                )
+            seen[inp.slide_id] = inp.source
+        for inp in inputs:
+            if inp.slide_file is None and inp.kind != RAW:
+                inp.slide_file = self._slide_file(inp.slide_id)
+        return inputs
+
+    # ---- items
+
+    def _item(self, item: str) -> list[SlideInput]:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            return self._folder(path)
+        if path.is_file():
+            if path.suffix.lower() == ".csv":
+                return self._csv(path)
+            return [self._file(path, source=str(path))]
+        lowered = item.lower()
+        known = (".csv", ".h5", *TENSOR_SUFFIXES, *SLIDE_EXTENSIONS)
+        if "/" in item or "\\" in item or lowered.endswith(known):
+            if lowered.endswith((".csv",)):
+                raise InputError(f"--slides {item}: no such CSV file")
+            slide_id = slide_id_from_path(path) if slide_extension(path) else path.stem
+            return [SlideInput(slide_id, RAW, item, problem=f"{item}: no such file or folder")]
+        return [self._task_slide(item, source=f"task:{self.task.name}")]
+
+    def _file(self, path: Path, source: str, slide_id: str | None = None, **known) -> SlideInput:
+        suffix = path.suffix.lower()
+        if suffix in TENSOR_SUFFIXES:
+            return self._checked(SlideInput(slide_id or path.stem, TENSOR, source, path=path, **known))
+        if suffix == ".h5":
+            return self._checked(self._h5_file(path, source, slide_id, **known))
+        if slide_extension(path) is not None:
+            sid = slide_id or slide_id_from_path(path)
+            known["slide_file"] = path  # the slide itself, whatever a CSV's slide_path says
+            return self._checked(SlideInput(sid, RAW, source, path=path, **known))
+        raise InputError(
+            f"--slides {path}: not a CSV, feature file (.h5), tensor file (.pt/.pth), slide file or folder"
+        )
+
+    def _checked(self, inp: SlideInput) -> SlideInput:
+        if _BAD_ID.search(inp.slide_id):
+            inp.problem = f"slide id {inp.slide_id!r} cannot name a file (no slashes, not '.' or '..')"
+        return inp
+
+    def _h5_file(self, path: Path, source: str, slide_id: str | None, **known) -> SlideInput:
+        """A 5x file ``<root>/<extractor>_5x/<slide>.h5``: its hierarchical file lies in ``<root>``."""
+        folder = path.parent
+        expected = f"{self.config.feature_extractor}_{self.low}"
+        if folder.name != expected:
+            raise InputError(
+                f"--slides {path}: a feature file must lie in a folder named {expected} (the run's "
+                f"extractor and magnification) next to hierarchical_{self.config.feature_extractor}_{self.low}_{self.high}/"
+            )
+        layout = self._folder_layout(folder.parent)
+        sid = slide_id or path.stem
+        inp = SlideInput(sid, FEATURES, source, layout=layout, **known)
+        if sid != path.stem:
+            inp.problem = f"{path}: the file of slide {sid} must be named {sid}.h5"
+        elif not layout.hier_file(sid).is_file():
+            inp.problem = _missing_hier(layout, sid)
+        return inp
+
+    def _folder(self, folder: Path) -> list[SlideInput]:
+        extractor = self.config.feature_extractor
+        low_dir = folder / f"{extractor}_{self.low}"
+        if low_dir.is_dir():
+            layout = self._folder_layout(folder)
+            ids = sorted(p.stem for p in low_dir.glob("*.h5") if not p.name.startswith("."))
+            if not ids:
+                raise InputError(f"--slides {folder}: no .h5 files in {low_dir}")
+            inputs = []
+            for sid in ids:
+                inp = self._checked(SlideInput(sid, FEATURES, str(layout.low_file(sid)), layout=layout))
+                if inp.problem is None and not layout.hier_file(sid).is_file():
+                    inp.problem = _missing_hier(layout, sid)
+                inputs.append(inp)
+            return inputs
+        others = sorted(p.name for p in folder.glob("*_5x") if p.is_dir())
+        if others:
+            raise InputError(
+                f"--slides {folder}: holds {', '.join(others)}, not {low_dir.name}: the run was trained on "
+                f"{extractor} features"
+            )
+        files = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file()
+            and not p.name.startswith(".")
+            and (p.suffix.lower() in TENSOR_SUFFIXES or slide_extension(p) is not None)
+        )
+        if not files:
+            raise InputError(
+                f"--slides {folder}: no feature folder ({low_dir.name}/), tensor files (.pt/.pth) or slide "
+                f"files ({', '.join(SLIDE_EXTENSIONS)}) in it"
+            )
+        return [self._file(p, source=str(p)) for p in files]
+
+    def _csv(self, path: Path) -> list[SlideInput]:
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except Exception as err:  # pandas raises many exception types for unreadable files
+            raise InputError(f"{path}: cannot read CSV ({one_line(err, with_type=False)})") from None
+        frame.columns = [str(c).strip() for c in frame.columns]
+        if "slide_id" not in frame.columns and "path" not in frame.columns:
+            raise InputError(
+                f"{path}: needs a 'slide_id' or a 'path' column (optional: label, level0_mag, slide_path)"
+            )
+        if frame.empty:
+            raise InputError(f"{path}: no rows")
+        inputs = []
+        for i, row in enumerate(frame.to_dict("records")):
+            where = f"{path} data row {i + 1}"
+            sid = str(row.get("slide_id", "")).strip() or None
+            raw_path = str(row.get("path", "")).strip()
+            if sid is None and not raw_path:
+                raise InputError(f"{where}: neither slide_id nor path")
+            known = {
+                "label": self._label(row.get("label", ""), where),
+                "level0_mag": _level0_mag(row.get("level0_mag", ""), where),
+            }
+            slide_path = str(row.get("slide_path", "")).strip()
+            if slide_path:
+                known["slide_file"] = _relative(path, slide_path)
+            if raw_path:
+                target = _relative(path, raw_path)
+                if target.is_dir():
+                    if sid is None:
+                        raise InputError(f"{where}: a folder path needs a slide_id")
+                    layout = self._folder_layout(target)
+                    inp = SlideInput(sid, FEATURES, str(target), layout=layout, **known)
+                    if not layout.low_file(sid).is_file():
+                        inp.problem = f"{layout.low_file(sid)}: no such feature file"
+                    elif not layout.hier_file(sid).is_file():
+                        inp.problem = _missing_hier(layout, sid)
+                    inputs.append(self._checked(inp))
+                elif target.is_file():
+                    inputs.append(self._file(target, str(target), sid, **known))
+                else:
+                    name = sid or slide_id_from_path(target)
+                    inputs.append(SlideInput(name, RAW, str(target), problem=f"{target}: no such file"))
+            else:
+                inputs.append(self._task_slide(sid, source=f"task:{self.task.name}", **known))
+        return inputs
+
+    # ---- helpers
+
+    def _task_slide(self, slide_id: str, source: str, **known) -> SlideInput:
+        layout = self.run_layout
+        csv_label, csv_mag = self.task_rows().get(slide_id, (None, None))
+        label = known.pop("label", None)
+        mag = known.pop("level0_mag", None)
+        inp = SlideInput(
+            slide_id,
+            TASK,
+            source,
+            layout=layout,
+            label=csv_label if label is None else label,
+            level0_mag=csv_mag if mag is None else mag,
+            **known,
+        )
+        inp = self._checked(inp)
+        low, hier = layout.low_file(slide_id), layout.hier_file(slide_id)
+        if inp.problem is not None or (low.is_file() and hier.is_file()):
+            return inp
+        if slide_id in self.task_rows() or low.is_file():
+            inp.problem = f"features of task {self.task.name} missing ({low} / {hier})"
+        else:
+            inp.problem = f"no such file or folder, and not a slide of task {self.task.name} (no {low})"
+        return inp
+
+    def task_rows(self) -> dict[str, tuple[int, int]]:
+        """``{slide_id: (label index, level0_mag)}`` of the task's dataset CSV (empty when it is absent)."""
+        if self._task_rows is None:
+            from datasets.dataset_csv import read_dataset_csv
+
+            rows = {}
+            if Path(self.task.csv_path).is_file():
+                frame = read_dataset_csv(self.task.csv_path, self.task)
+                rows = {
+                    str(s): (int(label), int(mag))
+                    for s, label, mag in zip(frame["slide_id"], frame["label_idx"], frame["level0_mag"])
+                }
+            self._task_rows = rows
+        return self._task_rows
+
+    def _label(self, value, where: str) -> int | None:
+        text = str(value).strip()
+        if text in ("", "-1"):
+            return None
+        if text in self.task.label_dict:
+            return int(self.task.label_dict[text])
+        if text.isdigit() and int(text) < self.task.num_classes:
+            return int(text)
+        raise InputError(
+            f"{where}: label {text!r} is not a class of the run ({', '.join(self.task.class_names)}) "
+            "nor a class index"
+        )
+
+    def _folder_layout(self, folder: Path) -> FeatureLayout:
+        return FolderLayout(
+            folder.parent, folder.name, self.config.feature_extractor, self.low, self.high, folder
+        )
+
+    def _slide_file(self, slide_id: str) -> Path | None:
+        if self.slide_dir is None:
+            return None
+        if self._slide_files is None:
+            index: dict[str, Path] = {}
+            for p in sorted(self.slide_dir.rglob("*")):
+                if p.is_file() and not p.name.startswith(".") and slide_extension(p) is not None:
+                    index.setdefault(slide_id_from_path(p), p)
+            self._slide_files = index
+        return self._slide_files.get(slide_id)
+
+
+def _missing_hier(layout: FeatureLayout, slide_id: str) -> str:
+    return (
+        f"{layout.hier_file(slide_id)}: hierarchical file missing (build it with "
+        "create_hierarchical_features.py)"
+    )
+
+
+def _relative(csv_path: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else csv_path.parent / path
+
+
+def _level0_mag(value, where: str) -> float | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        mag = float(text)
+    except ValueError:
+        mag = -1.0
+    if not mag > 0 or mag != int(mag):
+        raise InputError(f"{where}: level0_mag must be a positive whole number, got {text!r}")
+    return mag
+
+
+# ------------------------------------------------------------------------------------------ bags
+
+
+def feature_level0_mag(layout: FeatureLayout, slide_id: str) -> float | None:
+    """``level0_mag`` recorded in the slide's hierarchical or 5x file (our writers record it), else None."""
+    for path in (layout.hier_file(slide_id), layout.low_file(slide_id)):
+        try:
+            with h5py.File(path, "r") as f:
+                value = f.attrs.get("level0_mag")
+        except (OSError, ValueError):
+            continue
+        if value is not None and float(value) > 0:
+            return float(value)
+    return None
+
+
+def read_feature_bag(inp: SlideInput, layout: FeatureLayout, feature_dim: int) -> SlideBag:
+    """The bag of a slide with 5x and hierarchical files, read exactly as training reads it."""
+    bag = read_slide_bag(
+        layout, inp.slide_id, -1 if inp.label is None else inp.label, expected_dim=feature_dim
+    )
+    mag = inp.level0_mag or feature_level0_mag(layout, inp.slide_id)
+    if mag:
+        bag.meta["level0_mag"] = int(mag)
+    return bag
+
+
+def _tensor(obj, key: str, path: Path, ndim: tuple[int, ...], dtype=None):
+    import torch
+
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        raise InputError(f"{path}: '{key}' is not a tensor")
+    if value.ndim not in ndim:
+        raise InputError(
+            f"{path}: '{key}' should have {' or '.join(map(str, ndim))} dimensions, has shape {list(value.shape)}"
+        )
+    return value if dtype is None else value.to(dtype)
+
+
+def read_tensor_bag(
+    path: Path,
+    slide_id: str,
+    feature_dim: int,
+    low_mag: float = 5,
+    high_mag: float = 20,
+    level0_mag: float | None = None,
+    label: int | None = None,
+) -> SlideBag:
+    """A slide from a ``.pt``/``.pth`` file (``torch.load(weights_only=True)``; docs/formats.md §8).
+
+    Accepted forms:
+
+    * a dict with ``x5`` [N5, D] and ``x20`` [N5, M, D] (row i: the children of 5x patch i, zero-padded),
+      optional ``child_mask`` [N5, M] bool (default: the non-zero slots), ``coords5`` [N5, 2] and
+      ``coords20`` [N5, M, 2] (level-0 top-left corners) and ``level0_mag``;
+    * a dict with ``x5``, ``coords5``, a flat ``x20`` [N20, D] with ``coords20`` [N20, 2] and
+      ``level0_mag``: the 20x patches are linked to their 5x parents as ``create_hierarchical_features.py``
+      links them (a 20x patch under every 5x patch containing its corner, at most (high/low)^2 per parent);
+    * a dict with ``features`` [N, D] and optional ``coords`` [N, 2], or a plain [N, D] tensor: a flat
+      bag of instances, usable only by the instance baselines (ABMIL, TransMIL, ...).
+    """
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"{path}: cannot read as a torch file (not written by torch.save, or it holds objects other "
+            "than tensors, numbers, strings, lists and dicts)"
+        ) from None
+    except Exception as err:
+        raise InputError(f"{path}: cannot read as a torch file ({one_line(err)})") from None
+    if isinstance(obj, torch.Tensor):
+        obj = {"features": obj}
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: expected a dict of tensors or an [N, D] tensor, got {type(obj).__name__}")
+    if level0_mag is None and obj.get("level0_mag") is not None:
+        level0_mag = float(obj["level0_mag"])
+    meta: dict = {"format": "tensor", "file": str(path)}
+    if "x5" in obj:
+        x5 = _tensor(obj, "x5", path, (2,), torch.float32)
+        x20 = _tensor(obj, "x20", path, (2, 3), torch.float32)
+        if x20 is None:
+            raise InputError(f"{path}: has 'x5' but no 'x20' (20x features)")
+        coords5 = _tensor(obj, "coords5", path, (2,), torch.int64)
+        coords20 = _tensor(obj, "coords20", path, (2, 3), torch.int64)
+        n5 = x5.shape[0]
+        if coords5 is not None and tuple(coords5.shape) != (n5, 2):
+            raise InputError(f"{path}: 'coords5' has shape {list(coords5.shape)}, expected [{n5}, 2]")
+        if x20.ndim == 2:
+            x20, child_mask, coords20 = _link_flat_20x(
+                path, slide_id, x5, coords5, x20, coords20, level0_mag, low_mag, high_mag
+            )
+        else:
+            if x20.shape[0] != n5:
+                raise InputError(
+                    f"{path}: 'x20' has {x20.shape[0]} rows, 'x5' {n5}; row i must hold 5x patch i's children"
+                )
+            child_mask = _tensor(obj, "child_mask", path, (2,))
+            if child_mask is None:
+                child_mask = (x20 != 0).any(dim=-1)
+            elif tuple(child_mask.shape) != tuple(x20.shape[:2]):
+                raise InputError(
+                    f"{path}: 'child_mask' has shape {list(child_mask.shape)}, expected {list(x20.shape[:2])}"
+                )
+            child_mask = child_mask.to(torch.bool)
+            if coords20 is not None and tuple(coords20.shape) != (*x20.shape[:2], 2):
+                raise InputError(
+                    f"{path}: 'coords20' has shape {list(coords20.shape)}, expected {[*x20.shape[:2], 2]}"
+                )
+            x20 = x20 * child_mask.unsqueeze(-1)
+        if not bool(child_mask.any()):
+            raise InputError(f"{path}: no 20x children")
+        if x20.shape[-1] != x5.shape[1]:
+            raise InputError(f"{path}: 'x20' has dimension {x20.shape[-1]}, 'x5' {x5.shape[1]}")
+    elif "features" in obj:
+        feats = _tensor(obj, "features", path, (2,), torch.float32)
+        coords = _tensor(obj, "coords", path, (2,), torch.int64)
+        if coords is not None and tuple(coords.shape) != (feats.shape[0], 2):
+            raise InputError(
+                f"{path}: 'coords' has shape {list(coords.shape)}, expected [{feats.shape[0]}, 2]"
+            )
+        x5, x20 = feats, feats.unsqueeze(1)
+        child_mask = torch.ones(feats.shape[0], 1, dtype=torch.bool)
+        coords5, coords20 = coords, None if coords is None else coords.unsqueeze(1)
+        meta["flat"] = True
+    else:
+        raise InputError(
+            f"{path}: a dict needs 'x5' and 'x20' (5x/20x bag) or 'features' (flat bag); found "
+            f"{', '.join(map(str, obj)) or 'no keys'}"
+        )
+    if x5.shape[0] == 0:
+        raise InputError(f"{path}: empty bag (0 patches)")
+    if x5.shape[1] != feature_dim:
+        raise InputError(f"{path}: feature dim mismatch: expected {feature_dim}, found {x5.shape[1]}")
+    if not (torch.isfinite(x5).all() and torch.isfinite(x20).all()):
+        raise InputError(f"{path}: features contain NaN or Inf")
+    if level0_mag:
+        meta["level0_mag"] = int(level0_mag)
+    return SlideBag(
+        slide_id, x5.contiguous(), x20.contiguous(), child_mask.contiguous(),
+        -1 if label is None else int(label), coords5, coords20, meta,
+    )  # fmt: skip
+
+
+def _link_flat_20x(path, slide_id, x5, coords5, x20, coords20, level0_mag, low_mag, high_mag):
+    """Scatter flat 20x patches onto their 5x parents (the hierarchy builder's linking)."""
+    import torch
+
+    if coords5 is None or coords20 is None or not level0_mag:
+        raise InputError(
+            f"{path}: a flat 'x20' [N20, D] needs 'coords5', 'coords20' [N20, 2] and 'level0_mag' to be linked "
+            "to its 5x parents (or give 'x20' as [N5, M, D])"
+        )
+    if tuple(coords20.shape) != (x20.shape[0], 2):
+        raise InputError(f"{path}: 'coords20' has shape {list(coords20.shape)}, expected [{x20.shape[0]}, 2]")
+    width = children_per_parent(low_mag, high_mag)
+    link = link_children(
+        coords5.numpy(), coords20.numpy(), patch_px(level0_mag, low_mag), max_children=width,
+        salt=slide_salt(slide_id),
+    )  # fmt: skip
+    arrays = build_hierarchical_arrays(x20.numpy(), coords20.numpy(), link)
+    n5 = x5.shape[0]
+    feats = np.zeros((n5, width, x20.shape[1]), dtype=np.float32)
+    coords = np.zeros((n5, width, 2), dtype=np.int64)
+    mask = np.zeros((n5, width), dtype=bool)
+    feats[arrays.parent_index] = arrays.features
+    coords[arrays.parent_index] = arrays.coords
+    mask[arrays.parent_index] = arrays.child_mask
+    return torch.from_numpy(feats), torch.from_numpy(mask), torch.from_numpy(coords)
+
+
+def run_magnifications(config: RunConfig) -> tuple[float, float]:
+    """(low, high) magnifications of the run as numbers (5.0, 20.0)."""
+    return magnification_value(config.low_mag), magnification_value(config.high_mag)

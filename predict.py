@@ -1,0 +1,163 @@
+"""Predict new slides with a finished run: per fold checkpoint and the fold ensemble, optional heatmaps.
+
+    python predict.py --run RESULTS/<task>/<extractor>/<shots>/<run> --slides SLIDES [SLIDES ...] \\
+        [--out DIR] [--folds 0 2] [--heatmaps [--top-tiles 4] [--slide-dir RAW_SLIDES]] [--device auto]
+
+``--slides``: slide ids of the run's task, feature folders (``DATA_ROOT/<task>_<extractor>/``), 5x
+``.h5`` files, ``.pt``/``.pth`` tensor files, raw slides (``.svs``, ``.tif``, ``.ndpi``, ...: features
+extracted with the run's tower into ``DIR/feature_cache/``), folders of tensors or slides, or a CSV
+(``slide_id`` and optional ``path``, ``label``, ``level0_mag``, ``slide_path``); docs/formats.md §8.
+Writes ``DIR/predictions.csv`` (default DIR: ``<run>/predictions/``): per slide each fold's
+probabilities and the ensemble (mean probability) with its predicted class. A rerun reuses rows whose
+inputs and checkpoints are unchanged; a bad slide is reported in one line and the others go on (exit
+code 1). ``--heatmaps`` writes ``DIR/heatmaps/<slide>/fold_<k>/``: HiVE-MIL class evidence or the
+attention of ABMIL / LiteMIL / TransMIL at 5x and 20x, over the slide thumbnail when the raw slide is
+known, top-k tiles and ``scores.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from utils.errors import InputError, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run folder of main.py (config.json + s_<k>_checkpoint.pt)")
+    p.add_argument(
+        "--slides", required=True, nargs="+", metavar="SLIDES",
+        help="slide ids, feature folders or files, .pt/.pth tensors, raw slides, folders or a CSV",
+    )  # fmt: skip
+    p.add_argument("--out", default=None, help="output folder (default: <run>/predictions)")
+    p.add_argument(
+        "--folds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="fold checkpoints to use (default: every fold present)",
+    )
+    p.add_argument("--heatmaps", action="store_true", help="per-patch heatmaps, top tiles and scores.npz")
+    p.add_argument(
+        "--top-tiles", type=int, default=4, help="top patches cut from the slide per scale (default 4)"
+    )
+    p.add_argument(
+        "--slide-dir",
+        default=None,
+        help="raw slides <slide_id>.<ext> (searched recursively) for heatmap thumbnails",
+    )
+    p.add_argument("--level0-mag", type=float, default=None, help="raw slides: level-0 magnification")
+    p.add_argument("--min-tissue", type=float, default=0.25, help="raw slides: minimum tissue per tile")
+    p.add_argument("--batch-size", type=int, default=64, help="raw slides: tiles per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="raw slides: tile-reader threads")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    return p
+
+
+def validate(args: argparse.Namespace) -> None:
+    """One-line errors for bad flag values, before any work."""
+    if args.top_tiles < 0:
+        raise InputError(f"--top-tiles must be >= 0, got {args.top_tiles}")
+    if not 0 < args.min_tissue <= 1:
+        raise InputError(f"--min-tissue must be in (0, 1], got {args.min_tissue}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {args.workers}")
+    if args.threads < 0:
+        raise InputError(f"--threads must be >= 0, got {args.threads}")
+    if args.level0_mag is not None and not args.level0_mag > 0:
+        raise InputError(f"--level0-mag must be positive, got {args.level0_mag}")
+
+
+def _tile_progress(bars: list):
+    def make(total: int, name: str):
+        bars.append(tqdm(total=total, desc=f"tiles {name[:24]}", unit="tile", leave=False, file=sys.stderr))
+        return bars[-1].update
+
+    return make
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    validate(args)
+    from interpretability.prediction import PredictOptions, Predictor, open_run, predict_slides
+    from interpretability.slide_inputs import InputResolver
+    from utils.locking import FolderLock, LockHeld
+
+    run = open_run(args.run, args.folds)
+    inputs = InputResolver(run.config, run.task, args.slide_dir).resolve(args.slides)
+    out_dir = Path(args.out).expanduser() if args.out else run.run_dir / "predictions"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: not a folder")
+    options = PredictOptions(
+        heatmaps=args.heatmaps,
+        top_tiles=args.top_tiles,
+        device=args.device,
+        level0_mag=args.level0_mag,
+        min_tissue=args.min_tissue,
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    predictor = Predictor(run, out_dir, options)
+    try:
+        lock = FolderLock(out_dir)
+        lock.acquire()
+    except LockHeld as err:
+        raise InputError(f"--out: {err}; wait for it to finish or use another --out") from None
+    except OSError as err:
+        raise InputError(f"--out {out_dir}: cannot write ({err})") from None
+    print(
+        f"{len(inputs)} slides, model {run.config.model_type} of {run.run_dir}, folds "
+        f"{' '.join(map(str, run.folds))}; output in {out_dir}"
+    )
+    bars: list = []
+
+    def report(outcome) -> None:
+        for bar in bars:
+            bar.close()
+        bars.clear()
+        if outcome.status == "failed":
+            tqdm.write(f"failed {outcome.slide_id}: {outcome.message}", file=sys.stderr)
+        elif outcome.status == "reused":
+            tqdm.write(f"reused {outcome.slide_id} (inputs and checkpoints unchanged)")
+        else:
+            row = outcome.row
+            p = row[f"prob_{row['pred_class']}"]
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in outcome.stages.items())
+            tqdm.write(
+                f"{outcome.slide_id}: {row['pred_class']} (p={p:.3f}) in {outcome.seconds:.2f} s ({stages})"
+            )
+
+    start = time.perf_counter()
+    try:
+        result = predict_slides(
+            predictor,
+            inputs,
+            on_outcome=report,
+            progress=_tile_progress(bars),
+            wrap=lambda items: tqdm(items, desc="slides", unit="slide", file=sys.stderr),
+        )
+    finally:
+        lock.release()
+    done = [o for o in result.outcomes if o.status == "done"]
+    per_slide = f" ({sum(o.seconds for o in done) / len(done):.2f} s per predicted slide)" if done else ""
+    print(
+        f"slides: {len(done)} predicted, {result.count('reused')} reused, {result.count('failed')} failed in "
+        f"{time.perf_counter() - start:.1f} s{per_slide}; wrote {result.path}"
+    )
+    return 1 if result.count("failed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
