@@ -55,8 +55,7 @@ class BagDataset:
     def __getitem__(self, index: int) -> SlideBag:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} slides")
-        slide_id, label = self.slide_ids[index], self.labels[index]
-        key = f"{slide_id}\0{label}"
+        key = self._cache_key(index)
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None:
@@ -64,9 +63,19 @@ class BagDataset:
                 self.hits += 1
                 return entry[0]
             self.misses += 1
-        bag = read_slide_bag(self.layout, slide_id, label, expected_dim=self.expected_dim)
+        bag = self._read(index)
         self._insert(key, bag)
         return bag
+
+    def _cache_key(self, index: int) -> str:
+        """Cache key of item ``index``: its id, a NUL separator, its label."""
+        return f"{self.slide_ids[index]}\0{self.labels[index]}"
+
+    def _read(self, index: int) -> SlideBag:
+        """Load item ``index`` from disk (outside the cache lock); subclasses load other bag kinds."""
+        return read_slide_bag(
+            self.layout, self.slide_ids[index], self.labels[index], expected_dim=self.expected_dim
+        )
 
     def _insert(self, key: str, bag: SlideBag) -> None:
         size = bag_nbytes(bag)

@@ -12,10 +12,10 @@ from utils.errors import InputError, one_line
 VALID_LEVEL0_MAGS = (20, 40)
 
 
-def _load(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+def _load(path: Path, required: tuple[str, ...], expected: tuple[str, ...] = CSV_COLUMNS) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"dataset CSV not found: {path} (expected columns {','.join(CSV_COLUMNS)})")
+        raise InputError(f"dataset CSV not found: {path} (expected columns {','.join(expected)})")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as err:  # pandas raises many exception types for unreadable files
@@ -24,7 +24,7 @@ def _load(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise InputError(
-            f"{path}: missing column(s) {', '.join(missing)} (expected columns {','.join(CSV_COLUMNS)})"
+            f"{path}: missing column(s) {', '.join(missing)} (expected columns {','.join(expected)})"
         )
     if frame.empty:
         raise InputError(f"{path}: no rows")
@@ -56,6 +56,13 @@ def _names(values, limit: int = 5) -> str:
     values = [str(v) for v in values]
     shown = ", ".join(values[:limit])
     return shown + (f" (+{len(values) - limit} more)" if len(values) > limit else "")
+
+
+def read_csv_table(path: str | Path, required: tuple[str, ...]) -> pd.DataFrame:
+    """A dataset-style CSV with the columns ``required``, checked as :func:`read_dataset_csv` checks its
+    columns (file present, columns present, no empty cells, unique ``slide_id``, ``level0_mag`` 20 or
+    40); all cells are trimmed strings except ``level0_mag`` (int). Used for other task kinds' CSVs."""
+    return _load(Path(path), tuple(required), tuple(required))
 
 
 def read_dataset_csv(path: str | Path, task: TaskSpec) -> pd.DataFrame:

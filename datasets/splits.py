@@ -47,8 +47,11 @@ def split_csv_path(splits_root: str | Path, task: str, few_shot_num: int, fold: 
     return Path(splits_root) / task / f"{task}_{few_shot_num}" / f"splits_{fold}.csv"
 
 
-def read_split(path: str | Path) -> Split:
-    """Parse a split CSV (published format). One-line :class:`InputError` on any format problem."""
+def read_split(path: str | Path, item: str = "slide") -> Split:
+    """Parse a split CSV (published format). One-line :class:`InputError` on any format problem.
+
+    ``item`` names what the cells hold in messages (``"case"`` for survival splits, docs/survival.md §4).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"split file not found: {path} (make one with create_splits.py)")
@@ -76,10 +79,12 @@ def read_split(path: str | Path) -> Split:
     for part, ids in parts.items():
         dup = sorted(s for s, n in Counter(ids).items() if n > 1)
         if dup:
-            raise InputError(f"{path}: slide {dup[0]} listed twice in '{part}'")
+            raise InputError(f"{path}: {item} {dup[0]} listed twice in '{part}'")
     leaked = sorted(set(parts["train"]) & (set(parts["val"]) | set(parts["test"])))
     if leaked:
-        raise InputError(f"{path}: slide {leaked[0]} is in train and in val/test ({len(leaked)} such slides)")
+        raise InputError(
+            f"{path}: {item} {leaked[0]} is in train and in val/test ({len(leaked)} such {item}s)"
+        )
     return Split(**parts)
 
 
