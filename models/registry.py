@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets.tasks import TaskSpec
+from models.hila.options import HiLaOptions
 from models.hivemil.options import HiveMILOptions
 from models.towers.loading import TowerSource
 from utils.errors import InputError
@@ -32,6 +33,7 @@ class ModelSpec:
         prototype_number: ViLa-MIL prototypes (None: its default).
         hivemil: HiVE-MIL constructor options and variant switches; the prompt layout (coarse/fine
             counts) and context options are shared by every vision-language model.
+        hila: HiLa-style survival model options (docs/survival.md §8).
     """
 
     task: TaskSpec
@@ -41,6 +43,7 @@ class ModelSpec:
     dropout: bool = False
     prototype_number: int | None = None
     hivemil: HiveMILOptions = field(default_factory=HiveMILOptions)
+    hila: HiLaOptions = field(default_factory=HiLaOptions)
 
     @property
     def num_classes(self) -> int:
@@ -49,15 +52,18 @@ class ModelSpec:
 
 _BUILDERS: dict[str, Callable] = {}
 _TEXT_TOWER_MODELS: set[str] = set()
+_SURVIVAL_MODELS: set[str] = set()
 
 # Modules that register models when imported.
-_MODEL_MODULES = ("models.hivemil.model", "models.baselines")
+_MODEL_MODULES = ("models.hivemil.model", "models.baselines", "models.hila.model")
 
 
-def register_model(name: str, text_tower: bool = False):
+def register_model(name: str, text_tower: bool = False, survival: bool = False):
     """Decorator: register ``builder(spec: ModelSpec) -> SlideClassifier`` under ``name``.
 
     ``text_tower``: the model uses the spec's text tower and prompts (vision-language models).
+    ``survival``: the model predicts survival -- its logits are one hazard logit per survival bin
+    (``spec.num_classes`` bins; docs/survival.md §6.1) -- and trains only on survival tasks.
     """
 
     def wrap(builder: Callable) -> Callable:
@@ -66,9 +72,22 @@ def register_model(name: str, text_tower: bool = False):
         _BUILDERS[name] = builder
         if text_tower:
             _TEXT_TOWER_MODELS.add(name)
+        if survival:
+            _SURVIVAL_MODELS.add(name)
         return builder
 
     return wrap
+
+
+def is_survival_model(name: str) -> bool:
+    """Whether model type ``name`` predicts survival hazards (False for unknown names)."""
+    _load_all()
+    return name in _SURVIVAL_MODELS
+
+
+def survival_models() -> list[str]:
+    _load_all()
+    return sorted(_SURVIVAL_MODELS)
 
 
 def uses_text_tower(name: str) -> bool:

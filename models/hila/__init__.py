@@ -1,0 +1,1 @@
+"""HiLa-style hierarchical vision-language survival model (docs/survival.md §8): one module per mechanism."""
