@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from datasets.tasks import TaskSpec
+from models.hila.options import HiLaOptions
 from models.hivemil.options import SWITCHES, VARIANTS, HiveMILOptions, VariantSwitches
 from models.registry import ModelSpec
 from models.towers.loading import TowerSource
@@ -59,7 +60,11 @@ GROUPS = {
     "hivemil": "HiVE-MIL options",
     "variant": "HiVE-MIL variant: released-code behaviours (README, Known divergences)",
     "run": "run control (added by this project)",
+    "survival": "survival tasks and the HiLa-style model (docs/survival.md)",
 }
+
+TASK_KINDS = ("auto", "classification", "survival")
+SURVIVAL_LOSS_NAMES = ("nll", "cox")
 
 
 def _both(name: str) -> tuple[str, ...]:
@@ -265,6 +270,39 @@ class RunConfig:
         "--quiet", default=False, group="run", help="no progress bars, only warnings and errors"
     )
 
+    # --- survival tasks (docs/survival.md) ---
+    task_kind: str = flag(
+        *_both("task_kind"), default="auto", choices=TASK_KINDS, group="survival",
+        help="auto: survival when the task's dataset CSV has a survival_months column, else classification",
+    )  # fmt: skip
+    surv_loss: str = flag(
+        *_both("surv_loss"), default="nll", choices=SURVIVAL_LOSS_NAMES, group="survival",
+        help="discrete-time NLL (Zadeh & Schmid 2020) or Cox partial likelihood",
+    )  # fmt: skip
+    surv_alpha: float = flag(
+        *_both("surv_alpha"), default=0.15, group="survival", help="NLL weight of the uncensored term"
+    )
+    n_bins: int = flag(
+        *_both("n_bins"), default=4, group="survival",
+        help="survival bins, cut at quantiles of the uncensored times (4: quartiles)",
+    )  # fmt: skip
+    surv_batch: int = flag(
+        *_both("surv_batch"), default=0, group="survival",
+        help="cases per optimiser step (0: 1 for nll, 16 for cox)",
+    )  # fmt: skip
+    mcl_lambda: float = flag(
+        *_both("mcl_lambda"),
+        default=0.1,
+        group="survival",
+        help="HiLa: weight of the mutual contrastive loss",
+    )
+    opl_epsilon: float = flag(
+        *_both("opl_epsilon"), default=0.1, group="survival", help="HiLa: entropic OT regularisation"
+    )
+    opl_iterations: int = flag(
+        *_both("opl_iterations"), default=10, group="survival", help="HiLa: Sinkhorn iterations"
+    )
+
     # ---- derived values ----
     @property
     def fold_range(self) -> range:
@@ -276,7 +314,12 @@ class RunConfig:
     @property
     def exp_code(self) -> str:
         """``<task>_<extractor>_<model_type>_<few_shot_num>`` (published experiment code)."""
-        return f"{self.task}_{self.feature_extractor}_{self.model_type}_{self.few_shot_num}"
+        return self.experiment_code()
+
+    def experiment_code(self, shots: str | int | None = None) -> str:
+        """:attr:`exp_code` with ``shots`` in place of ``--few_shot_num`` (e.g. ``survival``)."""
+        label = self.few_shot_num if shots is None else shots
+        return f"{self.task}_{self.feature_extractor}_{self.model_type}_{label}"
 
     @property
     def variant_tag(self) -> str:
@@ -295,12 +338,17 @@ class RunConfig:
     def run_dir(self) -> Path:
         """``results_dir/<task>/<extractor>/<shots>/<exp_code>_s<seed><variant_tag>`` (published layout,
         extended so that runs of different variants never share a folder)."""
+        return self.run_folder()
+
+    def run_folder(self, shots: str | int | None = None) -> Path:
+        """:attr:`run_dir` with ``shots`` in place of ``--few_shot_num`` (survival runs: ``survival``)."""
+        label = self.few_shot_num if shots is None else shots
         return (
             Path(self.results_dir)
             / str(self.task)
             / self.feature_extractor
-            / str(self.few_shot_num)
-            / f"{self.exp_code}_s{self.seed}{self.variant_tag}"
+            / str(label)
+            / f"{self.experiment_code(label)}_s{self.seed}{self.variant_tag}"
         )
 
     @property
@@ -331,6 +379,12 @@ class RunConfig:
             switches=self.switches(),
         )
 
+    def hila_options(self) -> HiLaOptions:
+        """The HiLa-style model's options this run asks for (docs/survival.md §8)."""
+        return HiLaOptions(
+            opl_epsilon=self.opl_epsilon, opl_iterations=self.opl_iterations, mcl_lambda=self.mcl_lambda
+        )
+
     def model_spec(self, task: TaskSpec) -> ModelSpec:
         """Everything a model builder needs (:class:`models.registry.ModelSpec`), explicitly."""
         return ModelSpec(
@@ -341,6 +395,7 @@ class RunConfig:
             dropout=self.drop_out,
             prototype_number=self.prototype_number,
             hivemil=self.hivemil_options(),
+            hila=self.hila_options(),
         )
 
     def resolve_path(self, value: str | None) -> Path | None:
@@ -420,6 +475,20 @@ def validate_config(config: RunConfig) -> None:
         (config.threads >= 0, "--threads must be >= 0"),
         (config.max_children >= 0, "--max-children must be >= 0"),
         (config.attention_chunk >= 0, "--attention-chunk must be >= 0"),
+        (0 <= config.surv_alpha <= 1, "--surv_alpha must be in [0, 1]"),
+        (config.n_bins >= 2, "--n_bins must be >= 2"),
+        (config.surv_batch >= 0, "--surv_batch must be >= 0"),
+        (
+            config.surv_loss != "cox" or config.surv_batch != 1,
+            "--surv_loss cox needs --surv_batch >= 2 "
+            "(the partial likelihood compares the cases of one step) or 0 for the default",
+        ),
+        (config.mcl_lambda >= 0, "--mcl_lambda must be >= 0"),
+        (
+            config.opl_epsilon > 0 and math.isfinite(config.opl_epsilon),
+            "--opl_epsilon must be a positive number",
+        ),
+        (config.opl_iterations >= 1, "--opl_iterations must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

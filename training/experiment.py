@@ -1,5 +1,10 @@
 """The k-fold experiment behind ``main.py``: check inputs, then train, evaluate and record each fold.
 
+Every task kind runs through these stages; what differs between classification and survival (data,
+loss, evaluation, metrics, result files) comes from a :class:`training.task_kind.TaskKind`:
+:class:`ClassificationKind` below (the functions of this module) or
+:class:`training.survival_run.SurvivalKind` (docs/survival.md §7.1). For classification:
+
 Order of work (docs/method.md §8):
 
 1. :func:`run_experiment` checks the flags, takes the run folder's lock (a second run into the same
@@ -21,24 +26,19 @@ Order of work (docs/method.md §8):
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from datasets.bag_dataset import BagDataset
 from datasets.dataset_csv import read_dataset_csv
 from datasets.features import FeatureLayout, missing_feature_slides
-from datasets.slide_check import check_slides
 from datasets.splits import PARTS, Split, check_split_against_csv, read_split, split_csv_path, split_leakage
 from datasets.tasks import TaskSpec, get_task
 from models.base import SlideClassifier
 from models.checkpoint import model_identity, save_checkpoint
-from models.registry import build_model, uses_text_tower
+from models.registry import build_model, is_survival_model, uses_text_tower
 from models.towers.loading import tower_identity
 from training import results as res
 from training.bag_losses import build_bag_loss
@@ -47,13 +47,19 @@ from training.early_stopping import EarlyStopping
 from training.evaluation import EvalResult, evaluate
 from training.fingerprints import changed_inputs, fold_inputs, read_fold_inputs, write_fold_inputs
 from training.loop import FitResult, LoopOptions, build_optimizer, fit, restore_state
+from training.run_checks import MAX_LISTED, ORPHAN_WARNING  # noqa: F401 - kept importable from here
+from training.run_checks import check_every_slide as _check_every_slide
+from training.run_checks import check_feature_dim as _check_feature_dim
+from training.run_checks import check_writable as _check_writable
+from training.run_checks import limit_split as _limit_split
+from training.run_checks import listed as _listed
+from training.survival_run import SurvivalKind
+from training.task_kind import SURVIVAL, TaskKind, detect_task_kind
 from utils.device import resolve_device
 from utils.errors import InputError
 from utils.locking import FolderLock, LockHeld
-from utils.run_logging import RunLog, ScalarLog, bar, progress_enabled
+from utils.run_logging import RunLog, ScalarLog, progress_enabled
 from utils.seed import configure_determinism, seed_everything
-
-MAX_LISTED = 5
 
 
 @dataclass
@@ -86,11 +92,6 @@ class PreparedData:
         return {part: [self.dataset.slide_ids[i] for i in getattr(idx, part)] for part in PARTS}
 
 
-def _listed(ids: list[str]) -> str:
-    shown = ", ".join(ids[:MAX_LISTED])
-    return shown + (f" (+{len(ids) - MAX_LISTED} more)" if len(ids) > MAX_LISTED else "")
-
-
 def _read_fold_splits(config: RunConfig, task: TaskSpec, df) -> dict[int, Split]:
     """Read and check the split file of every fold to run."""
     splits_root = config.resolve_path(config.splits_root)
@@ -113,21 +114,6 @@ def _read_fold_splits(config: RunConfig, task: TaskSpec, df) -> dict[int, Split]
             raise InputError(f"{path}: {len(unknown)} slide(s) not in {task.csv_path}: {_listed(unknown)}")
         splits[fold] = split
     return splits
-
-
-def _limit_split(split: Split, config: RunConfig, fold: int) -> Split:
-    """Apply ``--label_frac`` (seeded subset of the training slides) and ``--max_slides``/``--testing``."""
-    train = list(split.train)
-    if config.label_frac < 1.0 and train:
-        keep = max(1, int(round(config.label_frac * len(train))))
-        rng = np.random.default_rng([config.seed, fold])
-        chosen = sorted(rng.choice(len(train), size=keep, replace=False).tolist())
-        train = [train[i] for i in chosen]
-    parts = {"train": train, "val": list(split.val), "test": list(split.test)}
-    limit = config.slide_limit
-    if limit is not None:
-        parts = {name: ids[:limit] for name, ids in parts.items()}
-    return Split(**parts)
 
 
 def run_task(config: RunConfig) -> TaskSpec:
@@ -237,62 +223,6 @@ def _check_leakage(config: RunConfig, splits: dict[int, Split], case_of: dict[st
                 f"fold {fold} split: {'; '.join(patient_problems)} (patient-level leakage; "
                 "--allow-patient-overlap accepts it)"
             )
-
-
-def _check_feature_dim(config: RunConfig, layout: FeatureLayout, slide_id: str) -> None:
-    """``--feature_dim`` against the first slide's 5x file (one clear line before the full scan)."""
-    import h5py
-
-    try:
-        with h5py.File(layout.low_file(slide_id), "r") as f:
-            dim = int(f["features"].shape[-1])
-    except (OSError, KeyError, ValueError, IndexError):
-        return  # the per-slide scan reports unreadable files with their exact problem
-    if dim != config.feature_dim:
-        raise InputError(
-            f"--feature_dim {config.feature_dim} does not match the features of slide {slide_id} "
-            f"({layout.low_file(slide_id)}: dimension {dim})"
-        )
-
-
-ORPHAN_WARNING = 0.05  # fraction of 20x patches without a 5x parent that earns a warning
-
-
-def _check_every_slide(
-    config: RunConfig, layout: FeatureLayout, slides: list[str], load, log: RunLog
-) -> None:
-    """Open every slide once (cached verdicts skip unchanged files); report all problems in one error."""
-    start = time.perf_counter()
-    progress = partial(
-        bar, total=len(slides), desc="checking slides", enabled=progress_enabled(config.quiet), leave=False
-    )
-    verdicts, cached = check_slides(layout, slides, config.feature_dim, progress=progress, load=load)
-    bad = [v for v in verdicts if v.problem is not None]
-    orphaned = [v for v in verdicts if v.problem is None and (v.orphan_fraction or 0.0) > ORPHAN_WARNING]
-    too_many = [v for v in orphaned if v.orphan_fraction > config.max_orphan_frac]
-    log.info(
-        f"checked {len(slides)} slides in {time.perf_counter() - start:.1f} s ({cached} unchanged since an "
-        f"earlier check): {len(bad) + len(too_many)} with problems"
-    )
-    for v in orphaned:
-        if v not in too_many:
-            log.warning(
-                f"slide {v.slide_id}: {v.orphan_fraction:.0%} of its 20x patches have no 5x parent "
-                "(check level0_mag in the dataset CSV)"
-            )
-    problems = [f"slide {v.slide_id}: {v.problem}" for v in bad] + [
-        f"slide {v.slide_id}: {v.orphan_fraction:.0%} of its 20x patches have no 5x parent, above "
-        f"--max_orphan_frac {config.max_orphan_frac} (level0_mag wrong in the dataset CSV?)"
-        for v in too_many
-    ]
-    if len(problems) == 1:
-        raise InputError(problems[0])
-    if problems:
-        for line in problems:
-            log.error(line)
-        raise InputError(
-            f"{len(problems)} of {len(slides)} slides are unusable (each listed above); nothing was trained"
-        )
 
 
 def effective_bag_loss(config: RunConfig) -> str:
@@ -420,15 +350,59 @@ def fold_input_record(config: RunConfig, data: PreparedData, fold: int, tower: d
     return fold_inputs(data.fold_split(fold), data.csv_rows, data.layout, prompt, tower)
 
 
-def _check_writable(run_dir: Path) -> None:
-    """The run folder can be created and written, checked without creating anything (one line)."""
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(
-            f"--results_dir: cannot write the run folder {run_dir} ({existing} is not a writable folder)"
+class ClassificationKind:
+    """Slide classification (the published task): the functions of this module as a
+    :class:`training.task_kind.TaskKind`."""
+
+    name = "classification"
+    metric_columns = res.METRIC_COLUMNS
+
+    def run_dir(self, config: RunConfig) -> Path:
+        return config.run_dir
+
+    def check_model(self, config: RunConfig) -> None:
+        if is_survival_model(config.model_type):
+            raise InputError(
+                f"--model_type {config.model_type} predicts survival, but task {config.task} is a classification "
+                "task (its dataset CSV has no survival_months column; docs/survival.md §2)"
+            )
+
+    def resolve(self, config: RunConfig) -> RunConfig:
+        return resolve_prompts(config)
+
+    def prepare_data(self, config: RunConfig, log: RunLog) -> PreparedData:
+        return prepare_data(config, log)
+
+    def describe(self, config: RunConfig, data: PreparedData, device: torch.device) -> str:
+        return (
+            f"task {data.task.name}: classes {', '.join(data.task.class_names)}; model {config.model_type}; "
+            f"device {device}"
         )
+
+    def config_extra(self, config: RunConfig, data: PreparedData) -> dict:
+        return {}
+
+    def fold_inputs(self, config: RunConfig, data: PreparedData, fold: int, tower: dict | None) -> dict:
+        return fold_input_record(config, data, fold, tower)
+
+    def run_fold(self, config, data, fold, run_dir, device, log, inputs, model) -> dict:
+        return run_fold(config, data, fold, run_dir, device, log, inputs, model=model)
+
+    def finish(self, run: PreparedRun, rows: list[dict], log: RunLog) -> Path:
+        _, results_path = res.write_summaries(run.run_dir, rows, run.config.fold_range, run.config.k)
+        log.info("")
+        log.info(res.format_summary_table(rows))
+        log.info(f"results: {results_path}")
+        return results_path
+
+
+CLASSIFICATION_KIND = ClassificationKind()
+SURVIVAL_KIND = SurvivalKind()
+
+
+def task_kind(config: RunConfig) -> TaskKind:
+    """The kind of ``config``'s task (``--task_kind``, default: from the dataset CSV's columns)."""
+    return SURVIVAL_KIND if detect_task_kind(config) == SURVIVAL else CLASSIFICATION_KIND
 
 
 @dataclass
@@ -436,28 +410,31 @@ class PreparedRun:
     """A run whose inputs are all checked (nothing written yet): what every fold needs."""
 
     config: RunConfig  # prompts resolved
-    data: PreparedData
+    data: PreparedData  # or training.survival_run.SurvivalData for survival tasks
     run_dir: Path
     device: torch.device
     tower: dict | None  # text tower identity (vision-language models)
+    kind: TaskKind = CLASSIFICATION_KIND
 
 
 def prepare_run(config: RunConfig, log: RunLog) -> PreparedRun:
     """Check flags, output folder, settings of an existing run folder and every input; write nothing."""
     validate_config(config)
-    run_dir = config.run_dir
+    kind = task_kind(config)
+    run_dir = kind.run_dir(config)
     _check_writable(run_dir)
-    config = resolve_prompts(config)
+    kind.check_model(config)
+    config = kind.resolve(config)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     configure_determinism(config.deterministic)
     device = resolve_device(config.device)
     if not config.overwrite:
         res.check_resumable(run_dir, config)
-    data = prepare_data(config, log)
+    data = kind.prepare_data(config, log)
     spec = config.model_spec(data.task)
     tower = tower_identity(spec.tower) if uses_text_tower(config.model_type) else None
-    return PreparedRun(config, data, run_dir, device, tower)
+    return PreparedRun(config, data, run_dir, device, tower, kind)
 
 
 def write_run_header(run: PreparedRun, log: RunLog) -> bool:
@@ -472,12 +449,10 @@ def write_run_header(run: PreparedRun, log: RunLog) -> bool:
     extra = {"device": str(run.device), "run_dir": str(run.run_dir)}
     if text_model:
         extra["prompt_file"] = str(spec.prompt_file)
+    extra.update(run.kind.config_extra(config, data))
     res.write_run_config(run.run_dir, config, extra)
     log.info(f"run directory: {run.run_dir}")
-    log.info(
-        f"task {data.task.name}: classes {', '.join(data.task.class_names)}; model {config.model_type}; "
-        f"device {run.device}"
-    )
+    log.info(run.kind.describe(config, data, run.device))
     if text_model:
         log.info(f"prompts: {spec.prompt_file}")
     if effective_bag_loss(config) != config.bag_loss:
@@ -490,10 +465,10 @@ def write_run_header(run: PreparedRun, log: RunLog) -> bool:
 
 def reusable_fold_row(run: PreparedRun, fold: int, log: RunLog) -> dict | None:
     """The stored row of a finished fold whose inputs are unchanged, else None (saying why, when it changed)."""
-    row = res.finished_fold_row(run.run_dir, fold)
+    row = res.finished_fold_row(run.run_dir, fold, run.kind.metric_columns)
     if row is None:
         return None
-    inputs = fold_input_record(run.config, run.data, fold, run.tower)
+    inputs = run.kind.fold_inputs(run.config, run.data, fold, run.tower)
     changes = changed_inputs(read_fold_inputs(res.fold_inputs_path(run.run_dir, fold)), inputs)
     if changes:
         log.info(f"fold {fold}: inputs changed since it finished ({'; '.join(changes)}); training it again")
@@ -511,19 +486,18 @@ def train_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier 
     except LockHeld as err:
         raise InputError(f"fold {fold}: {err}") from None
     try:
-        inputs = fold_input_record(run.config, run.data, fold, run.tower)
-        return run_fold(run.config, run.data, fold, run.run_dir, run.device, log, inputs, model=model)
+        inputs = run.kind.fold_inputs(run.config, run.data, fold, run.tower)
+        if model is None and run.kind is not CLASSIFICATION_KIND:
+            model = seeded_model(run.config, run.data.task)  # classification's run_fold builds its own
+        return run.kind.run_fold(run.config, run.data, fold, run.run_dir, run.device, log, inputs, model)
     finally:
         lock.release()
 
 
 def finish_run(run: PreparedRun, rows: list[dict], log: RunLog) -> Path:
-    """Write the summary CSVs of ``rows`` and log the table; returns the results file."""
-    _, results_path = res.write_summaries(run.run_dir, rows, run.config.fold_range, run.config.k)
-    log.info("")
-    log.info(res.format_summary_table(rows))
-    log.info(f"results: {results_path}")
-    return results_path
+    """Write the summary CSVs of ``rows`` (and, for survival, the Kaplan-Meier plot) and log the table;
+    returns the results file."""
+    return run.kind.finish(run, rows, log)
 
 
 def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
@@ -538,7 +512,7 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
     lock: FolderLock | None = None
     lock_refused = False
     try:
-        run_dir = config.run_dir
+        run_dir = task_kind(config).run_dir(config)
         run = prepare_run(config, log)
         # The first fold's model now, so model errors (type, tower, prompts) come before any output.
         first_model: SlideClassifier | None = seeded_model(run.config, run.data.task)

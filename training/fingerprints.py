@@ -24,6 +24,7 @@ CATEGORIES = {
     "prompt_file": "the prompt file",
     "tower": "the text tower",
     "features": "feature files",
+    "labels": "the label definition (survival bins)",
 }
 
 
@@ -33,10 +34,15 @@ def fold_inputs(
     layout: FeatureLayout,
     prompt_file: Path | None,
     tower: dict | None,
+    labels: dict | None = None,
 ) -> dict:
-    """The input record of one fold (see the module docstring)."""
+    """The input record of one fold (see the module docstring).
+
+    ``labels``: how labels derive from the whole dataset CSV where they do (survival bins,
+    docs/survival.md §3); recorded only when given.
+    """
     slides = sorted({s for part in PARTS for s in split[part]})
-    return {
+    record = {
         "split": {part: list(split[part]) for part in PARTS},
         "csv_rows": {s: csv_rows[s] for s in slides},
         "prompt_file": content_record(prompt_file)
@@ -45,6 +51,9 @@ def fold_inputs(
         "tower": tower,
         "features": {s: [stat_record(layout.low_file(s)), stat_record(layout.hier_file(s))] for s in slides},
     }
+    if labels is not None:
+        record["labels"] = labels
+    return record
 
 
 def write_fold_inputs(path: Path, record: dict) -> None:

@@ -69,8 +69,11 @@ def write_fold_row(run_dir: Path, fold: int, row: dict) -> None:
     atomic_write_text(fold_row_path(run_dir, fold), json.dumps(row, indent=2) + "\n")
 
 
-def finished_fold_row(run_dir: Path, fold: int) -> dict | None:
-    """Fold k's stored row when all its outputs exist (metrics, both prediction files, checkpoint)."""
+def finished_fold_row(
+    run_dir: Path, fold: int, metric_columns: tuple[str, ...] = METRIC_COLUMNS
+) -> dict | None:
+    """Fold k's stored row when all its outputs exist (metrics, both prediction files, checkpoint) and the
+    row holds every column of ``metric_columns`` (the task kind's; classification by default)."""
     needed = [
         fold_row_path(run_dir, fold),
         predictions_path(run_dir, fold, "val"),
@@ -83,7 +86,7 @@ def finished_fold_row(run_dir: Path, fold: int) -> dict | None:
         row = json.loads(fold_row_path(run_dir, fold).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if not isinstance(row, dict) or any(c not in row for c in METRIC_COLUMNS):
+    if not isinstance(row, dict) or any(c not in row for c in metric_columns):
         return None
     return row
 
@@ -151,23 +154,28 @@ def summary_names(folds: range, k: int) -> tuple[str, str]:
     return f"summary_partial_{tag}.csv", f"results_partial_{tag}.csv"
 
 
-def summary_frames(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-fold summary, mean/std results) frames; std is the population std (np.std), as published."""
+def summary_frames(
+    rows: list[dict], metric_columns: tuple[str, ...] = METRIC_COLUMNS
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-fold summary, mean/std results) frames of ``metric_columns`` (classification's by default);
+    std is the population std (np.std), as published."""
     summary = pd.DataFrame(
-        {"folds": [int(r["fold"]) for r in rows], **{c: [float(r[c]) for r in rows] for c in METRIC_COLUMNS}}
+        {"folds": [int(r["fold"]) for r in rows], **{c: [float(r[c]) for r in rows] for c in metric_columns}}
     )
     results = pd.DataFrame(
         {
             "metric": ["mean", "std"],
-            **{c: [float(np.mean(summary[c])), float(np.std(summary[c]))] for c in METRIC_COLUMNS},
+            **{c: [float(np.mean(summary[c])), float(np.std(summary[c]))] for c in metric_columns},
         }
     )
     return summary, results
 
 
-def write_summaries(run_dir: Path, rows: list[dict], folds: range, k: int) -> tuple[Path, Path]:
+def write_summaries(
+    run_dir: Path, rows: list[dict], folds: range, k: int, metric_columns: tuple[str, ...] = METRIC_COLUMNS
+) -> tuple[Path, Path]:
     """Write the per-fold summary and the mean/std results CSVs; return their paths."""
-    summary, results = summary_frames(rows)
+    summary, results = summary_frames(rows, metric_columns)
     summary_name, results_name = summary_names(folds, k)
     paths = (Path(run_dir) / summary_name, Path(run_dir) / results_name)
     for frame, path in zip((summary, results), paths):

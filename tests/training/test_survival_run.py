@@ -1,0 +1,198 @@
+"""Survival runs through the shared experiment stages: results layout, KM plot, resume, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+import training.experiment as experiment
+from datasets.splits import Split, write_split
+from datasets.survival import survival_split_path
+from models.towers.tiny import ensure_demo_text_tower
+from tests.survival_toy import TASK, make_survival_toy_data
+from tests.toy_task import make_toy_data
+from training.config import parse_config
+from utils.errors import InputError
+from utils.run_logging import RunLog
+
+
+def _config(data, results, *extra):
+    return parse_config([*data["argv"], "--results_dir", str(results), *extra])
+
+
+def _run(config):
+    return experiment.run_experiment(config, RunLog(quiet=True))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("surv")
+    data = make_survival_toy_data(root / "in")
+    config = _config(data, root / "results")
+    data["rows"] = _run(config)
+    data["run_dir"] = experiment.task_kind(config).run_dir(config)
+    data["tmp"] = root
+    return data
+
+
+def test_survival_run_writes_the_results_layout(toy):
+    run_dir = toy["run_dir"]
+    assert run_dir.parts[-2:] == ("survival", f"{TASK}_toyfe_mean_pool_surv_survival_s1")
+    results = pd.read_csv(run_dir / "results.csv")
+    assert list(results.columns) == ["metric", "test_cindex", "test_ibs", "val_cindex", "val_ibs"]
+    assert list(results["metric"]) == ["mean", "std"]
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert list(summary["folds"]) == [0, 1, 2]
+    assert results.loc[0, "test_cindex"] == pytest.approx(summary["test_cindex"].mean())
+    assert (run_dir / "km_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for fold, split in enumerate(toy["splits"]):
+        predictions = pd.read_csv(run_dir / f"fold_{fold}" / "predictions_test.csv")
+        assert sorted(predictions["case_id"]) == sorted(split.test)
+        assert list(predictions.columns[:6]) == [
+            "case_id",
+            "slides",
+            "survival_months",
+            "censorship",
+            "bin",
+            "risk",
+        ]
+        hazards = predictions[[f"hazard_{b}" for b in range(4)]].to_numpy()
+        survival = predictions[[f"survival_{b}" for b in range(4)]].to_numpy()
+        assert ((hazards > 0) & (hazards < 1)).all()
+        assert predictions["risk"].to_numpy() == pytest.approx(-survival.sum(1), abs=1e-5)
+        assert (run_dir / f"s_{fold}_checkpoint.pt").is_file()
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["task_kind"] == "survival" and saved["survival"]["n_bins"] == 4
+    assert len(saved["survival"]["bin_cuts_months"]) == 3 and saved["survival"]["loss"] == "nll"
+    assert "test c-index" in (run_dir / "log.txt").read_text()
+
+
+def test_case_with_two_slides_is_one_bag(toy):
+    tested = pd.concat(pd.read_csv(toy["run_dir"] / f"fold_{k}" / "predictions_test.csv") for k in range(3))
+    assert sorted(tested["case_id"]) == [f"case_{i:02d}" for i in range(24)]  # every case tested once
+    slides = dict(zip(tested["case_id"], tested["slides"]))
+    assert slides["case_00"] == "slide_00_0;slide_00_1" and slides["case_01"] == "slide_01_0"
+    inputs = json.loads((toy["run_dir"] / "fold_0" / "inputs.json").read_text())
+    assert inputs["labels"]["n_bins"] == 4 and "slide_00_1" in inputs["csv_rows"]
+
+
+def test_rerun_reuses_folds_and_a_changed_time_retrains(toy, monkeypatch):
+    config = _config(toy, toy["tmp"] / "results")
+    before = (toy["run_dir"] / "results.csv").read_bytes()
+    trained = []
+    original = experiment.SURVIVAL_KIND.run_fold
+
+    def counting(*args, **kwargs):
+        trained.append(args[2])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(experiment.SURVIVAL_KIND, "run_fold", counting)
+    _run(config)
+    assert trained == [] and (toy["run_dir"] / "results.csv").read_bytes() == before
+    assert "finished in an earlier run with the same inputs" in (toy["run_dir"] / "log.txt").read_text()
+    # a case's survival time changes the bins (all folds) -> every fold is trained again
+    csv = pd.read_csv(toy["csv"])
+    original_csv = toy["csv"].read_bytes()
+    try:
+        event = csv.index[csv["censorship"] == 0][0]
+        csv.loc[csv["case_id"] == csv.loc[event, "case_id"], "survival_months"] += 0.5
+        csv.to_csv(toy["csv"], index=False)
+        _run(config)
+        assert trained == [0, 1, 2]
+    finally:
+        toy["csv"].write_bytes(original_csv)
+
+
+def test_cox_loss_runs(toy):
+    config = _config(toy, toy["tmp"] / "cox", "--surv_loss", "cox", "--surv_batch", "4", "--k_end", "1")
+    rows = _run(config)
+    assert len(rows) == 1 and 0.0 <= rows[0]["test_cindex"] <= 1.0
+    run_dir = experiment.task_kind(config).run_dir(config)
+    assert (run_dir / "results_partial_0_0.csv").is_file() and (run_dir / "km_test_partial_0_0.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------- errors
+def _error(config) -> str:
+    with pytest.raises(InputError) as err:
+        _run(config)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_classification_model_on_a_survival_task_is_refused(toy):
+    message = _error(_config(toy, toy["tmp"] / "e1", "--model_type", "ABMIL"))
+    assert "not a survival model" in message and "HiLa" in message and "ABMIL_surv" in message
+
+
+def test_survival_model_on_a_classification_task_is_refused(tmp_path):
+    data = make_toy_data(tmp_path / "cls")
+    config = parse_config([*data["argv"], "--results_dir", str(tmp_path / "r"), "--model_type", "ABMIL_surv"])
+    assert "predicts survival" in _error(config)
+
+
+def test_cox_needs_more_than_one_case_per_step(toy):
+    assert "--surv_batch >= 2" in _error(
+        _config(toy, toy["tmp"] / "e2", "--surv_loss", "cox", "--surv_batch", "1")
+    )
+
+
+def test_cases_without_slides_are_named(tmp_path):
+    data = make_survival_toy_data(tmp_path / "in", n_cases=15)
+    data["layout"].hier_file("slide_03_0").unlink()  # case_03's only slide
+    data["layout"].low_file("slide_05_1").unlink()  # one of case_05's two slides
+    message = _error(_config(data, tmp_path / "r"))
+    assert "features missing for 2 of" in message and "cases left without any slide: case_03" in message
+    message = _error(_config(data, tmp_path / "r", "--skip-missing"))
+    assert "case(s) case_03 have no slide with features" in message
+
+
+def test_skip_missing_keeps_a_case_with_one_slide_left(tmp_path):
+    data = make_survival_toy_data(tmp_path / "in", n_cases=15)
+    data["layout"].low_file("slide_05_1").unlink()
+    config = _config(data, tmp_path / "r", "--skip-missing", "--max_epochs", "1", "--k_end", "1")
+    _run(config)
+    run_dir = experiment.task_kind(config).run_dir(config)
+    assert "dropping 1 slide(s) without features" in (run_dir / "log.txt").read_text()
+
+
+def test_split_errors(tmp_path):
+    data = make_survival_toy_data(tmp_path / "in", n_cases=15)
+    path = survival_split_path(tmp_path / "in" / "splits", TASK, 1)
+    write_split(path, Split(["case_01", "nobody"], ["case_02"], ["case_03"]))
+    assert "1 case id(s) not in" in _error(_config(data, tmp_path / "r"))
+    write_split(path, Split(["case_01"], ["case_02"], ["case_02"]))
+    assert "case(s) case_02 in both val and test" in _error(_config(data, tmp_path / "r"))
+    write_split(path, Split(["case_01"], ["case_02"], ["case_01"]))
+    assert "case case_01 is in train and in val/test" in _error(_config(data, tmp_path / "r"))
+    message = _error(_config(data, tmp_path / "r", "--splits_root", str(tmp_path / "none")))
+    assert "create_splits.py --survival" in message
+
+
+def test_bad_csv_row_stops_before_any_output(tmp_path):
+    data = make_survival_toy_data(tmp_path / "in", n_cases=15)
+    text = data["csv"].read_text().splitlines()
+    fields = text[3].split(",")
+    fields[3] = "2"
+    text[3] = ",".join(fields)
+    data["csv"].write_text("\n".join(text) + "\n")
+    assert "censorship must be 0 (event) or 1 (censored)" in _error(_config(data, tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------- HiLa
+def test_hila_run_on_the_toy_task(tmp_path):
+    data = make_survival_toy_data(tmp_path / "in", n_cases=15, dim=64)
+    tower = str(ensure_demo_text_tower())
+    config = _config(
+        data, tmp_path / "r", "--model_type", "HiLa", "--text_tower", tower, "--num-context-tokens", "4",
+        "--max_epochs", "1", "--k_end", "1",
+    )  # fmt: skip
+    rows = _run(config)
+    run_dir = experiment.task_kind(config).run_dir(config)
+    log = (run_dir / "log.txt").read_text()
+    assert "prompts:" in log and "HiLa" in log and len(rows) == 1
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["prompt_file"].endswith(f"HiLa/{TASK}.json") and saved["config"]["mcl_lambda"] == 0.1
