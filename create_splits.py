@@ -6,6 +6,12 @@ CSV, so a task this project does not know needs no ``dataset_csv/<task>.csv``: i
 prompt file's keys when there is one, else the CSV's labels.
 
     python create_splits.py --task tcga_brca --few_shot_num 16 --k 5 --seed 1
+
+``--survival``: case-level k-fold cross-validation for a survival task (docs/survival.md §4), stratified
+by survival bin and censorship, written to ``<splits_root>/<task>/<task>_survival/splits_<i>.csv``
+holding case ids (fold i tests group i and validates on group i + 1)::
+
+    python create_splits.py --task tcga_brca_surv --survival --k 5 --seed 1
 """
 
 from __future__ import annotations
@@ -16,7 +22,14 @@ from pathlib import Path
 
 from datasets.dataset_csv import read_dataset_csv
 from datasets.splits import make_few_shot_splits, split_csv_path, write_split
-from datasets.tasks import get_task
+from datasets.survival import (
+    DEFAULT_BINS,
+    bin_cuts,
+    make_survival_splits,
+    read_survival_csv,
+    survival_split_path,
+)
+from datasets.tasks import DEFAULT_CSV_DIR, get_task
 from utils.errors import InputError, run_cli
 
 
@@ -28,7 +41,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="dataset CSV (default dataset_csv/<task>.csv); any task name works with it",
     )
-    parser.add_argument("--few_shot_num", type=int, required=True, help="training slides per class")
+    parser.add_argument(
+        "--few_shot_num",
+        type=int,
+        default=None,
+        help="training slides per class (required without --survival)",
+    )
+    parser.add_argument(
+        "--survival",
+        action="store_true",
+        help="case-level k-fold cross-validation of a survival task (CSV with survival_months, censorship)",
+    )
+    parser.add_argument(
+        "--n_bins", type=int, default=DEFAULT_BINS, help="survival bins used for stratification (--survival)"
+    )
     parser.add_argument("--k", type=int, default=5, help="number of splits (default 5)")
     parser.add_argument("--val_frac", type=float, default=0.3, help="fraction of the remaining cases for val")
     parser.add_argument(
@@ -40,10 +66,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _existing_check(targets: list[Path], overwrite: bool) -> None:
+    existing = [p for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise InputError(
+            f"{existing[0]} already exists ({len(existing)} of {len(targets)} files); use --overwrite"
+        )
+
+
+def survival_main(args: argparse.Namespace) -> int:
+    """``--survival``: stratified case-level k-fold splits of a survival task."""
+    csv_path = Path(args.csv) if args.csv else DEFAULT_CSV_DIR / f"{args.task}.csv"
+    targets = [survival_split_path(args.splits_root, args.task, i) for i in range(max(args.k, 0))]
+    _existing_check(targets, args.overwrite)
+    table = read_survival_csv(csv_path)
+    splits, _ = make_survival_splits(table, bin_cuts(table, args.n_bins), args.k, args.seed)
+    for path, split in zip(targets, splits):
+        write_split(path, split)
+        print(f"{path}: cases train {len(split.train)}, val {len(split.val)}, test {len(split.test)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.csv is not None and not Path(args.csv).is_file():
         raise InputError(f"--csv {args.csv}: no such file")
+    if args.survival:
+        return survival_main(args)
+    if args.few_shot_num is None:
+        raise InputError("--few_shot_num is required (training slides per class), unless --survival")
     task = get_task(args.task, csv_path=args.csv)
     csv_path = task.csv_path
     targets = [

@@ -7,7 +7,8 @@ Published command (works unchanged; add ``--text_tower PATH`` to load the text t
         --results_dir RESULTS --model_type HiVE_MIL --data_root_dir R
 
 ``python main.py --task demo`` trains on the generated demo data: the CLI expands ``demo`` into its
-data paths, tiny text tower and training settings (:func:`preprocess.demo.task_defaults`). See
+data paths, tiny text tower and training settings; ``--task demo_survival`` likewise for the survival
+demo (HiLa-style; docs/survival.md). Both come from :func:`preprocess.demo_tasks.task_defaults`. See
 :mod:`training.config` for every flag and :mod:`training.experiment` for what a run does and writes.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from preprocess.demo import task_defaults
+from preprocess.demo_tasks import task_defaults
 from training.config import parse_config
 from training.experiment import run_experiment
 from utils.errors import run_cli

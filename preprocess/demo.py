@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,32 +125,46 @@ def _demo_at(root: Path) -> DemoData:
     )
 
 
-def _marker_ok(root: Path, seed: int) -> bool:
+def _marker_ok(root: Path, seed: int, version: int = GENERATOR_VERSION) -> bool:
     try:
         marker = json.loads((root / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return marker.get("version") == GENERATOR_VERSION and marker.get("seed") == seed
+    return marker.get("version") == version and marker.get("seed") == seed
 
 
-def ensure_demo_data(root: str | Path | None = None, seed: int = 0, force: bool = False) -> DemoData:
-    """Return the demo data under ``root``, generating it first when absent, outdated or ``force``.
+def write_marker(root: Path, seed: int, version: int = GENERATOR_VERSION) -> None:
+    """The marker file of a generated tree (write it last: it says the tree is complete)."""
+    atomic_write_text(root / MARKER, json.dumps({"version": version, "seed": seed}) + "\n")
 
-    Generation writes into a temporary sibling folder and renames it into place, so concurrent callers
-    and interrupted runs never see a partial tree; the marker file is written last.
+
+def ensure_generated_tree(
+    root: Path, seed: int, version: int, generate: Callable[[Path, int], object], force: bool = False
+) -> None:
+    """Make sure ``root`` holds a complete tree of generator ``version`` and ``seed``.
+
+    When absent, outdated or ``force``: ``generate(tmp, seed)`` writes it into a temporary sibling folder
+    (ending with :func:`write_marker`), which is renamed into place, so concurrent callers and interrupted
+    runs never see a partial tree.
     """
-    root = Path(root) if root is not None else default_demo_root()
-    if not force and _marker_ok(root, seed):
-        return _demo_at(root)
+    if not force and _marker_ok(root, seed, version):
+        return
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        generate_demo_data(tmp, seed)
-        if not force and _marker_ok(root, seed):  # another process finished first
-            return _demo_at(root)
+        generate(tmp, seed)
+        if not force and _marker_ok(root, seed, version):  # another process finished first
+            return
         _swap_into_place(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_demo_data(root: str | Path | None = None, seed: int = 0, force: bool = False) -> DemoData:
+    """Return the demo data under ``root``, generating it first when absent, outdated or ``force``
+    (atomically, :func:`ensure_generated_tree`)."""
+    root = Path(root) if root is not None else default_demo_root()
+    ensure_generated_tree(root, seed, GENERATOR_VERSION, generate_demo_data, force)
     return _demo_at(root)
 
 
@@ -196,11 +211,19 @@ def _class_directions(rng: np.random.Generator) -> np.ndarray:
     return q.T.astype(np.float32)
 
 
-def _slide_arrays(rng: np.random.Generator, level0_mag: int, direction: np.ndarray):
-    """(x5, coords5, x20, coords20) of one synthetic slide."""
+def slide_arrays(
+    rng: np.random.Generator,
+    level0_mag: int,
+    direction: np.ndarray,
+    signal_20x: float = SIGNAL_20X,
+    signal_5x: float = SIGNAL_5X,
+    n5_range: tuple[int, int] = (20, 61),
+):
+    """(x5, coords5, x20, coords20) of one synthetic slide: ``signal_20x * direction`` planted in the
+    signal 20x children, ``signal_5x * direction`` in the tumour 5x patches; ``n5_range`` [low, high)."""
     size5 = patch_px(level0_mag, 5)
     step20 = patch_px(level0_mag, 20)
-    n5 = int(rng.integers(20, 61))
+    n5 = int(rng.integers(*n5_range))
     width = int(np.ceil(np.sqrt(n5 * 1.6)))
     height = int(np.ceil(n5 / width * 1.3)) + 1
     cells = rng.choice(width * height, n5, replace=False)
@@ -210,7 +233,7 @@ def _slide_arrays(rng: np.random.Generator, level0_mag: int, direction: np.ndarr
     offset = rng.normal(0, SLIDE_OFFSET_STD, FEATURE_DIM).astype(np.float32)
     x5 = rng.standard_normal((n5, FEATURE_DIM)).astype(np.float32) + offset
     tumour = rng.random(n5) < 0.4
-    x5[tumour] += SIGNAL_5X * direction
+    x5[tumour] += signal_5x * direction
 
     sub = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), axis=-1).reshape(-1, 2)
     coords20, signal = [], []
@@ -227,7 +250,7 @@ def _slide_arrays(rng: np.random.Generator, level0_mag: int, direction: np.ndarr
     coords20 = np.concatenate(coords20).astype(np.int64)
     signal = np.concatenate(signal)
     x20 = rng.standard_normal((coords20.shape[0], FEATURE_DIM)).astype(np.float32) + offset
-    x20[signal] += SIGNAL_20X * direction
+    x20[signal] += signal_20x * direction
     order = rng.permutation(coords20.shape[0])  # 20x files are not ordered by parent
     return x5, coords5.astype(np.int64), x20[order], coords20[order]
 
@@ -241,7 +264,7 @@ def generate_demo_data(root: Path, seed: int = 0) -> DemoData:
     directions = _class_directions(rng)
     layout = demo.layout
     for slide_id, label, level0 in zip(table["slide_id"], table["label"], table["level0_mag"]):
-        x5, coords5, x20, coords20 = _slide_arrays(rng, int(level0), directions[CLASS_NAMES.index(label)])
+        x5, coords5, x20, coords20 = slide_arrays(rng, int(level0), directions[CLASS_NAMES.index(label)])
         write_patch_file(layout.low_file(slide_id), x5, coords5)
         write_patch_file(layout.high_file(slide_id), x20, coords20)
         build_slide_hierarchy(layout, slide_id, int(level0), seed=seed)
@@ -251,7 +274,7 @@ def generate_demo_data(root: Path, seed: int = 0) -> DemoData:
     for fold, split in enumerate(splits):
         write_split(demo.split_path(fold), split)
     atomic_write_text(demo.task.prompt_file(PROMPT_LLM), json.dumps(DEMO_PROMPTS, indent=2) + "\n")
-    atomic_write_text(root / MARKER, json.dumps({"version": GENERATOR_VERSION, "seed": seed}) + "\n")
+    write_marker(root, seed)
     return demo
 
 
