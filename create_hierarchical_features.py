@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(
                 f"{flag} feature folder not found: {folder} (check --dataset-root-path and names)"
             )
+    if layout.hier_dir.exists() and not layout.hier_dir.is_dir():
+        raise InputError(f"output folder {layout.hier_dir} is a file; move it away")
     slides = list_slides(layout.low_dir)
     if not slides:
         raise InputError(f"no .h5 files in {layout.low_dir}")

@@ -30,7 +30,7 @@ from datasets.survival import (
     survival_split_path,
 )
 from datasets.tasks import DEFAULT_CSV_DIR, get_task
-from utils.errors import InputError, run_cli
+from utils.errors import InputError, one_line, run_cli
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -107,8 +107,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     table = read_dataset_csv(csv_path, task)
     splits = make_few_shot_splits(table, args.few_shot_num, args.k, args.seed, args.val_frac, args.test_frac)
+    if targets:
+        try:  # an unwritable --splits_root is one line, before any file is written
+            targets[0].parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(
+                f"--splits_root {args.splits_root}: cannot create {targets[0].parent} ({one_line(err, with_type=False)})"
+            ) from None
     for path, split in zip(targets, splits):
-        write_split(path, split)
+        try:
+            write_split(path, split)
+        except OSError as err:
+            raise InputError(
+                f"{path}: cannot write the split file ({one_line(err, with_type=False)})"
+            ) from None
         print(f"{path}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)}")
     return 0
 

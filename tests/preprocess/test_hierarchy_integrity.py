@@ -278,3 +278,32 @@ def test_create_splits_takes_any_task_from_its_csv(tmp_path, capsys):
     missing = ["--task", "my_colours", "--csv", str(tmp_path / "nope.csv"), "--few_shot_num", "2"]
     assert run_cli(splits_cli.main, missing) == 2
     assert capsys.readouterr().err.startswith(f"error: --csv {tmp_path / 'nope.csv'}: no such file")
+
+
+def test_unwritable_outputs_are_one_line(tmp_path, capsys):
+    _mislabelled_root(tmp_path)
+    layout = FeatureLayout(tmp_path, "toy", "plip")
+    layout.hier_dir.write_text("a file where the output folder belongs")
+    assert run_cli(create_cli.main, _flags(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: output folder {layout.hier_dir} is a file; move it away\n"
+
+    rows = [(f"p{i}", f"sl{i}", label, 40) for i, label in enumerate(["red", "green"] * 8)]
+    csv = tmp_path / "colours.csv"
+    pd.DataFrame(rows, columns=["case_id", "slide_id", "label", "level0_mag"]).to_csv(csv, index=False)
+    (tmp_path / "splits").write_text("a file where the splits folder belongs")
+    flags = [
+        "--task",
+        "colours",
+        "--csv",
+        str(csv),
+        "--few_shot_num",
+        "2",
+        "--splits_root",
+        str(tmp_path / "splits"),
+    ]
+    assert run_cli(splits_cli.main, flags) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: --splits_root {tmp_path / 'splits'}: cannot create") and err.count("\n") == 1
+    )
