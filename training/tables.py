@@ -29,7 +29,8 @@ from utils.errors import InputError, one_line
 
 CLASSIFICATION_METRICS = ("acc", "auc", "f1")
 PERCENT_METRICS = frozenset(CLASSIFICATION_METRICS)  # shown as percentages; others as fractions
-METRIC_TITLES = {"acc": "ACC (%)", "auc": "AUC (%)", "f1": "F1 (%)", "cindex": "C-index"}
+METRIC_TITLES = {"acc": "ACC (%)", "auc": "AUC (%)", "f1": "F1 (%)", "cindex": "C-index", "ibs": "IBS"}
+SURVIVAL = "survival"  # task kind of survival runs (config.json ``task_kind``), shown in place of the shots
 # Row order of a table; methods not listed follow alphabetically.
 METHOD_ORDER = (
     "HiVE_MIL",
@@ -52,7 +53,7 @@ class RunRecord:
 
     task: str
     extractor: str
-    few_shot: int
+    few_shot: int | str  # shots per class; "survival" for a survival run (its folds are not few-shot)
     method: str
     variant: str  # "reference", "corrected", "corrected_<switch>-<value>"...; "" for models without variants
     seed: int
@@ -126,11 +127,12 @@ def read_summary_file(path: Path) -> tuple[dict, ...]:
     return tuple(rows)
 
 
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The configuration stored in ``run_dir/config.json`` (one error line when unreadable)."""
+def read_run_config(run_dir: Path) -> tuple[RunConfig, dict]:
+    """The configuration stored in ``run_dir/config.json`` and the whole file (one error line when unreadable)."""
     path = Path(run_dir) / CONFIG_FILE
     try:
-        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        return RunConfig.from_dict(payload["config"]), payload
     except FileNotFoundError:
         raise InputError(f"{path}: not found (not a main.py run folder?)") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -152,7 +154,8 @@ def results_files(config: RunConfig, run_dir: Path) -> tuple[Path, Path]:
 
 def read_run(run_dir: Path) -> RunRecord | None:
     """The record of a finished run folder; None when it has no results file yet."""
-    config = read_run_config(run_dir)
+    config, payload = read_run_config(run_dir)
+    kind = payload.get("task_kind") or config.task_kind
     summary_path, results_path = results_files(config, run_dir)
     if not results_path.is_file():
         return None
@@ -160,7 +163,7 @@ def read_run(run_dir: Path) -> RunRecord | None:
     return RunRecord(
         task=str(config.task),
         extractor=config.feature_extractor,
-        few_shot=int(config.few_shot_num),
+        few_shot=SURVIVAL if kind == SURVIVAL else int(config.few_shot_num),
         method=config.model_type,
         variant=variant_name(config),
         seed=int(config.seed),
@@ -248,7 +251,7 @@ def markdown_tables(records: list[RunRecord]) -> str:
             seeds.setdefault((r.method, r.variant), set()).add(r.seed)
         metrics = ordered_metrics(rows)
         lines = [
-            f"## {task} / {extractor} / {few_shot}-shot",
+            f"## {task} / {extractor} / {few_shot if few_shot == SURVIVAL else f'{few_shot}-shot'}",
             "",
             "| Method | " + " | ".join(METRIC_TITLES.get(m, m) for m in metrics) + " |",
             "|---|" + "---|" * len(metrics),

@@ -28,16 +28,18 @@ def rows_of(*accs: float) -> list[dict]:
 
 
 def survival_run(results: Path, cindex: list[float], **settings) -> Path:
-    """A run of a survival task whose files carry test_cindex instead of the classification metrics."""
+    """A run of a survival task (``task_kind`` survival in config.json, its own folder) whose files carry
+    test_cindex instead of the classification metrics."""
     config = RunConfig(results_dir=str(results), k=len(cindex), **settings)
-    write_run_config(config.run_dir, config)
+    run_dir = config.run_folder("survival")
+    write_run_config(run_dir, config, {"task_kind": "survival"})
     summary = pd.DataFrame({"folds": range(len(cindex)), "test_cindex": cindex, "val_cindex": cindex})
-    summary.to_csv(config.run_dir / "summary.csv", index=False)
+    summary.to_csv(run_dir / "summary.csv", index=False)
     mean, std = float(pd.Series(cindex).mean()), float(pd.Series(cindex).std(ddof=0))
     pd.DataFrame({"metric": ["mean", "std"], "test_cindex": [mean, std], "val_cindex": [mean, std]}).to_csv(
-        config.run_dir / "results.csv", index=False
+        run_dir / "results.csv", index=False
     )
-    return config.run_dir
+    return run_dir
 
 
 def test_records_come_from_config_json_and_results_files(tmp_path: Path):
@@ -81,17 +83,19 @@ def test_partial_fold_ranges_read_their_own_files(tmp_path: Path):
 
 def test_survival_metrics_are_read_generically(tmp_path: Path):
     fake_run(tmp_path, rows_of(0.6, 0.8), task="tcga_brca", model_type="ABMIL", k=2)
-    survival_run(tmp_path, [0.625, 0.75], task="tcga_brca", model_type="HiVE_MIL", few_shot_num=16)
+    survival_run(tmp_path, [0.625, 0.75], task="tcga_brca", model_type="HiLa")
     records, unidentified = find_runs(tmp_path)
-    assert unidentified == []
+    assert unidentified == [] and [r.few_shot for r in records] == [16, "survival"]
     table = markdown_tables(records)
-    assert "| Method | ACC (%) | AUC (%) | F1 (%) | C-index |" in table
-    assert "| HiVE_MIL | – | – | – | 0.6875 ± 0.0625 |" in table
-    assert "| ABMIL | 70.00 ± 10.00 | 70.00 ± 10.00 | 70.00 ± 10.00 | – |" in table
+    assert (
+        "## tcga_brca / plip / survival\n\n| Method | C-index |\n|---|---|\n| HiLa | 0.6875 ± 0.0625 |"
+        in table
+    )
+    assert "| ABMIL | 70.00 ± 10.00 | 70.00 ± 10.00 | 70.00 ± 10.00 |" in table
     frame = results_frame(records)
     assert list(frame.columns)[-3:] == ["cindex_mean", "cindex_std", "path"]
-    hive = frame[frame.method == "HiVE_MIL"].iloc[0]
-    assert hive.cindex_mean == 0.6875 and math.isnan(hive.acc_mean) and hive.folds == 2
+    hila = frame[frame.method == "HiLa"].iloc[0]
+    assert hila.cindex_mean == 0.6875 and math.isnan(hila.acc_mean) and hila.folds == 2
     folds = folds_frame(records)
     assert len(folds) == 4 and set(folds.columns) >= {"fold", "test_cindex", "val_cindex", "test_acc"}
 
