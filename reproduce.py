@@ -38,15 +38,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from datasets.bag_dataset import BagDataset
-from preprocess.demo import task_defaults
-from training.config import RunConfig, parse_config
+from preprocess.demo_tasks import task_defaults
+from training.config import RunConfig, parse_config, with_values
 from training.experiment import (
     PreparedRun,
     finish_run,
     prepare_run,
     reusable_fold_row,
     seeded_model,
+    task_kind,
     train_fold,
     write_run_header,
 )
@@ -115,9 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag_error(message: str):
+    raise InputError(message)
+
+
 def parse_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[GridPoint]]:
     """Own flags, the grid (file, then command line) and the main.py flags; every problem one line."""
     parser = build_parser()
+    parser.error = _flag_error  # one line, not argparse's usage and exit
     args, passthrough = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.retries < 0:
         raise InputError(f"--retries must be >= 0, got {args.retries}")
@@ -148,7 +153,7 @@ def train_one_fold(argv: list[str], fold: int, cwd: str) -> dict:
     start = time.perf_counter()
     config = parse_config(argv, task_defaults=task_defaults)
     log = RunLog(quiet=True)
-    log.attach(fold_dir(config.run_dir, fold) / TRAIN_LOG)
+    log.attach(fold_dir(task_kind(config).run_dir(config), fold) / TRAIN_LOG)
     log.info(
         f"--- fold {fold} on {socket.gethostname()} (pid {os.getpid()}), {time.strftime('%Y-%m-%d %H:%M:%S')}"
     )
@@ -191,14 +196,6 @@ class Job:
         return len(self.rows) + len(self.failed) == len(self.folds)
 
 
-def _without_bag_cache(run: PreparedRun) -> PreparedRun:
-    """The run with an empty bag cache: the driver never trains, so it keeps no slides in memory."""
-    data = run.data
-    old = data.dataset
-    empty = BagDataset(old.layout, old.slide_ids, old.labels, cache_mb=0, expected_dim=old.expected_dim)
-    return replace(run, data=replace(data, dataset=empty))
-
-
 def _model_key(config: RunConfig) -> str:
     identity = config.resume_identity()
     for name in ("seed", "few_shot_num", "max_epochs", "lr", "reg"):
@@ -215,12 +212,14 @@ def check_configurations(points: list[GridPoint]) -> list[Job]:
         log = RunLog(quiet=True)
         try:
             config = parse_config(point.argv, task_defaults=task_defaults)
-            run = prepare_run(config, log)
+            # the driver never trains: its datasets keep no bags (cache_mb does not change results)
+            run = prepare_run(with_values(config, cache_mb=0), log)
+            run = replace(run, config=with_values(run.config, cache_mb=config.cache_mb))
             key = _model_key(run.config)
             if key not in built:  # model errors (type, tower, prompts) now, not in a worker
                 seeded_model(run.config, run.data.task)
                 built.add(key)
-            jobs.append(Job(point, _without_bag_cache(run), log))
+            jobs.append(Job(point, run, log))
         except InputError as err:
             problems.append(f"{point.label()}: {err}")
     by_dir: dict[Path, Job] = {}

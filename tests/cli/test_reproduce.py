@@ -127,6 +127,8 @@ def test_dry_run_lists_folds_and_writes_nothing(tmp_path: Path, capsys):
             "error: --model_type is set by the grid (--models) and by the main.py flags",
         ),
         (["--retries", "-1"], "error: --retries must be >= 0"),
+        (["--retries", "x"], "error: argument --retries: invalid int value: 'x'"),
+        (["--seeds"], "error: argument --seeds: expected at least one argument"),
         (["--grid", "missing.toml"], "error: --grid missing.toml: file not found"),
     ],
 )
