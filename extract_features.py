@@ -144,7 +144,7 @@ def run_slides(
     """Extract the unfinished slides with a progress bar; print one summary line per slide."""
     results = []
     for source in tqdm(sources, desc="slides", unit="slide", file=sys.stderr):
-        if is_finished(layout, source.slide_id) or options is None:
+        if options is None or is_finished(layout, source.slide_id, options):
             result = SlideResult(source.slide_id, "skipped")
         else:
             result = extract_one(source, layout, tower, options)
@@ -174,7 +174,7 @@ class SlideWorker:
         return self.error
 
     def extract(self, source: SlideSource, layout: FeatureLayout) -> SlideResult:
-        if is_finished(layout, source.slide_id):  # done meanwhile by another run
+        if is_finished(layout, source.slide_id, self.options):  # done meanwhile by another run
             return SlideResult(source.slide_id, "skipped")
         return extract_one(source, layout, self.tower, self.options)
 
@@ -229,7 +229,7 @@ def run_slides_ray(
             bar.update(1)
 
         for source in sources:
-            if is_finished(layout, source.slide_id):
+            if is_finished(layout, source.slide_id, options):
                 report(SlideResult(source.slide_id, "skipped"))
             else:
                 todo.append(source)
@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None:
         sources = sources[: args.limit]
     layout = FeatureLayout(Path(args.data_root), args.task, args.feature_extractor)
-    pending = [s for s in sources if not is_finished(layout, s.slide_id)]
+    # finished = both files written by this run's encoder; another encoder's files are not skipped
+    pending = [s for s in sources if not is_finished(layout, s.slide_id, extract_options(args, args.device))]
     print(f"{len(sources)} slides, {len(sources) - len(pending)} already done; output in {layout.root}")
     tower = options = None
     if pending and args.ray:  # each worker resolves --device and loads the tower itself

@@ -181,13 +181,13 @@ def encoder_conflict(layout: FeatureLayout, slide_id: str, identity: dict) -> st
     return None
 
 
-def is_finished(layout: FeatureLayout, slide_id: str, options: ExtractOptions | None = None) -> bool:
-    """Both output files exist (they are written atomically, so existing means complete) and, given the
-    run's ``options``, were made with the run's encoder (module docstring); outputs of another encoder
-    are not finished, and :func:`extract_slide` refuses them unless ``options.overwrite``."""
+def is_finished(layout: FeatureLayout, slide_id: str, options: ExtractOptions) -> bool:
+    """Both output files exist (they are written atomically, so existing means complete) and were made
+    with the encoder of the run's ``options`` (module docstring); outputs of another encoder are not
+    finished, and :func:`extract_slide` refuses them unless ``options.overwrite``."""
     if not (layout.low_file(slide_id).is_file() and layout.high_file(slide_id).is_file()):
         return False
-    return options is None or encoder_conflict(layout, slide_id, encoder_identity(options)) is None
+    return encoder_conflict(layout, slide_id, encoder_identity(options)) is None
 
 
 def thumbnail_path(layout: FeatureLayout, slide_id: str) -> Path:

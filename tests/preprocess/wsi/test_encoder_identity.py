@@ -54,7 +54,7 @@ def test_outputs_record_the_encoder_and_another_encoder_is_refused(setup, tmp_pa
 
     # resume: finished for the same encoder (also under another path to the same weights), not for another
     copy = shutil.copytree(setup["towers"]["a"][0], tmp_path / "copy_of_a")
-    assert is_finished(layout, "s20") and is_finished(layout, "s20", _options(setup, "a"))
+    assert is_finished(layout, "s20", _options(setup, "a"))
     assert is_finished(layout, "s20", ExtractOptions(extractor="plip", weights=str(copy)))
     assert not is_finished(layout, "s20", _options(setup, "b"))
 
@@ -94,3 +94,23 @@ def test_outputs_without_a_weights_digest_compare_by_name(setup, tmp_path):
         with h5py.File(path, "a") as f:
             del f.attrs["extractor"]
     assert is_finished(layout, "s20", _options(setup, "b"))
+
+
+def test_cli_rerun_with_another_encoder_is_refused_not_skipped(setup, tmp_path, capsys):
+    """The CLI's resume counts only the run's own encoder's outputs as done: a rerun with other weights
+    reports the slide (exit 1) instead of skipping it and leaving the old encoder's features."""
+    import extract_features
+    from utils.errors import run_cli
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(setup["slide"].path, slides / "s20.tif")
+    argv = ["--slides", str(slides), "--data-root", str(tmp_path / "R"), "--task", "toy",
+            "--feature-extractor", "plip", "--level0-mag", "20", "--workers", "0", "--batch-size", "8"]  # fmt: skip
+    assert run_cli(extract_features.main, [*argv, "--weights", setup["towers"]["a"][0]]) == 0
+    capsys.readouterr()
+    assert run_cli(extract_features.main, [*argv, "--weights", setup["towers"]["a"][0]]) == 0
+    assert "1 already done" in capsys.readouterr().out
+    assert run_cli(extract_features.main, [*argv, "--weights", setup["towers"]["b"][0]]) == 1
+    captured = capsys.readouterr()
+    assert "0 already done" in captured.out and "another encoder" in captured.err
