@@ -15,6 +15,7 @@ from utils.errors import run_cli
 def test_demo_survival_short_run(tmp_path):
     results = tmp_path / "results"
     argv = ["--task", "demo_survival", "--results_dir", str(results), "--quiet", "--max_epochs", "2"]
+    argv += ["--num-context-tokens", "4"]  # shorter prompts: a faster text pass
     assert main_module.main(argv) == 0
     (run_dir,) = [p.parent for p in results.rglob("results.csv")]
     assert run_dir.name == "demo_survival_demo_HiLa_survival_s1"

@@ -242,3 +242,13 @@ def test_prompt_file_errors(text, message):
 def test_missing_prompt_file_is_one_line(tmp_path):
     with pytest.raises(InputError, match="prompt file not found"):
         load_survival_prompts(tmp_path / "none.json")
+
+
+def test_shipped_hila_prompt_files_are_valid():
+    from tests.paths import PROJECT
+
+    files = sorted((PROJECT / "text_prompt" / "HiLa").glob("*.json"))
+    assert files
+    for path in files:
+        prompts = load_survival_prompts(path)
+        assert len(prompts.attributes) >= 6 and len(set(prompts.region)) == len(prompts.region)
