@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--thumbnails", action="store_true", help="write thumbnails/<slide>.png (mask and tiles)"
     )
     parser.add_argument("--limit", type=int, default=None, help="process at most N slides (in listing order)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="extract again slides whose files another encoder made"
+    )
     ray = parser.add_argument_group("Ray (spread the slides over workers, each holding the encoder once)")
     ray.add_argument(
         "--ray", action="store_true", help="extract on Ray workers (a local instance unless --address)"
@@ -294,6 +297,7 @@ def extract_options(args: argparse.Namespace, device: str) -> ExtractOptions:
         device=device,
         amp=args.amp,
         thumbnails=args.thumbnails,
+        overwrite=args.overwrite,
     )
 
 

@@ -38,7 +38,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from utils.atomic_io import atomic_path
+from utils.atomic_io import atomic_path, ensure_output_dir
 
 HEATMAP_CMAP = "viridis"
 UNSCORED_RGBA = (0.62, 0.62, 0.62, 1.0)  # patches without a score (grid mode); not a viridis colour
@@ -451,7 +451,7 @@ def save_heatmaps(
     ``raster_downsample_<s>``; ``scales``; and ``meta`` (JSON text: ``meta`` plus the top tiles).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out_dir)
     written: list[Path] = []
     arrays: dict[str, np.ndarray] = {"scales": np.array(sorted(scores))}
     tiles: dict[str, list[dict]] = {}

@@ -161,6 +161,7 @@ def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
     """Read one slide of the run's task (label and ``level0_mag`` from the dataset CSV into the bag)."""
     from datasets.dataset_csv import read_dataset_csv
     from datasets.features import FeatureLayout, missing_feature_slides, read_slide_bag
+    from datasets.slide_check import hierarchy_staleness
 
     frame = read_dataset_csv(task.csv_path, task)
     rows = frame[frame["slide_id"].astype(str) == str(slide_id)]
@@ -180,6 +181,9 @@ def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
         raise InputError(
             f"--slide {slide_id}: feature files missing ({layout.low_file(slide_id)} / {layout.hier_file(slide_id)})"
         )
+    stale = hierarchy_staleness(layout, str(slide_id))
+    if stale is not None:
+        raise InputError(stale)
     bag = read_slide_bag(layout, str(slide_id), int(row["label_idx"]), expected_dim=config.feature_dim)
     bag.meta["level0_mag"] = int(row["level0_mag"])
     return bag

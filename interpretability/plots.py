@@ -28,7 +28,7 @@ from interpretability.heatmaps import (
     new_figure,
     save_figure,
 )
-from utils.atomic_io import atomic_path
+from utils.atomic_io import atomic_path, ensure_output_dir
 
 __all__ = ["new_figure", "plot_contributions", "plot_heatmap", "save_figure", "save_report"]
 
@@ -110,7 +110,7 @@ def save_report(expl: SlideExplanation, out_dir: str | Path, image: SlideImage |
     from utils.atomic_io import atomic_write_text
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out_dir)
     written = []
     for scale in ("5x", "20x"):
         written.append(save_figure(plot_contributions(expl, scale), out_dir / f"contributions_{scale}.png"))

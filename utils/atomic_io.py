@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file in the target folder, then ``os.replace``.
 
 A reader never sees a half-written file, and an interrupted write leaves the old file (if any) intact.
+An output location that cannot be written (a parent that is a file, a read-only folder) is one
+:class:`utils.errors.InputError` line naming it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,20 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from utils.errors import InputError, one_line
+
+
+def ensure_output_dir(folder: str | Path) -> Path:
+    """Create an output folder (and its parents); one :class:`InputError` line when that is impossible."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(
+            f"{folder}: cannot create this output folder ({one_line(err, with_type=False)})"
+        ) from None
+    return folder
 
 
 @contextlib.contextmanager
@@ -23,10 +39,13 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
             with h5py.File(tmp, "w") as f: ...
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix if suffix is not None else ".tmp", dir=target.parent
-    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=suffix if suffix is not None else ".tmp", dir=target.parent
+        )
+    except OSError as err:  # e.g. a parent that is a file, or a read-only folder: one line, no traceback
+        raise InputError(f"{target}: cannot write here ({one_line(err, with_type=False)})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -397,3 +397,33 @@ def test_ensure_demo_run_trains_once(tmp_path, monkeypatch):
     (default / "s_0_checkpoint.pt").write_bytes(b"x")
     assert loading.ensure_demo_run(fold=0, train=fake_train) == default
     assert len(calls) == 1
+
+
+def test_a_stale_hierarchical_file_is_refused_when_explaining(tmp_path, tiny_clip_dir):
+    """explain.py / load_slide check the slide's hierarchical file against its 5x file, as training does."""
+    import h5py
+
+    from interpretability.loading import load_run, load_slide
+    from utils.errors import InputError
+
+    run = make_mini_run(tmp_path / "stale", tiny_clip_dir)
+    _, task, config = load_run(run, fold=0)
+    assert load_slide(config, task, "slide_0").slide_id == "slide_0"
+    low = tmp_path / "stale" / "features" / "minitask_tiny" / "tiny_5x" / "slide_0.h5"
+    with h5py.File(low, "a") as f:
+        f["features"][0, 0] += 1.0
+    with pytest.raises(InputError, match="stale"):
+        load_slide(config, task, "slide_0")
+
+
+def test_explain_output_folder_that_is_a_file_is_one_line(mini_run, tmp_path, capsys):
+    import explain
+    from utils.errors import run_cli
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    code = run_cli(
+        explain.main, ["--checkpoint", str(mini_run), "--slide", "slide_2", "--out", str(blocker / "x")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1

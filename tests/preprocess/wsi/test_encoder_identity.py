@@ -114,3 +114,6 @@ def test_cli_rerun_with_another_encoder_is_refused_not_skipped(setup, tmp_path, 
     assert run_cli(extract_features.main, [*argv, "--weights", setup["towers"]["b"][0]]) == 1
     captured = capsys.readouterr()
     assert "0 already done" in captured.out and "another encoder" in captured.err
+    assert run_cli(extract_features.main, [*argv, "--weights", setup["towers"]["b"][0], "--overwrite"]) == 0
+    assert run_cli(extract_features.main, [*argv, "--weights", setup["towers"]["b"][0]]) == 0
+    assert "1 already done" in capsys.readouterr().out
