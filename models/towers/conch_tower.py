@@ -174,9 +174,7 @@ def _load_part(module: nn.Module, state: dict, prefix: str, checkpoint: Path) ->
     try:
         result = module.load_state_dict(part, strict=False)
     except RuntimeError as err:  # shape mismatch
-        raise InputError(
-            f"{checkpoint}: weights do not fit the CONCH config ({one_line(err)})"
-        ) from err
+        raise InputError(f"{checkpoint}: weights do not fit the CONCH config ({one_line(err)})") from err
     if result.missing_keys:
         shown = ", ".join(prefix + k for k in result.missing_keys[:3])
         raise InputError(

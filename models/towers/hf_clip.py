@@ -148,9 +148,7 @@ def load_hf_clip(folder: Path, sides: tuple[str, ...]) -> tuple[TextTower | None
     try:
         model = CLIPModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
     except Exception as err:  # missing/corrupt weights, wrong config ...
-        raise InputError(
-            f"{folder}: could not load a Hugging Face CLIP model ({one_line(err)})"
-        ) from err
+        raise InputError(f"{folder}: could not load a Hugging Face CLIP model ({one_line(err)})") from err
     model = model.float().eval()
     text = HFClipTextTower(model) if "text" in sides else None
     image = None
