@@ -42,7 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vision-width", type=int, default=32, help="ViT width (PLIP: 768)")
     parser.add_argument("--vision-layers", type=int, default=1, help="ViT layers (PLIP: 12)")
     parser.add_argument("--vision-patch", type=int, default=32, help="ViT patch size (PLIP ViT-B/32: 32)")
-    parser.add_argument("--backend", default=None, choices=("openslide", "tiffslide"), help="force a slide reader")
+    parser.add_argument(
+        "--backend", default=None, choices=("openslide", "tiffslide"), help="force a slide reader"
+    )
     return parser.parse_args(argv)
 
 
