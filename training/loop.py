@@ -10,9 +10,12 @@ memory and restored by the caller before testing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,12 +46,13 @@ class EpochStats:
 
 @dataclass
 class FitResult:
-    """Outcome of :func:`fit`: the chosen epoch, its validation pass and its parameters."""
+    """Outcome of :func:`fit_epochs` (:func:`fit`, :func:`training.survival_loop.fit_survival`): the chosen
+    epoch, its validation pass and its parameters."""
 
     best_epoch: int
     epochs_run: int
     stopped_early: bool
-    best_val: EvalResult
+    best_val: EvalResult  # a training.survival_loop.SurvivalEvalResult for survival
     best_state: dict[str, torch.Tensor]
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -167,6 +171,118 @@ def train_one_epoch(
     return EpochStats(loss=total_loss / n, error=wrong / n)
 
 
+@dataclass(frozen=True)
+class EpochRecord:
+    """What :func:`fit_epochs` records of an epoch, for one task kind.
+
+    Every field of the epoch's training stats (a dataclass such as :class:`EpochStats`) goes into the
+    history as ``train_<field>`` and to the scalars as ``train/<field>``; the validation loss and all
+    validation metrics go into the history, the validation loss and ``val_scalars`` to the scalars.
+    """
+
+    val_scalars: Callable[[Any], list[tuple[str, float]]]  # validation result -> (tag, value) after val/loss
+    line: Callable[[int, Any, Any, float], str]  # (epoch, train stats, validation, seconds) -> log line
+    watched: dict[str, str]  # --es-metric -> what the early-stop line says did not improve
+    nan_is_worst: bool = False  # a NaN monitored value counts as +inf (never an improvement)
+
+
+def _classification_line(epoch: int, stats: EpochStats, val: EvalResult, seconds: float) -> str:
+    return (
+        f"epoch {epoch:3d}  train loss {stats.loss:.4f} err {stats.error:.4f}  "
+        f"val loss {val.loss:.4f} acc {val.metrics['acc']:.4f} auc {_fmt(val.metrics['auc'])}"
+    )
+
+
+CLASSIFICATION_RECORD = EpochRecord(
+    val_scalars=lambda val: [
+        ("val/error", val.error),
+        ("val/auc", val.metrics["auc"]),
+        ("val/f1", val.metrics["f1"]),
+    ],
+    line=_classification_line,
+    watched={"error": "validation-error", "loss": "validation-loss"},
+)
+
+
+def fit_epochs(
+    model: nn.Module,
+    train_epoch: Callable[[list[int], str], Any],
+    train_indices: Sequence[int],
+    train_labels: Sequence[int],
+    validate: Callable[[], Any],
+    record: EpochRecord,
+    *,
+    max_epochs: int,
+    weighted_sample: bool = False,
+    early_stopping: EarlyStopping | None = None,
+    es_metric: str = "error",
+    options: LoopOptions | None = None,
+    scalars: ScalarLog | None = None,
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    """The epoch loop of every task kind: train for up to ``max_epochs`` epochs, validating after each;
+    keep the best (or last) state.
+
+    ``train_epoch(order, desc)`` trains one epoch over the dataset positions ``order`` and returns its
+    stats; ``validate()`` returns a result with ``loss``, ``error`` and ``metrics``. With
+    ``early_stopping`` the state of the first epoch with the lowest validation ``es_metric`` (``error``
+    or ``loss``) is kept and training ends when the stopper says so; without it the last epoch's state
+    is kept. Data order and its RNG draws: :class:`ReleasedLoaderDraws` over ``train_labels``. What is
+    logged: ``record``.
+    """
+    options = options or LoopOptions()
+    scalars = scalars or ScalarLog(None)
+    draws = ReleasedLoaderDraws(train_labels, weighted_sample)
+    history: list[dict[str, float]] = []
+    best: tuple[int, Any, dict[str, torch.Tensor]] | None = None
+    stopped = False
+    for epoch in bar(range(max_epochs), desc="epochs", enabled=options.progress, leave=False):
+        start = time.perf_counter()
+        order = [train_indices[i] for i in draws.epoch_order()]
+        stats = train_epoch(order, f"epoch {epoch}")
+        draws.validation_pass()
+        val = validate()
+        trained = dataclasses.asdict(stats)
+        history.append(
+            {
+                "epoch": epoch,
+                **{f"train_{k}": v for k, v in trained.items()},
+                "val_loss": val.loss,
+                **{f"val_{k}": v for k, v in val.metrics.items()},
+            }
+        )
+        for tag, value in (
+            *((f"train/{k}", v) for k, v in trained.items()),
+            ("val/loss", val.loss),
+            *record.val_scalars(val),
+        ):
+            scalars.add(tag, value, epoch)
+        monitored = val.error if es_metric == "error" else val.loss
+        if record.nan_is_worst and math.isnan(monitored):
+            monitored = math.inf
+        improved = early_stopping.step(epoch, monitored) if early_stopping is not None else True
+        marker = " *" if early_stopping is not None and improved else ""
+        log(record.line(epoch, stats, val, time.perf_counter() - start) + marker)
+        if improved:
+            best = (epoch, val, snapshot_state(model))
+        if early_stopping is not None and early_stopping.should_stop:
+            stopped = True
+            log(
+                f"early stop at epoch {epoch}: no {record.watched[es_metric]} improvement for "
+                f"{early_stopping.patience} epochs"
+            )
+            break
+    assert best is not None
+    return FitResult(
+        best_epoch=best[0],
+        epochs_run=len(history),
+        stopped_early=stopped,
+        best_val=best[1],
+        best_state=best[2],
+        history=history,
+    )
+
+
 def fit(
     model: nn.Module,
     load: Callable[[int], SlideBag],
@@ -185,67 +301,32 @@ def fit(
     scalars: ScalarLog | None = None,
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """Train for up to ``max_epochs`` epochs, validating after each; keep the best (or last) state.
+    """Train a slide classifier for up to ``max_epochs`` epochs, validating after each; keep the best
+    (or last) state (:func:`fit_epochs` with :func:`train_one_epoch`).
 
     With ``early_stopping`` the state of the first epoch with the lowest validation ``es_metric``
     (``error`` or ``loss``) is kept and training ends when the stopper says so; without it the last
     epoch's state is kept. Data order and its RNG draws: :class:`ReleasedLoaderDraws`.
     """
     options = options or LoopOptions()
-    scalars = scalars or ScalarLog(None)
-    draws = ReleasedLoaderDraws(train_labels, weighted_sample)
-    history: list[dict[str, float]] = []
-    best: tuple[int, EvalResult, dict[str, torch.Tensor]] | None = None
-    stopped = False
-    epochs = bar(range(max_epochs), desc="epochs", enabled=options.progress, leave=False)
-    for epoch in epochs:
-        order = [train_indices[i] for i in draws.epoch_order()]
-        stats = train_one_epoch(
-            model, load, order, optimizer, loss_fn, device, options, desc=f"epoch {epoch}"
-        )
-        draws.validation_pass()
-        val = validate()
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": stats.loss,
-                "train_error": stats.error,
-                "val_loss": val.loss,
-                **{f"val_{k}": v for k, v in val.metrics.items()},
-            }
-        )
-        for tag, value in (
-            ("train/loss", stats.loss),
-            ("train/error", stats.error),
-            ("val/loss", val.loss),
-            ("val/error", val.error),
-            ("val/auc", val.metrics["auc"]),
-            ("val/f1", val.metrics["f1"]),
-        ):
-            scalars.add(tag, value, epoch)
-        monitored = val.error if es_metric == "error" else val.loss
-        improved = early_stopping.step(epoch, monitored) if early_stopping is not None else True
-        marker = " *" if early_stopping is not None and improved else ""
-        log(
-            f"epoch {epoch:3d}  train loss {stats.loss:.4f} err {stats.error:.4f}  "
-            f"val loss {val.loss:.4f} acc {val.metrics['acc']:.4f} auc {_fmt(val.metrics['auc'])}{marker}"
-        )
-        if improved:
-            best = (epoch, val, snapshot_state(model))
-        if early_stopping is not None and early_stopping.should_stop:
-            stopped = True
-            log(
-                f"early stop at epoch {epoch}: no validation-{es_metric} improvement for {early_stopping.patience} epochs"
-            )
-            break
-    assert best is not None
-    return FitResult(
-        best_epoch=best[0],
-        epochs_run=len(history),
-        stopped_early=stopped,
-        best_val=best[1],
-        best_state=best[2],
-        history=history,
+
+    def train_epoch(order: list[int], desc: str) -> EpochStats:
+        return train_one_epoch(model, load, order, optimizer, loss_fn, device, options, desc=desc)
+
+    return fit_epochs(
+        model,
+        train_epoch,
+        train_indices,
+        train_labels,
+        validate,
+        CLASSIFICATION_RECORD,
+        max_epochs=max_epochs,
+        weighted_sample=weighted_sample,
+        early_stopping=early_stopping,
+        es_metric=es_metric,
+        options=options,
+        scalars=scalars,
+        log=log,
     )
 
 

@@ -13,7 +13,6 @@ error``) or the validation loss (``--es-metric loss``), with the classification 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +23,7 @@ from torch import nn
 from datasets.bag import SlideBag
 from models.survival import hazards_from_logits, risk_from_logits, survival_from_logits
 from training.early_stopping import EarlyStopping
-from training.loop import FitResult, LoopOptions, ReleasedLoaderDraws, snapshot_state
+from training.loop import EpochRecord, FitResult, LoopOptions, fit_epochs
 from training.survival_losses import SurvivalTargets, make_targets
 from training.survival_metrics import concordance_index, survival_metrics
 from utils.amp import autocast, grad_scaler
@@ -189,6 +188,22 @@ def train_survival_epoch(
     return SurvivalEpochStats(loss=total / max(n, 1), cindex=concordance_index(months, censor, risks))
 
 
+def _survival_line(epoch: int, stats: SurvivalEpochStats, val: SurvivalEvalResult, seconds: float) -> str:
+    return (
+        f"epoch {epoch:3d}  train loss {stats.loss:.4f} c-index {_fmt(stats.cindex)}  "
+        f"val loss {val.loss:.4f} c-index {_fmt(val.metrics['cindex'])} ibs {_fmt(val.metrics['ibs'])} "
+        f"({seconds:.1f} s)"
+    )
+
+
+SURVIVAL_RECORD = EpochRecord(
+    val_scalars=lambda val: [("val/cindex", val.metrics["cindex"]), ("val/ibs", val.metrics["ibs"])],
+    line=_survival_line,
+    watched={"error": "validation 1 - c-index", "loss": "validation loss"},
+    nan_is_worst=True,  # an undefined c-index never improves (docs/survival.md §7.2)
+)
+
+
 def fit_survival(
     model: nn.Module,
     load: Callable[[int], SlideBag],
@@ -208,58 +223,28 @@ def fit_survival(
     scalars: ScalarLog | None = None,
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """Train up to ``max_epochs`` epochs, validating after each; keep the best (or the last) state."""
+    """Train up to ``max_epochs`` epochs, validating after each; keep the best (or the last) state
+    (:func:`training.loop.fit_epochs` with :func:`train_survival_epoch`)."""
     options = options or LoopOptions()
-    scalars = scalars or ScalarLog(None)
-    draws = ReleasedLoaderDraws(train_bins, weighted_sample)
-    history: list[dict[str, float]] = []
-    best = None
-    stopped = False
-    for epoch in bar(range(max_epochs), desc="epochs", enabled=options.progress, leave=False):
-        start = time.perf_counter()
-        order = [train_indices[i] for i in draws.epoch_order()]
-        stats = train_survival_epoch(
-            model, load, order, optimizer, loss_fn, device, options, batch, desc=f"epoch {epoch}"
-        )
-        draws.validation_pass()
-        val = validate()
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": stats.loss,
-                "train_cindex": stats.cindex,
-                "val_loss": val.loss,
-                **{f"val_{k}": v for k, v in val.metrics.items()},
-            }
-        )
-        for tag, value in (
-            ("train/loss", stats.loss),
-            ("train/cindex", stats.cindex),
-            ("val/loss", val.loss),
-            ("val/cindex", val.metrics["cindex"]),
-            ("val/ibs", val.metrics["ibs"]),
-        ):
-            scalars.add(tag, value, epoch)
-        monitored = val.error if es_metric == "error" else val.loss
-        monitored = math.inf if math.isnan(monitored) else monitored
-        improved = early_stopping.step(epoch, monitored) if early_stopping is not None else True
-        marker = " *" if early_stopping is not None and improved else ""
-        log(
-            f"epoch {epoch:3d}  train loss {stats.loss:.4f} c-index {_fmt(stats.cindex)}  "
-            f"val loss {val.loss:.4f} c-index {_fmt(val.metrics['cindex'])} ibs {_fmt(val.metrics['ibs'])} "
-            f"({time.perf_counter() - start:.1f} s){marker}"
-        )
-        if improved:
-            best = (epoch, val, snapshot_state(model))
-        if early_stopping is not None and early_stopping.should_stop:
-            stopped = True
-            watched = "1 - c-index" if es_metric == "error" else "loss"
-            log(
-                f"early stop at epoch {epoch}: no validation {watched} improvement for {early_stopping.patience} epochs"
-            )
-            break
-    assert best is not None
-    return FitResult(best[0], len(history), stopped, best[1], best[2], history)
+
+    def train_epoch(order: list[int], desc: str) -> SurvivalEpochStats:
+        return train_survival_epoch(model, load, order, optimizer, loss_fn, device, options, batch, desc=desc)
+
+    return fit_epochs(
+        model,
+        train_epoch,
+        train_indices,
+        train_bins,
+        validate,
+        SURVIVAL_RECORD,
+        max_epochs=max_epochs,
+        weighted_sample=weighted_sample,
+        early_stopping=early_stopping,
+        es_metric=es_metric,
+        options=options,
+        scalars=scalars,
+        log=log,
+    )
 
 
 def _fmt(value: float) -> str:
