@@ -37,16 +37,15 @@ from datasets.features import FeatureLayout, missing_feature_slides
 from datasets.splits import PARTS, Split, check_split_against_csv, read_split, split_csv_path, split_leakage
 from datasets.tasks import TaskSpec, get_task
 from models.base import SlideClassifier
-from models.checkpoint import model_identity, save_checkpoint
 from models.registry import build_model, is_survival_model, uses_text_tower
 from models.towers.loading import tower_identity
 from training import results as res
 from training.bag_losses import build_bag_loss
 from training.config import RunConfig, validate_config, with_values
-from training.early_stopping import EarlyStopping
-from training.evaluation import EvalResult, evaluate
-from training.fingerprints import changed_inputs, fold_inputs, read_fold_inputs, write_fold_inputs
-from training.loop import FitResult, LoopOptions, build_optimizer, fit, restore_state
+from training.evaluation import evaluate
+from training.fingerprints import changed_inputs, fold_inputs, read_fold_inputs
+from training.fold import FoldSteps, train_and_record_fold
+from training.loop import fit
 from training.run_checks import MAX_LISTED, ORPHAN_WARNING  # noqa: F401 - kept importable from here
 from training.run_checks import check_every_slide as _check_every_slide
 from training.run_checks import check_feature_dim as _check_feature_dim
@@ -58,7 +57,7 @@ from training.task_kind import SURVIVAL, TaskKind, detect_task_kind
 from utils.device import resolve_device
 from utils.errors import InputError
 from utils.locking import FolderLock, LockHeld
-from utils.run_logging import RunLog, ScalarLog, progress_enabled
+from utils.run_logging import RunLog
 from utils.seed import configure_determinism, seed_everything
 
 
@@ -250,98 +249,28 @@ def run_fold(
     inputs: dict,
     model: SlideClassifier | None = None,
 ) -> dict:
-    """Train and evaluate one fold; write its checkpoint, predictions, input record (``inputs``, see
-    :func:`fold_input_record`) and summary row; return the row.
+    """Train and evaluate one fold (:func:`training.fold.train_and_record_fold` with cross-entropy or
+    ``--bag_loss``, :func:`training.loop.fit` and :func:`training.evaluation.evaluate`); write its
+    checkpoint, predictions, input record (``inputs``, see :func:`fold_input_record`) and summary row;
+    return the row.
 
     ``model``, when given, must come straight from :func:`seeded_model` with no RNG use since, so the
     fold is exactly as if it had been built here.
     """
-    task, dataset, idx = data.task, data.dataset, data.folds[fold]
-    model = (model if model is not None else seeded_model(config, task)).to(device)
-    loss_fn = build_bag_loss(effective_bag_loss(config), task.num_classes).to(device)
-    trainable = model.trainable_parameters()
-    # Training-free models (the zero-shot baseline) are evaluated as they are.
-    optimizer = build_optimizer(config.opt, trainable, config.lr, config.reg) if trainable else None
-    options = LoopOptions(
-        config.prefetch_depth, config.num_workers, progress_enabled(config.quiet), config.amp
+    task = data.task
+    model = model if model is not None else seeded_model(config, task)
+    steps = FoldSteps(
+        loss_fn=build_bag_loss(effective_bag_loss(config), task.num_classes).to(device),
+        fit=fit,
+        evaluate=evaluate,
+        evaluate_args=(task.num_classes,),
+        write_predictions=lambda path, result: res.write_predictions(path, result, task.class_names),
+        items="slides",
+        test_summary=lambda row: (
+            f"test acc {row['test_acc']:.4f} auc {row['test_auc']:.4f} f1 {row['test_f1']:.4f}"
+        ),
     )
-    scalars = ScalarLog(run_dir / "tb" / f"fold_{fold}" if config.log_data else None)
-    n_trainable = sum(p.numel() for p in model.trainable_parameters())
-    log.info(
-        f"fold {fold}: {len(idx.train)} train / {len(idx.val)} val / {len(idx.test)} test slides, "
-        f"{n_trainable} trainable parameters"
-    )
-
-    def run_eval(indices: list[int], desc: str) -> EvalResult:
-        return evaluate(
-            model,
-            dataset.__getitem__,
-            indices,
-            loss_fn,
-            device,
-            task.num_classes,
-            prefetch_depth=options.prefetch_depth,
-            workers=options.workers,
-            progress=options.progress,
-            desc=desc,
-            amp=options.amp,
-        )
-
-    try:
-        if optimizer is None:
-            log.info(f"fold {fold}: no trainable parameters, evaluating without training")
-            fitted = FitResult(0, 0, False, run_eval(idx.val, "val"), {}, [])
-        else:
-            fitted = fit(
-                model,
-                dataset.__getitem__,
-                idx.train,
-                [dataset.labels[i] for i in idx.train],
-                lambda: run_eval(idx.val, "val"),
-                optimizer,
-                loss_fn,
-                device,
-                max_epochs=config.max_epochs,
-                weighted_sample=config.weighted_sample,
-                early_stopping=EarlyStopping(config.patience, config.stop_epoch)
-                if config.early_stopping
-                else None,
-                es_metric=config.es_metric,
-                options=options,
-                scalars=scalars,
-                log=log.info,
-            )
-        restore_state(model, fitted.best_state)
-        save_checkpoint(
-            res.checkpoint_path(run_dir, fold),
-            model.state_dict(),
-            model_identity(config.model_type, config.model_spec(task)),
-        )
-        val = fitted.best_val
-        test = run_eval(idx.test, "test")
-        row = {
-            "fold": fold,
-            **{f"test_{k}": v for k, v in test.metrics.items()},
-            **{f"val_{k}": v for k, v in val.metrics.items()},
-            "val_loss": val.loss,
-            "test_loss": test.loss,
-            "best_epoch": fitted.best_epoch,
-            "epochs_run": fitted.epochs_run,
-        }
-        for name, value in row.items():
-            if name not in ("fold", "best_epoch", "epochs_run"):
-                scalars.add(f"final/{name}", value, fitted.best_epoch)
-    finally:
-        scalars.close()
-    res.write_predictions(res.predictions_path(run_dir, fold, "val"), val, task.class_names)
-    res.write_predictions(res.predictions_path(run_dir, fold, "test"), test, task.class_names)
-    write_fold_inputs(res.fold_inputs_path(run_dir, fold), inputs)
-    res.write_fold_row(run_dir, fold, row)  # last: marks the fold finished
-    log.info(
-        f"fold {fold}: best epoch {fitted.best_epoch} of {fitted.epochs_run}; "
-        f"test acc {row['test_acc']:.4f} auc {row['test_auc']:.4f} f1 {row['test_f1']:.4f}"
-    )
-    return row
+    return train_and_record_fold(config, data, fold, run_dir, device, log, inputs, model, steps)
 
 
 def fold_input_record(config: RunConfig, data: PreparedData, fold: int, tower: dict | None) -> dict:

@@ -8,9 +8,10 @@
   left without slides is an error) and every slide of the used cases
   (:func:`training.run_checks.check_every_slide`) -- and builds one cached
   :class:`datasets.case_bag.CaseBagDataset`.
-* :meth:`SurvivalKind.run_fold` trains one fold (:func:`training.survival_loop.fit_survival`), restores
-  the best state, saves the checkpoint and writes the per-case predictions, the input record and the
-  fold's row (last, marking it finished).
+* :meth:`SurvivalKind.run_fold` trains one fold (:func:`training.survival_loop.fit_survival`, inside the
+  fold body every kind shares, :func:`training.fold.train_and_record_fold`), restores the best state,
+  saves the checkpoint and writes the per-case predictions, the input record and the fold's row (last,
+  marking it finished).
 * :meth:`SurvivalKind.finish` writes ``summary.csv`` / ``results.csv`` (mean and population std of the
   c-index and IBS) and ``km_test.png`` from the test predictions of all folds.
 """
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,15 +42,13 @@ from datasets.survival import (
     survival_split_path,
     survival_task,
 )
-from models.checkpoint import model_identity, save_checkpoint
 from models.registry import is_survival_model, survival_models, uses_text_tower
 from training import results as res
 from training.config import RunConfig
-from training.early_stopping import EarlyStopping
-from training.fingerprints import fold_inputs, write_fold_inputs
-from training.loop import FitResult, LoopOptions, build_optimizer, restore_state
+from training.fingerprints import fold_inputs
+from training.fold import FoldSteps, train_and_record_fold
 from training.run_checks import check_every_slide, check_feature_dim, limit_split, listed
-from training.survival_loop import SurvivalEvalResult, evaluate_survival, fit_survival
+from training.survival_loop import evaluate_survival, fit_survival
 from training.survival_losses import build_survival_loss, cases_per_step
 from training.survival_report import (
     SURVIVAL_METRIC_COLUMNS,
@@ -58,7 +58,7 @@ from training.survival_report import (
     write_survival_predictions,
 )
 from utils.errors import InputError
-from utils.run_logging import RunLog, ScalarLog, progress_enabled
+from utils.run_logging import RunLog
 
 
 @dataclass
@@ -287,98 +287,26 @@ class SurvivalKind:
         inputs: dict,
         model,
     ) -> dict:
-        """Train and evaluate one fold; write checkpoint, predictions, input record and row (last)."""
-        task, dataset, idx = data.task, data.dataset, data.folds[fold]
-        model = model.to(device)
-        loss_fn = build_survival_loss(config.surv_loss, config.surv_alpha)
+        """Train and evaluate one fold (:func:`training.fold.train_and_record_fold` with the survival
+        loss, :func:`training.survival_loop.fit_survival` and
+        :func:`training.survival_loop.evaluate_survival`); write checkpoint, per-case predictions, input
+        record and row (last)."""
         batch = cases_per_step(config.surv_loss, config.surv_batch)
-        trainable = model.trainable_parameters()
-        optimizer = build_optimizer(config.opt, trainable, config.lr, config.reg) if trainable else None
-        options = LoopOptions(
-            config.prefetch_depth, config.num_workers, progress_enabled(config.quiet), config.amp
-        )
-        scalars = ScalarLog(run_dir / "tb" / f"fold_{fold}" if config.log_data else None)
-        train_cases = [data.cases[i] for i in idx.train]
+        train_cases = [data.cases[i] for i in data.folds[fold].train]
         train_months = np.array([c.months for c in train_cases])
         train_censor = np.array([c.censorship for c in train_cases])
-        log.info(
-            f"fold {fold}: {len(idx.train)} train / {len(idx.val)} val / {len(idx.test)} test cases, "
-            f"{sum(p.numel() for p in trainable)} trainable parameters, {batch} case(s) per step"
-        )
-
-        def run_eval(indices: list[int], desc: str) -> SurvivalEvalResult:
-            return evaluate_survival(
-                model,
-                dataset.__getitem__,
-                indices,
-                loss_fn,
-                device,
-                task.bin_cuts,
-                train_months,
-                train_censor,
-                prefetch_depth=options.prefetch_depth,
-                workers=options.workers,
-                progress=options.progress,
-                desc=desc,
-                amp=options.amp,
-            )
-
-        try:
-            if optimizer is None:
-                fitted = FitResult(0, 0, False, run_eval(idx.val, "val"), {}, [])
-            else:
-                fitted = fit_survival(
-                    model,
-                    dataset.__getitem__,
-                    idx.train,
-                    [dataset.labels[i] for i in idx.train],
-                    lambda: run_eval(idx.val, "val"),
-                    optimizer,
-                    loss_fn,
-                    device,
-                    max_epochs=config.max_epochs,
-                    batch=batch,
-                    weighted_sample=config.weighted_sample,
-                    early_stopping=EarlyStopping(config.patience, config.stop_epoch)
-                    if config.early_stopping
-                    else None,
-                    es_metric=config.es_metric,
-                    options=options,
-                    scalars=scalars,
-                    log=log.info,
-                )
-            restore_state(model, fitted.best_state)
-            save_checkpoint(
-                res.checkpoint_path(run_dir, fold),
-                model.state_dict(),
-                model_identity(config.model_type, config.model_spec(task)),
-            )
-            val = fitted.best_val
-            test = run_eval(idx.test, "test")
-            row = {
-                "fold": fold,
-                **{f"test_{k}": v for k, v in test.metrics.items()},
-                **{f"val_{k}": v for k, v in val.metrics.items()},
-                "val_loss": val.loss,
-                "test_loss": test.loss,
-                "best_epoch": fitted.best_epoch,
-                "epochs_run": fitted.epochs_run,
-            }
-            for name, value in row.items():
-                if name not in ("fold", "best_epoch", "epochs_run"):
-                    scalars.add(f"final/{name}", value, fitted.best_epoch)
-        finally:
-            scalars.close()
         slides_of = {c.case_id: c.slides for c in data.cases}
-        write_survival_predictions(res.predictions_path(run_dir, fold, "val"), val, slides_of)
-        write_survival_predictions(res.predictions_path(run_dir, fold, "test"), test, slides_of)
-        write_fold_inputs(res.fold_inputs_path(run_dir, fold), inputs)
-        res.write_fold_row(run_dir, fold, row)  # last: marks the fold finished
-        log.info(
-            f"fold {fold}: best epoch {fitted.best_epoch} of {fitted.epochs_run}; "
-            f"test c-index {row['test_cindex']:.4f} ibs {row['test_ibs']:.4f}"
+        steps = FoldSteps(
+            loss_fn=build_survival_loss(config.surv_loss, config.surv_alpha),
+            fit=functools.partial(fit_survival, batch=batch),
+            evaluate=evaluate_survival,
+            evaluate_args=(data.task.bin_cuts, train_months, train_censor),
+            write_predictions=lambda path, result: write_survival_predictions(path, result, slides_of),
+            items="cases",
+            start_note=f", {batch} case(s) per step",
+            test_summary=lambda row: f"test c-index {row['test_cindex']:.4f} ibs {row['test_ibs']:.4f}",
         )
-        return row
+        return train_and_record_fold(config, data, fold, run_dir, device, log, inputs, model, steps)
 
     def finish(self, run, rows: list[dict], log: RunLog) -> Path:
         """Summary CSVs, the Kaplan-Meier plot of the pooled test cases and the one-screen table."""
