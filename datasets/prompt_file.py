@@ -101,8 +101,36 @@ class HierarchicalPrompts:
             )
 
 
-class _Pairs(list):
+class JsonPairs(list):
     """A JSON object kept as its ordered ``(key, value)`` pairs, so duplicate keys stay visible."""
+
+
+def parse_json_object(text: str, source: Path | str, shape: str) -> JsonPairs:
+    """The non-empty top-level JSON object of prompt file ``text`` as :class:`JsonPairs` (nested objects
+    too); one :class:`InputError` line naming ``source`` for invalid JSON, or ``"<source>: <shape>"``
+    when the top level is not a non-empty object."""
+    try:
+        data = json.loads(text, object_pairs_hook=JsonPairs)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{source}: not valid JSON ({err})") from None
+    if not isinstance(data, JsonPairs) or not data:
+        raise InputError(f"{source}: {shape}")
+    return data
+
+
+def read_prompt_text(path: Path, not_found: str = "prompt file not found") -> str:
+    """The UTF-8 text of prompt file ``path`` (only read); one :class:`InputError` line naming it when it
+    is missing (``"<path>: <not_found>"``), not UTF-8 or unreadable."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: {not_found}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{path}: not valid JSON (not UTF-8 text: {err.reason} at byte {err.start})"
+        ) from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read prompt file ({err.strerror or err})") from None
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -127,13 +155,8 @@ def parse_prompt_text(
         raise InputError(
             f"{source}: need n_coarse >= 1 and n_fine_per_coarse >= 0, got {n_coarse} and {n_fine_per_coarse}"
         )
-    try:
-        data = json.loads(text, object_pairs_hook=_Pairs)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{source}: not valid JSON ({err})") from None
     shape = "expected a JSON object {class: {term: explanation}}"
-    if not isinstance(data, _Pairs) or not data:
-        raise InputError(f"{source}: {shape}")
+    data = parse_json_object(text, source, shape)
     n_fine = n_coarse * n_fine_per_coarse
     expected = n_coarse + n_fine
     per_class: dict[str, list[Entry]] = {}
@@ -142,7 +165,7 @@ def parse_prompt_text(
             raise InputError(f"{source}: class {cls!r} appears twice")
         if not cls.strip():
             raise InputError(f"{source}: empty class name")
-        if not isinstance(body, _Pairs):
+        if not isinstance(body, JsonPairs):
             raise InputError(f"{source}: class {cls!r} is not an object of term: explanation pairs ({shape})")
         if len(body) != expected:
             raise InputError(
@@ -155,7 +178,7 @@ def parse_prompt_text(
             if not term.strip():
                 raise InputError(f"{source}: {where} has an empty term")
             if not isinstance(explanation, str):
-                kind = "object" if isinstance(explanation, _Pairs) else type(explanation).__name__
+                kind = "object" if isinstance(explanation, JsonPairs) else type(explanation).__name__
                 raise InputError(
                     f"{source}: {where} ({_short(term)!r}): explanation must be a string, got {kind}"
                 )
@@ -203,17 +226,7 @@ def load_prompt_file(
 ) -> HierarchicalPrompts:
     """Read and validate a prompt file (see :func:`parse_prompt_text`); the file is only read."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: prompt file not found") from None
-    except UnicodeDecodeError as err:
-        raise InputError(
-            f"{path}: not valid JSON (not UTF-8 text: {err.reason} at byte {err.start})"
-        ) from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read prompt file ({err.strerror or err})") from None
-    return parse_prompt_text(text, path, class_names, n_coarse, n_fine_per_coarse)
+    return parse_prompt_text(read_prompt_text(path), path, class_names, n_coarse, n_fine_per_coarse)
 
 
 def content_warnings(prompts: HierarchicalPrompts) -> list[str]:

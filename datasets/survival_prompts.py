@@ -13,17 +13,17 @@ A file lists K survival-related attributes, each described at both levels::
 Attribute k's region description and patch description are the k-th prompt of the region (5x) and the
 patch (20x) level; the mutual contrastive loss treats them as the same attribute. A prompt is rendered
 ``"<attribute> : <description>"`` (:func:`datasets.prompt_file.render_description`, as HiVE-MIL's).
-Validation follows the HiVE-MIL prompt files: one InputError line naming the file for invalid JSON, a
-wrong shape, duplicate or empty names, or empty descriptions.
+Validation follows the HiVE-MIL prompt files (reading and the top-level JSON object through
+:mod:`datasets.prompt_file`'s helpers): one InputError line naming the file for invalid JSON, a wrong
+shape, duplicate or empty names, or empty descriptions.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets.prompt_file import render_description
+from datasets.prompt_file import JsonPairs, parse_json_object, read_prompt_text, render_description
 from utils.errors import InputError
 
 LEVELS = ("region", "patch")  # 5x, 20x
@@ -47,26 +47,17 @@ class SurvivalPrompts:
         return [render_description(a, t) for a, t in zip(self.attributes, texts)]
 
 
-class _Pairs(list):
-    """A JSON object kept as its ordered ``(key, value)`` pairs, so duplicate keys stay visible."""
-
-
 def parse_survival_prompts(text: str, source: Path | str) -> SurvivalPrompts:
     """Parse and validate prompt JSON ``text``; ``source`` names it in error messages."""
     shape = 'expected {"<attribute>": {"region": "<5x description>", "patch": "<20x description>"}, ...}'
-    try:
-        data = json.loads(text, object_pairs_hook=_Pairs)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{source}: not valid JSON ({err})") from None
-    if not isinstance(data, _Pairs) or not data:
-        raise InputError(f"{source}: {shape}")
+    data = parse_json_object(text, source, shape)
     names, region, patch = [], [], []
     for name, body in data:
         if not name.strip():
             raise InputError(f"{source}: empty attribute name")
         if name.strip() in names:
             raise InputError(f"{source}: attribute {name!r} appears twice")
-        if not isinstance(body, _Pairs):
+        if not isinstance(body, JsonPairs):
             raise InputError(
                 f"{source}: attribute {name!r} is not an object with 'region' and 'patch' ({shape})"
             )
@@ -96,16 +87,7 @@ def parse_survival_prompts(text: str, source: Path | str) -> SurvivalPrompts:
 def load_survival_prompts(path: str | Path) -> SurvivalPrompts:
     """Read and validate a survival prompt file (the file is only read)."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise InputError(
-            f"{path}: prompt file not found (HiLa-style survival prompts, docs/survival.md §8.1)"
-        ) from None
-    except UnicodeDecodeError as err:
-        raise InputError(
-            f"{path}: not valid JSON (not UTF-8 text: {err.reason} at byte {err.start})"
-        ) from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read prompt file ({err.strerror or err})") from None
+    text = read_prompt_text(
+        path, "prompt file not found (HiLa-style survival prompts, docs/survival.md §8.1)"
+    )
     return parse_survival_prompts(text, path)
