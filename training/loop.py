@@ -46,8 +46,8 @@ class EpochStats:
 
 @dataclass
 class FitResult:
-    """Outcome of :func:`fit_epochs` (:func:`fit`, :func:`training.survival_loop.fit_survival`): the chosen
-    epoch, its validation pass and its parameters."""
+    """Outcome of :func:`fit` (also for :func:`training.survival_loop.fit_survival`): the chosen epoch,
+    its validation pass and its parameters."""
 
     best_epoch: int
     epochs_run: int
@@ -173,7 +173,7 @@ def train_one_epoch(
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """What :func:`fit_epochs` records of an epoch, for one task kind.
+    """What :func:`fit` records of an epoch, for one task kind.
 
     Every field of the epoch's training stats (a dataclass such as :class:`EpochStats`) goes into the
     history as ``train_<field>`` and to the scalars as ``train/<field>``; the validation loss and all
@@ -183,7 +183,7 @@ class EpochRecord:
     val_scalars: Callable[[Any], list[tuple[str, float]]]  # validation result -> (tag, value) after val/loss
     line: Callable[[int, Any, Any, float], str]  # (epoch, train stats, validation, seconds) -> log line
     watched: dict[str, str]  # --es-metric -> what the early-stop line says did not improve
-    nan_is_worst: bool = False  # a NaN monitored value counts as +inf (never an improvement)
+    nan_is_worst: bool = False  # a NaN monitored value counts as +inf (never beats a defined one)
 
 
 def _classification_line(epoch: int, stats: EpochStats, val: EvalResult, seconds: float) -> str:
@@ -204,13 +204,15 @@ CLASSIFICATION_RECORD = EpochRecord(
 )
 
 
-def fit_epochs(
+def fit(
     model: nn.Module,
-    train_epoch: Callable[[list[int], str], Any],
+    load: Callable[[int], SlideBag],
     train_indices: Sequence[int],
     train_labels: Sequence[int],
-    validate: Callable[[], Any],
-    record: EpochRecord,
+    validate: Callable[[], EvalResult],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device,
     *,
     max_epochs: int,
     weighted_sample: bool = False,
@@ -219,16 +221,19 @@ def fit_epochs(
     options: LoopOptions | None = None,
     scalars: ScalarLog | None = None,
     log: Callable[[str], None] = print,
+    train_epoch: Callable[..., Any] = train_one_epoch,
+    record: EpochRecord = CLASSIFICATION_RECORD,
 ) -> FitResult:
-    """The epoch loop of every task kind: train for up to ``max_epochs`` epochs, validating after each;
-    keep the best (or last) state.
+    """Train for up to ``max_epochs`` epochs, validating after each; keep the best (or last) state.
 
-    ``train_epoch(order, desc)`` trains one epoch over the dataset positions ``order`` and returns its
-    stats; ``validate()`` returns a result with ``loss``, ``error`` and ``metrics``. With
-    ``early_stopping`` the state of the first epoch with the lowest validation ``es_metric`` (``error``
-    or ``loss``) is kept and training ends when the stopper says so; without it the last epoch's state
-    is kept. Data order and its RNG draws: :class:`ReleasedLoaderDraws` over ``train_labels``. What is
-    logged: ``record``.
+    The epoch loop of every task kind: by default a slide classifier (:func:`train_one_epoch`,
+    :data:`CLASSIFICATION_RECORD`); :func:`training.survival_loop.fit_survival` passes its own
+    ``train_epoch`` (called as ``train_epoch(model, load, order, optimizer, loss_fn, device, options,
+    desc=...)``, returning the epoch's stats) and ``record``. ``validate()`` returns a result with
+    ``loss``, ``error`` and ``metrics``. With ``early_stopping`` the state of the first epoch with the
+    lowest validation ``es_metric`` (``error`` or ``loss``) is kept and training ends when the stopper
+    says so; without it the last epoch's state is kept. Data order and its RNG draws:
+    :class:`ReleasedLoaderDraws` over ``train_labels``.
     """
     options = options or LoopOptions()
     scalars = scalars or ScalarLog(None)
@@ -239,7 +244,7 @@ def fit_epochs(
     for epoch in bar(range(max_epochs), desc="epochs", enabled=options.progress, leave=False):
         start = time.perf_counter()
         order = [train_indices[i] for i in draws.epoch_order()]
-        stats = train_epoch(order, f"epoch {epoch}")
+        stats = train_epoch(model, load, order, optimizer, loss_fn, device, options, desc=f"epoch {epoch}")
         draws.validation_pass()
         val = validate()
         trained = dataclasses.asdict(stats)
@@ -280,53 +285,6 @@ def fit_epochs(
         best_val=best[1],
         best_state=best[2],
         history=history,
-    )
-
-
-def fit(
-    model: nn.Module,
-    load: Callable[[int], SlideBag],
-    train_indices: Sequence[int],
-    train_labels: Sequence[int],
-    validate: Callable[[], EvalResult],
-    optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
-    device: torch.device,
-    *,
-    max_epochs: int,
-    weighted_sample: bool = False,
-    early_stopping: EarlyStopping | None = None,
-    es_metric: str = "error",
-    options: LoopOptions | None = None,
-    scalars: ScalarLog | None = None,
-    log: Callable[[str], None] = print,
-) -> FitResult:
-    """Train a slide classifier for up to ``max_epochs`` epochs, validating after each; keep the best
-    (or last) state (:func:`fit_epochs` with :func:`train_one_epoch`).
-
-    With ``early_stopping`` the state of the first epoch with the lowest validation ``es_metric``
-    (``error`` or ``loss``) is kept and training ends when the stopper says so; without it the last
-    epoch's state is kept. Data order and its RNG draws: :class:`ReleasedLoaderDraws`.
-    """
-    options = options or LoopOptions()
-
-    def train_epoch(order: list[int], desc: str) -> EpochStats:
-        return train_one_epoch(model, load, order, optimizer, loss_fn, device, options, desc=desc)
-
-    return fit_epochs(
-        model,
-        train_epoch,
-        train_indices,
-        train_labels,
-        validate,
-        CLASSIFICATION_RECORD,
-        max_epochs=max_epochs,
-        weighted_sample=weighted_sample,
-        early_stopping=early_stopping,
-        es_metric=es_metric,
-        options=options,
-        scalars=scalars,
-        log=log,
     )
 
 

@@ -4,14 +4,16 @@ One optimiser step covers ``batch`` cases (``--surv_batch``; 1 for the NLL loss 
 per case as in classification): per-case losses (NLL) are back-propagated case by case, divided by the
 step's size (gradient accumulation); the Cox loss needs the step's risks together, so their graphs are
 kept until the step's loss is formed. The model's auxiliary loss (lambda * MCL for HiLa-style) is added
-per case. Case order and its RNG draws are those of the classification loop
-(:class:`training.loop.ReleasedLoaderDraws`, over the training cases' survival bins; ``--weighted_sample``
-balances the bins). Validation after every epoch; early stopping watches 1 - c-index (``--es-metric
+per case. The epoch loop is the classification one (:func:`training.loop.fit`, run by
+:func:`fit_survival` with the survival epoch and log lines), so case order and its RNG draws are those of
+classification (:class:`training.loop.ReleasedLoaderDraws`, over the training cases' survival bins;
+``--weighted_sample`` balances the bins). Validation after every epoch; early stopping watches 1 - c-index (``--es-metric
 error``) or the validation loss (``--es-metric loss``), with the classification stopper's rules.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +24,12 @@ from torch import nn
 
 from datasets.bag import SlideBag
 from models.survival import hazards_from_logits, risk_from_logits, survival_from_logits
-from training.early_stopping import EarlyStopping
-from training.loop import EpochRecord, FitResult, LoopOptions, fit_epochs
+from training.loop import EpochRecord, FitResult, LoopOptions, fit
 from training.survival_losses import SurvivalTargets, make_targets
 from training.survival_metrics import concordance_index, survival_metrics
 from utils.amp import autocast, grad_scaler
 from utils.prefetch import prefetch
-from utils.run_logging import ScalarLog, bar
+from utils.run_logging import bar
 
 
 def case_targets(bag: SlideBag, device: torch.device | str = "cpu") -> SurvivalTargets:
@@ -204,46 +205,15 @@ SURVIVAL_RECORD = EpochRecord(
 )
 
 
-def fit_survival(
-    model: nn.Module,
-    load: Callable[[int], SlideBag],
-    train_indices: Sequence[int],
-    train_bins: Sequence[int],
-    validate: Callable[[], SurvivalEvalResult],
-    optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
-    device: torch.device,
-    *,
-    max_epochs: int,
-    batch: int = 1,
-    weighted_sample: bool = False,
-    early_stopping: EarlyStopping | None = None,
-    es_metric: str = "error",
-    options: LoopOptions | None = None,
-    scalars: ScalarLog | None = None,
-    log: Callable[[str], None] = print,
-) -> FitResult:
-    """Train up to ``max_epochs`` epochs, validating after each; keep the best (or the last) state
-    (:func:`training.loop.fit_epochs` with :func:`train_survival_epoch`)."""
-    options = options or LoopOptions()
-
-    def train_epoch(order: list[int], desc: str) -> SurvivalEpochStats:
-        return train_survival_epoch(model, load, order, optimizer, loss_fn, device, options, batch, desc=desc)
-
-    return fit_epochs(
-        model,
-        train_epoch,
-        train_indices,
-        train_bins,
-        validate,
-        SURVIVAL_RECORD,
-        max_epochs=max_epochs,
-        weighted_sample=weighted_sample,
-        early_stopping=early_stopping,
-        es_metric=es_metric,
-        options=options,
-        scalars=scalars,
-        log=log,
+def fit_survival(*args, batch: int = 1, **kwargs) -> FitResult:
+    """Train a survival model: :func:`training.loop.fit` (same arguments; ``train_labels`` are the
+    training cases' survival bins) with :func:`train_survival_epoch` at ``batch`` cases per optimiser
+    step and the survival epoch record (:data:`SURVIVAL_RECORD`)."""
+    return fit(
+        *args,
+        train_epoch=functools.partial(train_survival_epoch, batch=batch),
+        record=SURVIVAL_RECORD,
+        **kwargs,
     )
 
 
