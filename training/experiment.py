@@ -50,6 +50,7 @@ from training.run_checks import MAX_LISTED, ORPHAN_WARNING  # noqa: F401 - kept 
 from training.run_checks import check_every_slide as _check_every_slide
 from training.run_checks import check_feature_dim as _check_feature_dim
 from training.run_checks import check_writable as _check_writable
+from training.run_checks import feature_layout as _feature_layout
 from training.run_checks import limit_split as _limit_split
 from training.run_checks import listed as _listed
 from training.survival_run import SurvivalKind
@@ -149,18 +150,7 @@ def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
     _check_leakage(config, raw_splits, case_of)
     splits = {fold: _limit_split(s, config, fold) for fold, s in raw_splits.items()}
 
-    layout = FeatureLayout(
-        Path(config.data_root_dir).expanduser(),
-        task.name,
-        config.feature_extractor,
-        config.low_mag,
-        config.high_mag,
-    )
-    if not layout.root.is_dir():
-        raise InputError(
-            f"feature folder not found: {layout.root} (from --data_root_dir {config.data_root_dir}, "
-            f"--task {task.name}, --feature_extractor {config.feature_extractor})"
-        )
+    layout = _feature_layout(config, task.name)
     used = list(dict.fromkeys(s for split in splits.values() for s in split.all_ids()))
     missing = missing_feature_slides(layout, used)
     if missing:

@@ -47,6 +47,24 @@ def limit_split(split: Split, config: RunConfig, fold: int) -> Split:
     return Split(**parts)
 
 
+def feature_layout(config: RunConfig, task_name: str) -> FeatureLayout:
+    """The feature files of task ``task_name`` under ``--data_root_dir`` / ``--feature_extractor`` (and the
+    run's magnifications); InputError when its folder does not exist."""
+    layout = FeatureLayout(
+        Path(config.data_root_dir).expanduser(),
+        task_name,
+        config.feature_extractor,
+        config.low_mag,
+        config.high_mag,
+    )
+    if not layout.root.is_dir():
+        raise InputError(
+            f"feature folder not found: {layout.root} (from --data_root_dir {config.data_root_dir}, "
+            f"--task {task_name}, --feature_extractor {config.feature_extractor})"
+        )
+    return layout
+
+
 def check_feature_dim(config: RunConfig, layout: FeatureLayout, slide_id: str) -> None:
     """``--feature_dim`` against the first slide's 5x file (one clear line before the full scan)."""
     import h5py

@@ -47,7 +47,7 @@ from training import results as res
 from training.config import RunConfig
 from training.fingerprints import fold_inputs
 from training.fold import FoldSteps, train_and_record_fold
-from training.run_checks import check_every_slide, check_feature_dim, limit_split, listed
+from training.run_checks import check_every_slide, check_feature_dim, feature_layout, limit_split, listed
 from training.survival_loop import evaluate_survival, fit_survival
 from training.survival_losses import build_survival_loss, cases_per_step
 from training.survival_report import (
@@ -170,18 +170,7 @@ class SurvivalKind:
         splits = {f: limit_split(s, config, f) for f, s in _read_case_splits(config, task, table).items()}
         by_id = table.by_id()
 
-        layout = FeatureLayout(
-            Path(config.data_root_dir).expanduser(),
-            task.name,
-            config.feature_extractor,
-            config.low_mag,
-            config.high_mag,
-        )
-        if not layout.root.is_dir():
-            raise InputError(
-                f"feature folder not found: {layout.root} (from --data_root_dir {config.data_root_dir}, "
-                f"--task {task.name}, --feature_extractor {config.feature_extractor})"
-            )
+        layout = feature_layout(config, task.name)
         order = {c.case_id: i for i, c in enumerate(table.cases)}
         used_ids = sorted({c for split in splits.values() for c in split.all_ids()}, key=order.__getitem__)
         slides = [s for c in used_ids for s in by_id[c].slides]
