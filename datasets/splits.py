@@ -41,6 +41,11 @@ class Split:
     def all_ids(self) -> list[str]:
         return [*self.train, *self.val, *self.test]
 
+    def positions(self, position: dict[str, int], order: dict[str, int]) -> list[list[int]]:
+        """Per part (train, val, test): ``position`` of each id, the part sorted by ``order`` (e.g. the
+        dataset-CSV row of each slide or case)."""
+        return [[position[i] for i in sorted(self.part(p), key=order.__getitem__)] for p in PARTS]
+
 
 def split_csv_path(splits_root: str | Path, task: str, few_shot_num: int, fold: int) -> Path:
     """``<splits_root>/<task>/<task>_<N>/splits_<fold>.csv``."""

@@ -186,12 +186,7 @@ def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
     position = {s: i for i, s in enumerate(used)}
     _check_every_slide(config, layout, used, lambda s: dataset[position[s]], log)
     csv_row = {s: row for row, s in enumerate(df["slide_id"].astype(str))}
-    folds = {
-        fold: FoldIndices(
-            *[[position[s] for s in sorted(split.part(p), key=csv_row.__getitem__)] for p in PARTS]
-        )
-        for fold, split in splits.items()
-    }
+    folds = {fold: FoldIndices(*split.positions(position, csv_row)) for fold, split in splits.items()}
     return PreparedData(
         task=task,
         dataset=dataset,

@@ -222,12 +222,7 @@ class SurvivalKind:
             expected_dim=config.feature_dim,
         )
         position = {c: i for i, c in enumerate(used_ids)}
-        folds = {
-            fold: CaseFold(
-                *[[position[c] for c in sorted(split.part(p), key=order.__getitem__)] for p in PARTS]
-            )
-            for fold, split in splits.items()
-        }
+        folds = {fold: CaseFold(*split.positions(position, order)) for fold, split in splits.items()}
         return SurvivalData(
             task=task,
             table=table,
