@@ -27,7 +27,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets.features import FeatureLayout
-from preprocess.wsi.pipeline import ExtractOptions, SlideResult, extract_slide, is_finished
+from preprocess.wsi.pipeline import (
+    ExtractOptions,
+    SlideResult,
+    add_tile_arguments,
+    check_tile_arguments,
+    extract_slide,
+    is_finished,
+)
 from preprocess.wsi.sources import SlideSource, find_slides
 from utils.device import resolve_device
 from utils.errors import InputError, one_line, run_cli
@@ -50,12 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--feature-extractor", required=True, help="plip, quiltnet, conch or an open_clip model name"
     )
     parser.add_argument("--weights", default=None, help="hub name, local folder or checkpoint of the tower")
-    parser.add_argument("--level0-mag", type=float, default=None, help="level-0 magnification of every slide")
-    parser.add_argument(
-        "--min-tissue", type=float, default=0.25, help="minimum tissue fraction of a kept tile"
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
-    parser.add_argument("--workers", type=int, default=2, help="background tile-reader threads (0: inline)")
+    add_tile_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)"
@@ -91,16 +93,9 @@ def validate_args(args: argparse.Namespace) -> None:
         )
     if not _SAFE_NAME.match(args.task):
         raise InputError(f"--task {args.task!r}: use letters, digits and . _ + - only")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise InputError(f"--workers must be 0 or more, got {args.workers}")
-    if not 0 < args.min_tissue <= 1:
-        raise InputError(f"--min-tissue must be in (0, 1], got {args.min_tissue}")
+    check_tile_arguments(args)
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
-    if args.level0_mag is not None and not args.level0_mag > 0:
-        raise InputError(f"--level0-mag must be positive, got {args.level0_mag}")
     if args.slide_dir is not None and not Path(args.slide_dir).is_dir():
         raise InputError(f"--slide-dir {args.slide_dir}: not a folder")
     if args.ray_workers is not None and args.ray_workers < 1:

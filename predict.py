@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from preprocess.wsi.pipeline import add_tile_arguments, check_tile_arguments
 from utils.errors import InputError, run_cli
 
 
@@ -51,10 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="raw slides <slide_id>.<ext> (searched recursively) for heatmap thumbnails",
     )
-    p.add_argument("--level0-mag", type=float, default=None, help="raw slides: level-0 magnification")
-    p.add_argument("--min-tissue", type=float, default=0.25, help="raw slides: minimum tissue per tile")
-    p.add_argument("--batch-size", type=int, default=64, help="raw slides: tiles per forward pass")
-    p.add_argument("--workers", type=int, default=2, help="raw slides: tile-reader threads")
+    add_tile_arguments(p, scope="raw slides: ")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     return p
@@ -64,16 +62,9 @@ def validate(args: argparse.Namespace) -> None:
     """One-line errors for bad flag values, before any work."""
     if args.top_tiles < 0:
         raise InputError(f"--top-tiles must be >= 0, got {args.top_tiles}")
-    if not 0 < args.min_tissue <= 1:
-        raise InputError(f"--min-tissue must be in (0, 1], got {args.min_tissue}")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise InputError(f"--workers must be >= 0, got {args.workers}")
+    check_tile_arguments(args)
     if args.threads < 0:
         raise InputError(f"--threads must be >= 0, got {args.threads}")
-    if args.level0_mag is not None and not args.level0_mag > 0:
-        raise InputError(f"--level0-mag must be positive, got {args.level0_mag}")
 
 
 def _tile_progress(bars: list):

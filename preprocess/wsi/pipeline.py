@@ -181,6 +181,35 @@ def encoder_conflict(layout: FeatureLayout, slide_id: str, identity: dict) -> st
     return None
 
 
+def add_tile_arguments(parser, scope: str = "") -> None:
+    """The tiling and encoding flags of every CLI that extracts features from raw slides (declared once).
+
+    ``scope`` prefixes the help texts (e.g. ``"raw slides: "`` where extraction is a side path).
+    """
+    parser.add_argument(
+        "--level0-mag", type=float, default=None, help=f"{scope}level-0 magnification of every slide"
+    )
+    parser.add_argument(
+        "--min-tissue", type=float, default=0.25, help=f"{scope}minimum tissue fraction of a kept tile"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help=f"{scope}tiles per forward pass")
+    parser.add_argument(
+        "--workers", type=int, default=2, help=f"{scope}background tile-reader threads (0: inline)"
+    )
+
+
+def check_tile_arguments(args) -> None:
+    """One-line :class:`InputError` for a bad value of a flag from :func:`add_tile_arguments`."""
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {args.workers}")
+    if not 0 < args.min_tissue <= 1:
+        raise InputError(f"--min-tissue must be in (0, 1], got {args.min_tissue}")
+    if args.level0_mag is not None and not args.level0_mag > 0:
+        raise InputError(f"--level0-mag must be positive, got {args.level0_mag}")
+
+
 def is_finished(layout: FeatureLayout, slide_id: str, options: ExtractOptions) -> bool:
     """Both output files exist (they are written atomically, so existing means complete) and were made
     with the encoder of the run's ``options`` (module docstring); outputs of another encoder are not
