@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from datasets.tasks import CSV_COLUMNS, TaskSpec
-from utils.errors import InputError, one_line
+from utils.errors import InputError, listed, one_line
 
 VALID_LEVEL0_MAGS = (20, 40)
 
@@ -35,7 +35,7 @@ def _load(path: Path, required: tuple[str, ...], expected: tuple[str, ...] = CSV
             raise InputError(f"{path}: empty '{col}' in {len(blank)} row(s) (first: data row {blank[0] + 1})")
     dup = frame["slide_id"][frame["slide_id"].duplicated()].unique() if "slide_id" in required else []
     if len(dup):
-        raise InputError(f"{path}: duplicate slide ids: {_names(dup)}")
+        raise InputError(f"{path}: duplicate slide ids: {listed(dup)}")
     if "level0_mag" in required:
         frame["level0_mag"] = _parse_level0_mag(frame["level0_mag"], path)
     return frame
@@ -46,16 +46,10 @@ def _parse_level0_mag(values: pd.Series, path: Path) -> pd.Series:
     bad = values[~numeric.isin(VALID_LEVEL0_MAGS)]
     if len(bad):
         raise InputError(
-            f"{path}: level0_mag must be 20 or 40, found {_names(bad.unique())} "
+            f"{path}: level0_mag must be 20 or 40, found {listed(bad.unique())} "
             f"(first at data row {bad.index[0] + 1})"
         )
     return numeric.astype(int)
-
-
-def _names(values, limit: int = 5) -> str:
-    values = [str(v) for v in values]
-    shown = ", ".join(values[:limit])
-    return shown + (f" (+{len(values) - limit} more)" if len(values) > limit else "")
 
 
 def read_csv_table(path: str | Path, required: tuple[str, ...]) -> pd.DataFrame:
@@ -78,7 +72,7 @@ def read_dataset_csv(path: str | Path, task: TaskSpec) -> pd.DataFrame:
     unknown = sorted(set(frame["label"]) - set(task.label_dict))
     if unknown:
         raise InputError(
-            f"{path}: labels not in task {task.name!r}: {_names(unknown)} "
+            f"{path}: labels not in task {task.name!r}: {listed(unknown)} "
             f"(task classes: {', '.join(task.label_dict)})"
         )
     frame["label_idx"] = frame["label"].map(task.label_dict).astype(int)

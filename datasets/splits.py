@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from utils.atomic_io import atomic_write_text
-from utils.errors import InputError
+from utils.errors import InputError, listed
 
 PARTS = ("train", "val", "test")
 
@@ -126,23 +126,19 @@ def split_leakage(split: Split, case_of: dict[str, str]) -> tuple[list[str], lis
         ids = split.part(name)
         repeated = sorted({s for s in ids if ids.count(s) > 1})
         if repeated:
-            slide_problems.append(f"{_few(repeated)} listed twice in {name}")
+            slide_problems.append(f"{listed(repeated, 3)} listed twice in {name}")
     for i, first in enumerate(PARTS):
         for second in PARTS[i + 1 :]:
             both = sorted(set(split.part(first)) & set(split.part(second)))
             if both:
-                slide_problems.append(f"slide(s) {_few(both)} in both {first} and {second}")
+                slide_problems.append(f"slide(s) {listed(both, 3)} in both {first} and {second}")
             cases = sorted(
                 {case_of[s] for s in split.part(first) if s in case_of}
                 & {case_of[s] for s in split.part(second) if s in case_of}
             )
             if cases:
-                patient_problems.append(f"patient(s) {_few(cases)} in both {first} and {second}")
+                patient_problems.append(f"patient(s) {listed(cases, 3)} in both {first} and {second}")
     return slide_problems, patient_problems
-
-
-def _few(ids: list[str], limit: int = 3) -> str:
-    return ", ".join(ids[:limit]) + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
 
 
 def _cases_by_class(df: pd.DataFrame) -> dict[str, list[tuple[str, list[str]]]]:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from datasets.slide_check import DEFAULT_MAX_ORPHAN_FRAC
 from datasets.tasks import TaskSpec
 from models.hila.options import HiLaOptions
 from models.hivemil.options import SWITCHES, VARIANTS, HiveMILOptions, VariantSwitches
@@ -259,7 +260,7 @@ class RunConfig:
         help="accept splits where one patient (case_id) has slides in two parts (patient-level leakage)",
     )  # fmt: skip
     max_orphan_frac: float = flag(
-        *_both("max_orphan_frac"), default=0.2, group="run",
+        *_both("max_orphan_frac"), default=DEFAULT_MAX_ORPHAN_FRAC, group="run",
         help="refuse slides where more than this fraction of 20x patches has no 5x parent "
         "(a wrong level0_mag); above 0.05 a warning",
     )  # fmt: skip

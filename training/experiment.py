@@ -46,17 +46,16 @@ from training.evaluation import evaluate
 from training.fingerprints import changed_inputs, fold_inputs, read_fold_inputs
 from training.fold import FoldSteps, train_and_record_fold
 from training.loop import fit
-from training.run_checks import MAX_LISTED, ORPHAN_WARNING  # noqa: F401 - kept importable from here
 from training.run_checks import check_every_slide as _check_every_slide
 from training.run_checks import check_feature_dim as _check_feature_dim
 from training.run_checks import check_writable as _check_writable
 from training.run_checks import feature_layout as _feature_layout
 from training.run_checks import limit_split as _limit_split
-from training.run_checks import listed as _listed
 from training.survival_run import SurvivalKind
 from training.task_kind import SURVIVAL, TaskKind, detect_task_kind
 from utils.device import resolve_device
 from utils.errors import InputError
+from utils.errors import listed as _listed
 from utils.locking import FolderLock, LockHeld
 from utils.run_logging import RunLog
 from utils.seed import configure_determinism, seed_everything

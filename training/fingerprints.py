@@ -16,6 +16,7 @@ from datasets.features import FeatureLayout
 from datasets.fingerprint import content_record, stat_record
 from datasets.splits import PARTS
 from utils.atomic_io import atomic_write_text
+from utils.errors import listed
 
 INPUTS_FILE = "inputs.json"
 CATEGORIES = {
@@ -78,10 +79,7 @@ def changed_inputs(old: dict | None, new: dict) -> list[str]:
             continue
         if key in ("csv_rows", "features") and isinstance(before, dict) and isinstance(after, dict):
             differing = sorted(s for s in set(before) | set(after) if before.get(s) != after.get(s))
-            shown = ", ".join(differing[:3]) + (
-                f" (+{len(differing) - 3} more)" if len(differing) > 3 else ""
-            )
-            changes.append(f"{label} of {len(differing)} slide(s) ({shown})")
+            changes.append(f"{label} of {len(differing)} slide(s) ({listed(differing, 3)})")
         else:
             changes.append(label)
     return changes

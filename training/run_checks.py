@@ -15,20 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from datasets.features import FeatureLayout
-from datasets.slide_check import check_slides
+from datasets.slide_check import ORPHAN_WARNING, check_slides
 from datasets.splits import Split
 from training.config import RunConfig
 from utils.errors import InputError
 from utils.run_logging import RunLog, bar, progress_enabled
-
-MAX_LISTED = 5
-ORPHAN_WARNING = 0.05  # fraction of 20x patches without a 5x parent that earns a warning
-
-
-def listed(ids: list[str]) -> str:
-    """The first :data:`MAX_LISTED` ids, then how many more."""
-    shown = ", ".join(ids[:MAX_LISTED])
-    return shown + (f" (+{len(ids) - MAX_LISTED} more)" if len(ids) > MAX_LISTED else "")
 
 
 def limit_split(split: Split, config: RunConfig, fold: int) -> Split:

@@ -47,7 +47,7 @@ from training import results as res
 from training.config import RunConfig
 from training.fingerprints import fold_inputs
 from training.fold import FoldSteps, train_and_record_fold
-from training.run_checks import check_every_slide, check_feature_dim, feature_layout, limit_split, listed
+from training.run_checks import check_every_slide, check_feature_dim, feature_layout, limit_split
 from training.survival_loop import evaluate_survival, fit_survival
 from training.survival_losses import build_survival_loss, cases_per_step
 from training.survival_report import (
@@ -57,7 +57,7 @@ from training.survival_report import (
     plot_kaplan_meier,
     write_survival_predictions,
 )
-from utils.errors import InputError
+from utils.errors import InputError, listed
 from utils.run_logging import RunLog
 
 

@@ -18,6 +18,13 @@ class InputError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def listed(items, limit: int = 5) -> str:
+    """``"a, b, c (+N more)"``: the first ``limit`` items of a list named in an error line."""
+    items = [str(v) for v in items]
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
 def one_line(err: BaseException | str, limit: int = 200, with_type: bool = True) -> str:
     """An exception (or text) squeezed onto one line and cut to ``limit`` characters.
 
