@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import PROJECT as ROOT
+
 LAYERS = {"utils": 0, "datasets": 1, "models": 2, "training": 3, "preprocess": 3, "interpretability": 4}
 TOP_LAYER = 5  # root CLIs, benchmarks/, scripts/
 SIDE_BY_SIDE = {frozenset({"training", "preprocess"})}

@@ -16,10 +16,10 @@ from datasets.prompt_file import (
     validate_prompt_file,
 )
 from datasets.tasks import PROJECT_ROOT, get_task
+from tests.paths import GOLDEN
 from utils.errors import InputError
 
 CURATED = PROJECT_ROOT / "text_prompt" / "HiVE_MIL" / "curated"
-GOLDEN = PROJECT_ROOT.parent / "shared" / "golden"
 TCGA_TASKS = ("tcga_brca", "tcga_nsclc", "tcga_rcc")
 
 
