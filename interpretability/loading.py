@@ -194,7 +194,7 @@ def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
 
 def demo_config(argv: list[str]) -> RunConfig:
     """The config ``python main.py --task demo <argv>`` runs with (the CLI's demo expansion included)."""
-    from preprocess.demo import task_defaults
+    from preprocess.demo_tasks import task_defaults
 
     return parse_config(["--task", "demo", *argv], task_defaults=task_defaults)
 
@@ -205,10 +205,12 @@ def demo_run_dir(results_dir: str | Path) -> Path:
 
 
 def train_demo(argv: list[str]) -> int:
-    """Train ``python main.py --task demo <argv>`` in this process; returns 0."""
+    """Train ``python main.py <argv>`` (a demo task's argv, ``--task demo`` included) in this process;
+    returns 0."""
+    from preprocess.demo_tasks import task_defaults
     from training.experiment import run_experiment
 
-    run_experiment(demo_config(argv))
+    run_experiment(parse_config(argv, task_defaults=task_defaults))
     return 0
 
 
@@ -244,7 +246,7 @@ def ensure_demo_run(
         "--max_epochs", str(max_epochs), "--k_start", str(fold), "--k_end", str(fold + 1),
         "--results_dir", str(results_dir), "--quiet",
     ]  # fmt: skip
-    code = (train or train_demo)(["--task", "demo", *argv] if train else argv)
+    code = (train or train_demo)(["--task", "demo", *argv])
     if code not in (0, None) or not _has_fold(run_dir, fold):
         raise InputError(f"demo training did not produce {checkpoint_path(run_dir, fold)} (exit code {code})")
     return run_dir

@@ -27,7 +27,19 @@ def demo_run(tmp_path_factory) -> Path:
 
     results = tmp_path_factory.mktemp("predict_demo")
     train_demo(
-        ["--max_epochs", "1", "--k_end", "1", "--results_dir", str(results), "--quiet", "--threads", "1"]
+        [
+            "--task",
+            "demo",
+            "--max_epochs",
+            "1",
+            "--k_end",
+            "1",
+            "--results_dir",
+            str(results),
+            "--quiet",
+            "--threads",
+            "1",
+        ]
     )
     return demo_run_dir(results)
 
