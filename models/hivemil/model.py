@@ -177,12 +177,12 @@ class HiveMIL(FrozenTowerClassifier):
 
         # Bag rows that become 5x graph nodes. Released data pipeline: 5x patches without children were
         # deleted from the 5x file, so they are no nodes ('keep'); otherwise every 5x patch is a node.
-        nodes_5x = torch.arange(bag.num_5x, device=bag.x5.device)
+        nodes_5x, x5 = torch.arange(bag.num_5x, device=bag.x5.device), bag.x5
         if sw.padded_children == "keep":
             has_child = bag.child_mask.any(dim=1)
             if bool(has_child.any()) and not bool(has_child.all()):
                 nodes_5x = has_child.nonzero().squeeze(1)
-        x5 = bag.x5[nodes_5x]
+                x5 = bag.x5[nodes_5x]
 
         stage1 = text_guided_filter(x5, text.x5, logit_scale, opts.filter_alpha)
         kept5 = stage1.image_mask
