@@ -46,13 +46,13 @@ from training.experiment import (
     prepare_run,
     reusable_fold_row,
     seeded_model,
-    task_kind,
     train_fold,
     write_run_header,
 )
 from training.grid import AXES, GridPoint, expand_grid, merge_grids, read_grid_file, validate_grid
 from training.results import fold_dir
 from training.tables import metric_names, read_run, write_tables
+from training.tasks import task_for
 from utils.errors import InputError, run_cli
 from utils.locking import FolderLock, LockHeld
 from utils.ray_cluster import error_line, import_ray, start_ray
@@ -153,7 +153,7 @@ def train_one_fold(argv: list[str], fold: int, cwd: str) -> dict:
     start = time.perf_counter()
     config = parse_config(argv, task_defaults=task_defaults)
     log = RunLog(quiet=True)
-    log.attach(fold_dir(task_kind(config).run_dir(config), fold) / TRAIN_LOG)
+    log.attach(fold_dir(task_for(config).run_dir(config), fold) / TRAIN_LOG)
     log.info(
         f"--- fold {fold} on {socket.gethostname()} (pid {os.getpid()}), {time.strftime('%Y-%m-%d %H:%M:%S')}"
     )
@@ -217,7 +217,7 @@ def check_configurations(points: list[GridPoint]) -> list[Job]:
             run = replace(run, config=with_values(run.config, cache_mb=config.cache_mb))
             key = _model_key(run.config)
             if key not in built:  # model errors (type, tower, prompts) now, not in a worker
-                seeded_model(run.config, run.data.task)
+                seeded_model(run)
                 built.add(key)
             jobs.append(Job(point, run, log))
         except InputError as err:

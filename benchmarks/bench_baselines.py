@@ -3,14 +3,14 @@
 For each model type this script
 
 1. times ``--timed_epochs`` training epochs (one slide per Adam step, no validation) on fold 0's
-   training slides with the project's own step (:func:`training.loop.train_one_epoch`) and reports
+   training slides with the project's own step (:func:`training.tasks.classification.train_one_epoch`) and reports
    the median (the first epoch reads H5 files; later ones hit the bag cache);
 2. runs the real k-fold experiment of ``main.py`` (:func:`training.experiment.run_experiment`: seed reset
    per fold, validation every epoch, early stopping if asked, best state restored, test) on the demo
    data and reports mean ± std test ACC over the folds.
 
 Models without trainable parameters (``zero_shot``) are not trained: they are evaluated on every
-fold's test slides with :func:`training.evaluation.evaluate`. The demo data (dimension 64) and the demo
+fold's test slides with :func:`training.tasks.classification.evaluate`. The demo data (dimension 64) and the demo
 text tower (a tiny random HF CLIP, so zero-shot is at chance there) are generated on first use.
 
     python benchmarks/bench_baselines.py                          # every baseline, 20 epochs max
@@ -47,13 +47,22 @@ def run_config(model: str, results_dir: Path, args: argparse.Namespace):
     return parse_config(argv, task_defaults=task_defaults)
 
 
+def _seeded_model(config, task):
+    """The model of a fold as :func:`training.fold.seeded_model` builds it: every seed reset first."""
+    from models.registry import build_model
+    from utils.seed import seed_everything
+
+    seed_everything(config.seed, config.deterministic)
+    return build_model(config.model_type, config.model_spec(task))
+
+
 def time_training_epochs(config, epochs: int) -> tuple[float, int]:
     """(median seconds per training epoch on fold 0, number of training slides); nan if nothing trains."""
     import torch
 
     from training.bag_losses import build_bag_loss
-    from training.experiment import prepare_data, seeded_model
-    from training.loop import LoopOptions, build_optimizer, train_one_epoch
+    from training.loop import LoopOptions, build_optimizer
+    from training.tasks.classification import prepare_data, train_one_epoch
     from utils.device import resolve_device
     from utils.run_logging import RunLog
 
@@ -61,7 +70,7 @@ def time_training_epochs(config, epochs: int) -> tuple[float, int]:
     data = prepare_data(config, RunLog(quiet=True))
     fold = next(iter(data.folds))
     train = data.folds[fold].train
-    model = seeded_model(config, data.task).to(device)
+    model = _seeded_model(config, data.task).to(device)
     params = model.trainable_parameters()
     if not params:
         return float("nan"), len(train)
@@ -83,8 +92,7 @@ def time_training_epochs(config, epochs: int) -> tuple[float, int]:
 def evaluate_untrained(config) -> list[float]:
     """Test ACC of every fold for a model with nothing to train."""
     from training.bag_losses import build_bag_loss
-    from training.evaluation import evaluate
-    from training.experiment import prepare_data, seeded_model
+    from training.tasks.classification import evaluate, prepare_data
     from utils.device import resolve_device
     from utils.run_logging import RunLog
 
@@ -93,7 +101,7 @@ def evaluate_untrained(config) -> list[float]:
     loss_fn = build_bag_loss(config.bag_loss, data.task.num_classes).to(device)
     accs = []
     for idx in data.folds.values():
-        model = seeded_model(config, data.task).to(device)
+        model = _seeded_model(config, data.task).to(device)
         result = evaluate(model, data.dataset.__getitem__, idx.test, loss_fn, device, data.task.num_classes)
         accs.append(result.metrics["acc"])
     return accs

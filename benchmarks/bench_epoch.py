@@ -4,7 +4,7 @@ docs/method.md §9: evaluation computes the slide-independent text features once
 (``model.precompute()``), a background thread prefetches the next bags, and a bounded in-memory bag
 cache avoids re-reading H5 files. This script writes synthetic slides (published H5 layout) to a work
 folder, then for each setting builds the model afresh (same seed) and times ``--epochs`` epochs of
-train + validation through the project's own loop (:mod:`training.loop`, :mod:`training.evaluation`).
+train + validation through the project's own loop (:mod:`training.loop`, :mod:`training.tasks.classification`).
 Epoch 1 reads from disk; later epochs show the bag cache.
 
     python benchmarks/bench_epoch.py                                   # spec: 32 train + 96 val, N5=500, D=512
@@ -116,8 +116,8 @@ def time_setting(
     from models.registry import build_model
     from training.bag_losses import build_bag_loss
     from training.config import RunConfig
-    from training.evaluation import evaluate
-    from training.loop import LoopOptions, build_optimizer, epoch_order, train_one_epoch
+    from training.loop import LoopOptions, build_optimizer, epoch_order
+    from training.tasks.classification import evaluate, train_one_epoch
     from utils.seed import seed_everything
 
     device = torch.device(args.device)

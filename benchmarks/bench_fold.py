@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from training.bag_losses import build_bag_loss
-    from training.evaluation import evaluate
-    from training.loop import LoopOptions, build_optimizer, train_one_epoch
+    from training.loop import LoopOptions, build_optimizer
+    from training.tasks.classification import evaluate, train_one_epoch
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,339 +1,65 @@
-"""The k-fold experiment behind ``main.py``: check inputs, then train, evaluate and record each fold.
+"""The k-fold experiment behind ``main.py``: its stages, the same for every task kind.
 
-Every task kind runs through these stages; what differs between classification and survival (data,
-loss, evaluation, metrics, result files) comes from a :class:`training.task_kind.TaskKind`:
-:class:`ClassificationKind` below (the functions of this module) or
-:class:`training.survival_run.SurvivalKind` (docs/survival.md §7.1). For classification:
-
-Order of work (docs/method.md §8):
+What differs between classification and survival (data, loss, epoch, evaluation, metrics, result
+files) is the task object's (:mod:`training.tasks`); one fold is :func:`training.fold.run_fold`.
+Order of work (docs/method.md §8, docs/survival.md §7):
 
 1. :func:`run_experiment` checks the flags, takes the run folder's lock (a second run into the same
    folder stops with one line naming the holder) and starts ``log.txt``; every error from here on is
    also written there.
-2. :func:`prepare_data` checks every input before any training -- task and prompt classes, dataset CSV,
-   split files (slides in the CSV, no slide in two parts, no patient in two parts), feature files
-   (``--skip-missing`` drops missing slides with a warning) and then *every slide* of every requested
-   fold (keys, shapes, dimensions, alignment, NaN/Inf, stale hierarchical files, 20x patches without a
-   5x parent), all problems reported at once -- and builds one bounded-cache
-   :class:`datasets.bag_dataset.BagDataset` over all slides the folds use.
-3. Finished folds of an earlier run are reused only when the flags (``config.json``) and the fold's
-   inputs (``fold_<k>/inputs.json``: split, CSV rows, prompt file, text tower, feature files) are
-   unchanged; other folds are (re)trained by :func:`run_fold`: seed reset, model, optimiser, training
-   with validation every epoch and early stopping, best state restored, checkpoint with its identity,
-   val/test predictions.
-4. Summary CSVs (mean and population std) and a one-screen table.
+2. :func:`prepare_run` checks every input before any training (the task's ``prepare``: dataset CSV,
+   splits, features, every slide of every requested fold, all problems at once) and computes the
+   model's build spec once.
+3. :func:`write_run_header` writes ``config.json`` and the log's header.
+4. Finished folds of an earlier run are reused (:func:`reusable_fold_row`) only when the flags
+   (``config.json``) and the fold's inputs (``fold_<k>/inputs.json``: split, CSV rows, prompt file,
+   text tower, feature files) are unchanged; other folds are (re)trained by :func:`train_fold` under a
+   fold lock (:func:`training.fold.run_fold`: seed reset, model, optimiser, training with validation
+   every epoch and early stopping, best state restored, checkpoint with its identity, val/test
+   predictions).
+5. :func:`finish_run`: the task's summary CSVs (mean and population std) and one-screen table.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from datasets.bag_dataset import BagDataset
-from datasets.dataset_csv import read_dataset_csv
-from datasets.features import FeatureLayout, missing_feature_slides
-from datasets.splits import PARTS, Split, check_split_against_csv, read_split, split_csv_path, split_leakage
-from datasets.tasks import TaskSpec, get_task
 from models.base import SlideClassifier
-from models.registry import build_model, is_survival_model, uses_text_tower
+from models.registry import uses_text_tower
 from models.towers.loading import tower_identity
 from training import results as res
-from training.bag_losses import build_bag_loss
-from training.config import RunConfig, validate_config, with_values
-from training.evaluation import evaluate
-from training.fingerprints import changed_inputs, fold_inputs, read_fold_inputs
-from training.fold import FoldSteps, train_and_record_fold
-from training.loop import fit
-from training.run_checks import check_every_slide as _check_every_slide
-from training.run_checks import check_feature_dim as _check_feature_dim
+from training.config import RunConfig, validate_config
+from training.fingerprints import changed_inputs, read_fold_inputs
+from training.fold import PreparedRun, run_fold, seeded_model
 from training.run_checks import check_writable as _check_writable
-from training.run_checks import feature_layout as _feature_layout
-from training.run_checks import limit_split as _limit_split
-from training.survival_run import SurvivalKind
-from training.task_kind import SURVIVAL, TaskKind, detect_task_kind
+from training.tasks import task_for
+from training.tasks.classification import effective_bag_loss, resolve_prompts, run_task
 from utils.device import resolve_device
 from utils.errors import InputError
-from utils.errors import listed as _listed
 from utils.locking import FolderLock, LockHeld
 from utils.run_logging import RunLog
-from utils.seed import configure_determinism, seed_everything
+from utils.seed import configure_determinism
 
-
-@dataclass
-class FoldIndices:
-    """Positions in the shared dataset of one fold's train/val/test slides, each part in dataset-CSV order
-    (the order the released code's split datasets, and so its samplers, see them)."""
-
-    train: list[int]
-    val: list[int]
-    test: list[int]
-
-
-@dataclass
-class PreparedData:
-    """Everything the folds read: the task, one dataset over all used slides, per-fold positions."""
-
-    task: TaskSpec
-    dataset: BagDataset
-    folds: dict[int, FoldIndices]
-    dropped: list[str] = field(default_factory=list)
-    csv_rows: dict[str, list] = field(default_factory=dict)  # slide -> [case_id, label, level0_mag]
-
-    @property
-    def layout(self) -> FeatureLayout:
-        return self.dataset.layout
-
-    def fold_split(self, fold: int) -> dict[str, list[str]]:
-        """Slide ids of each part of ``fold`` (dataset-CSV order)."""
-        idx = self.folds[fold]
-        return {part: [self.dataset.slide_ids[i] for i in getattr(idx, part)] for part in PARTS}
-
-
-def _read_fold_splits(config: RunConfig, task: TaskSpec, df) -> dict[int, Split]:
-    """Read and check the split file of every fold to run."""
-    splits_root = config.resolve_path(config.splits_root)
-    folder = split_csv_path(splits_root, task.name, config.few_shot_num, 0).parent
-    if not folder.is_dir():
-        raise InputError(
-            f"split folder not found: {folder} (make it with create_splits.py for task {task.name} "
-            f"and --few_shot_num {config.few_shot_num}, or point --splits_root at one)"
-        )
-    splits = {}
-    for fold in config.fold_range:
-        path = split_csv_path(splits_root, task.name, config.few_shot_num, fold)
-        if not path.is_file():
-            raise InputError(
-                f"split file not found: {path} (fold {fold} of --k {config.k}; make it with create_splits.py)"
-            )
-        split = read_split(path)
-        unknown = check_split_against_csv(split, df)
-        if unknown:
-            raise InputError(f"{path}: {len(unknown)} slide(s) not in {task.csv_path}: {_listed(unknown)}")
-        splits[fold] = split
-    return splits
-
-
-def run_task(config: RunConfig) -> TaskSpec:
-    """The task named by ``config`` (its CSV and prompt folders from ``--csv_dir`` / ``--prompt_dir``)."""
-    return get_task(
-        config.task,
-        csv_dir=config.resolve_path(config.csv_dir),
-        prompt_dir=config.resolve_path(config.prompt_dir),
-        llm=config.LLM,
-    )
-
-
-def resolve_prompts(config: RunConfig) -> RunConfig:
-    """``config`` with ``--LLM`` resolved (released default gpt4o when its file exists, else curated)."""
-    return config if config.LLM else with_values(config, LLM=run_task(config).default_llm())
-
-
-def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
-    """Check all inputs of the run (one-line :class:`InputError` each) and build the shared dataset."""
-    task = run_task(config)
-    df = read_dataset_csv(task.csv_path, task)
-    empty_classes = [c for c in task.class_names if not (df["label"] == c).any()]
-    if empty_classes:
-        raise InputError(
-            f"{task.csv_path}: no slides of class(es) {', '.join(map(repr, empty_classes))}, which the task "
-            f"defines (classes: {', '.join(task.class_names)}; for a custom task they are the prompt file's keys)"
-        )
-    label_of = dict(zip(df["slide_id"].astype(str), df["label_idx"].astype(int)))
-    case_of = dict(zip(df["slide_id"].astype(str), df["case_id"].astype(str)))
-    csv_rows = {
-        str(r.slide_id): [str(r.case_id), str(r.label), int(r.level0_mag)] for r in df.itertuples(index=False)
-    }
-    raw_splits = _read_fold_splits(config, task, df)
-    _check_leakage(config, raw_splits, case_of)
-    splits = {fold: _limit_split(s, config, fold) for fold, s in raw_splits.items()}
-
-    layout = _feature_layout(config, task.name)
-    used = list(dict.fromkeys(s for split in splits.values() for s in split.all_ids()))
-    missing = missing_feature_slides(layout, used)
-    if missing:
-        where = f"{layout.low_dir} / {layout.hier_dir}"
-        if not config.skip_missing:
-            raise InputError(
-                f"features missing for {len(missing)} of {len(used)} slides ({where}): {_listed(missing)}; "
-                "extract them or pass --skip-missing to drop those slides"
-            )
-        log.warning(
-            f"--skip-missing: dropping {len(missing)} slide(s) without features ({where}): {_listed(missing)}"
-        )
-        gone = set(missing)
-        splits = {
-            f: Split(*[[s for s in sp.part(p) if s not in gone] for p in PARTS]) for f, sp in splits.items()
-        }
-        used = [s for s in used if s not in gone]
-    for fold, split in splits.items():
-        empty = [p for p in PARTS if not split.part(p)]
-        if empty:
-            raise InputError(
-                f"fold {fold}: no slides left in {', '.join(empty)} (split of --few_shot_num {config.few_shot_num})"
-            )
-        trained = {label_of[s] for s in split.train}
-        absent = [name for c, name in enumerate(task.class_names) if c not in trained]
-        if absent:
-            log.warning(f"fold {fold}: no training slide of class(es) {', '.join(absent)}")
-
-    _check_feature_dim(config, layout, used[0])
-    dataset = BagDataset(
-        layout, used, [label_of[s] for s in used], cache_mb=config.cache_mb, expected_dim=config.feature_dim
-    )
-    position = {s: i for i, s in enumerate(used)}
-    _check_every_slide(config, layout, used, lambda s: dataset[position[s]], log)
-    csv_row = {s: row for row, s in enumerate(df["slide_id"].astype(str))}
-    folds = {fold: FoldIndices(*split.positions(position, csv_row)) for fold, split in splits.items()}
-    return PreparedData(
-        task=task,
-        dataset=dataset,
-        folds=folds,
-        dropped=missing if config.skip_missing else [],
-        csv_rows={s: csv_rows[s] for s in used},
-    )
-
-
-def _check_leakage(config: RunConfig, splits: dict[int, Split], case_of: dict[str, str]) -> None:
-    """No slide in two parts of a split; no patient in two parts unless ``--allow-patient-overlap``."""
-    for fold, split in splits.items():
-        slide_problems, patient_problems = split_leakage(split, case_of)
-        if slide_problems:
-            raise InputError(f"fold {fold} split: {'; '.join(slide_problems)}")
-        if patient_problems and not config.allow_patient_overlap:
-            raise InputError(
-                f"fold {fold} split: {'; '.join(patient_problems)} (patient-level leakage; "
-                "--allow-patient-overlap accepts it)"
-            )
-
-
-def effective_bag_loss(config: RunConfig) -> str:
-    """The slide loss a run trains with: the released HiVE-MIL always uses cross-entropy
-    (``--bag_loss`` has no effect there, docs/divergences.md §11); the corrected variant and every
-    other model honour ``--bag_loss``."""
-    if config.model_type == "HiVE_MIL" and config.variant == "reference":
-        return "ce"
-    return config.bag_loss
-
-
-def seeded_model(config: RunConfig, task: TaskSpec) -> SlideClassifier:
-    """Reset every seed (start of a fold, as published), then build the model: the fold's first RNG use."""
-    seed_everything(config.seed, config.deterministic)
-    return build_model(config.model_type, config.model_spec(task))
-
-
-def run_fold(
-    config: RunConfig,
-    data: PreparedData,
-    fold: int,
-    run_dir: Path,
-    device: torch.device,
-    log: RunLog,
-    inputs: dict,
-    model: SlideClassifier | None = None,
-) -> dict:
-    """Train and evaluate one fold (:func:`training.fold.train_and_record_fold` with cross-entropy or
-    ``--bag_loss``, :func:`training.loop.fit` and :func:`training.evaluation.evaluate`); write its
-    checkpoint, predictions, input record (``inputs``, see :func:`fold_input_record`) and summary row;
-    return the row.
-
-    ``model``, when given, must come straight from :func:`seeded_model` with no RNG use since, so the
-    fold is exactly as if it had been built here.
-    """
-    task = data.task
-    model = model if model is not None else seeded_model(config, task)
-    steps = FoldSteps(
-        loss_fn=build_bag_loss(effective_bag_loss(config), task.num_classes).to(device),
-        fit=fit,
-        evaluate=evaluate,
-        evaluate_args=(task.num_classes,),
-        write_predictions=lambda path, result: res.write_predictions(path, result, task.class_names),
-        items="slides",
-        test_summary=lambda row: (
-            f"test acc {row['test_acc']:.4f} auc {row['test_auc']:.4f} f1 {row['test_f1']:.4f}"
-        ),
-    )
-    return train_and_record_fold(config, data, fold, run_dir, device, log, inputs, model, steps)
-
-
-def fold_input_record(config: RunConfig, data: PreparedData, fold: int, tower: dict | None) -> dict:
-    """What fold ``fold``'s results depend on besides the flags (:mod:`training.fingerprints`)."""
-    prompt = data.task.prompt_file(config.LLM) if uses_text_tower(config.model_type) else None
-    return fold_inputs(data.fold_split(fold), data.csv_rows, data.layout, prompt, tower)
-
-
-class ClassificationKind:
-    """Slide classification (the published task): the functions of this module as a
-    :class:`training.task_kind.TaskKind`."""
-
-    name = "classification"
-    metric_columns = res.METRIC_COLUMNS
-
-    def run_dir(self, config: RunConfig) -> Path:
-        return config.run_dir
-
-    def check_model(self, config: RunConfig) -> None:
-        if is_survival_model(config.model_type):
-            raise InputError(
-                f"--model_type {config.model_type} predicts survival, but task {config.task} is a classification "
-                "task (its dataset CSV has no survival_months column; docs/survival.md §2)"
-            )
-
-    def resolve(self, config: RunConfig) -> RunConfig:
-        return resolve_prompts(config)
-
-    def prepare_data(self, config: RunConfig, log: RunLog) -> PreparedData:
-        return prepare_data(config, log)
-
-    def describe(self, config: RunConfig, data: PreparedData, device: torch.device) -> str:
-        return (
-            f"task {data.task.name}: classes {', '.join(data.task.class_names)}; model {config.model_type}; "
-            f"device {device}"
-        )
-
-    def config_extra(self, config: RunConfig, data: PreparedData) -> dict:
-        return {}
-
-    def fold_inputs(self, config: RunConfig, data: PreparedData, fold: int, tower: dict | None) -> dict:
-        return fold_input_record(config, data, fold, tower)
-
-    def run_fold(self, config, data, fold, run_dir, device, log, inputs, model) -> dict:
-        return run_fold(config, data, fold, run_dir, device, log, inputs, model=model)
-
-    def finish(self, run: PreparedRun, rows: list[dict], log: RunLog) -> Path:
-        _, results_path = res.write_summaries(run.run_dir, rows, run.config.fold_range, run.config.k)
-        log.info("")
-        log.info(res.format_summary_table(rows))
-        log.info(f"results: {results_path}")
-        return results_path
-
-
-CLASSIFICATION_KIND = ClassificationKind()
-SURVIVAL_KIND = SurvivalKind()
-
-
-def task_kind(config: RunConfig) -> TaskKind:
-    """The kind of ``config``'s task (``--task_kind``, default: from the dataset CSV's columns)."""
-    return SURVIVAL_KIND if detect_task_kind(config) == SURVIVAL else CLASSIFICATION_KIND
-
-
-@dataclass
-class PreparedRun:
-    """A run whose inputs are all checked (nothing written yet): what every fold needs."""
-
-    config: RunConfig  # prompts resolved
-    data: PreparedData  # or training.survival_run.SurvivalData for survival tasks
-    run_dir: Path
-    device: torch.device
-    tower: dict | None  # text tower identity (vision-language models)
-    kind: TaskKind = CLASSIFICATION_KIND
+__all__ = [  # run_task, resolve_prompts and seeded_model are re-exported for the callers of this module
+    "PreparedRun",
+    "finish_run",
+    "prepare_run",
+    "resolve_prompts",
+    "reusable_fold_row",
+    "run_experiment",
+    "run_task",
+    "seeded_model",
+    "train_fold",
+    "write_run_header",
+]
 
 
 def prepare_run(config: RunConfig, log: RunLog) -> PreparedRun:
     """Check flags, output folder, settings of an existing run folder and every input; write nothing."""
     validate_config(config)
-    kind = task_kind(config)
+    kind = task_for(config)
     run_dir = kind.run_dir(config)
     _check_writable(run_dir)
     kind.check_model(config)
@@ -344,10 +70,10 @@ def prepare_run(config: RunConfig, log: RunLog) -> PreparedRun:
     device = resolve_device(config.device)
     if not config.overwrite:
         res.check_resumable(run_dir, config)
-    data = kind.prepare_data(config, log)
-    spec = config.model_spec(data.task)
+    task = kind.prepare(config, log)
+    spec = config.model_spec(task.data.task)
     tower = tower_identity(spec.tower) if uses_text_tower(config.model_type) else None
-    return PreparedRun(config, data, run_dir, device, tower, kind)
+    return PreparedRun(config, task, spec, run_dir, device, tower)
 
 
 def write_run_header(run: PreparedRun, log: RunLog) -> bool:
@@ -355,17 +81,16 @@ def write_run_header(run: PreparedRun, log: RunLog) -> bool:
 
     Returns whether finished folds may be reused (False with ``--overwrite``).
     """
-    config, data = run.config, run.data
+    config, spec = run.config, run.spec
     resuming = False if config.overwrite else res.check_resumable(run.run_dir, config)
-    spec = config.model_spec(data.task)
     text_model = uses_text_tower(config.model_type)
     extra = {"device": str(run.device), "run_dir": str(run.run_dir)}
     if text_model:
         extra["prompt_file"] = str(spec.prompt_file)
-    extra.update(run.kind.config_extra(config, data))
+    extra.update(run.task.config_extra())
     res.write_run_config(run.run_dir, config, extra)
     log.info(f"run directory: {run.run_dir}")
-    log.info(run.kind.describe(config, data, run.device))
+    log.info(run.task.describe(run.device))
     if text_model:
         log.info(f"prompts: {spec.prompt_file}")
     if effective_bag_loss(config) != config.bag_loss:
@@ -378,10 +103,10 @@ def write_run_header(run: PreparedRun, log: RunLog) -> bool:
 
 def reusable_fold_row(run: PreparedRun, fold: int, log: RunLog) -> dict | None:
     """The stored row of a finished fold whose inputs are unchanged, else None (saying why, when it changed)."""
-    row = res.finished_fold_row(run.run_dir, fold, run.kind.metric_columns)
+    row = res.finished_fold_row(run.run_dir, fold, run.task.metric_columns)
     if row is None:
         return None
-    inputs = run.kind.fold_inputs(run.config, run.data, fold, run.tower)
+    inputs = run.task.fold_inputs(fold, run.tower)
     changes = changed_inputs(read_fold_inputs(res.fold_inputs_path(run.run_dir, fold)), inputs)
     if changes:
         log.info(f"fold {fold}: inputs changed since it finished ({'; '.join(changes)}); training it again")
@@ -399,10 +124,7 @@ def train_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier 
     except LockHeld as err:
         raise InputError(f"fold {fold}: {err}") from None
     try:
-        inputs = run.kind.fold_inputs(run.config, run.data, fold, run.tower)
-        if model is None and run.kind is not CLASSIFICATION_KIND:
-            model = seeded_model(run.config, run.data.task)  # classification's run_fold builds its own
-        return run.kind.run_fold(run.config, run.data, fold, run.run_dir, run.device, log, inputs, model)
+        return run_fold(run, fold, log, model)
     finally:
         lock.release()
 
@@ -410,7 +132,7 @@ def train_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier 
 def finish_run(run: PreparedRun, rows: list[dict], log: RunLog) -> Path:
     """Write the summary CSVs of ``rows`` (and, for survival, the Kaplan-Meier plot) and log the table;
     returns the results file."""
-    return run.kind.finish(run, rows, log)
+    return run.task.finish(run.run_dir, rows, log)
 
 
 def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
@@ -425,10 +147,10 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
     lock: FolderLock | None = None
     lock_refused = False
     try:
-        run_dir = task_kind(config).run_dir(config)
+        run_dir = task_for(config).run_dir(config)
         run = prepare_run(config, log)
         # The first fold's model now, so model errors (type, tower, prompts) come before any output.
-        first_model: SlideClassifier | None = seeded_model(run.config, run.data.task)
+        first_model: SlideClassifier | None = seeded_model(run)
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = FolderLock(run_dir)
         try:

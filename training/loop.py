@@ -1,8 +1,9 @@
-"""Training of one fold: one slide per optimiser step, validation every epoch, early stopping, best state.
+"""The epoch loop of every task kind: training epochs (the task's), validation every epoch, early stopping,
+best state.
 
-Step (docs/method.md §8.1): loss = bag_loss(logits, label) + out.aux_loss (e.g. lambda * HTCL), Adam
-(or SGD) with weight decay ``--reg`` on ``model.trainable_parameters()`` only. The visiting order of
-the training slides, and every draw from torch's global generator that decides it, follow the released
+Adam (or SGD) with weight decay ``--reg`` on ``model.trainable_parameters()`` only; one epoch's steps
+are the task's (:mod:`training.tasks`; classification: one slide per step, docs/method.md §8.1). The
+visiting order of the training slides, and every draw from torch's global generator that decides it, follow the released
 training run (:class:`ReleasedLoaderDraws`, docs/method.md §8.3); ``--weighted_sample`` draws slides
 class-balanced with replacement. The best state (or the last one without early stopping) is kept in
 memory and restored by the caller before testing.
@@ -22,9 +23,6 @@ from torch import nn
 
 from datasets.bag import SlideBag
 from training.early_stopping import EarlyStopping
-from training.evaluation import EvalResult
-from utils.amp import autocast, grad_scaler
-from utils.prefetch import prefetch
 from utils.run_logging import ScalarLog, bar
 
 
@@ -39,20 +37,14 @@ class LoopOptions:
 
 
 @dataclass
-class EpochStats:
-    loss: float
-    error: float
-
-
-@dataclass
 class FitResult:
-    """Outcome of :func:`fit` (also for :func:`training.survival_loop.fit_survival`): the chosen epoch,
-    its validation pass and its parameters."""
+    """Outcome of :func:`fit`: the chosen epoch, its validation pass (the task's evaluation result) and
+    its parameters."""
 
     best_epoch: int
     epochs_run: int
     stopped_early: bool
-    best_val: EvalResult  # a training.survival_loop.SurvivalEvalResult for survival
+    best_val: Any  # the task's evaluation result (EvalResult, SurvivalEvalResult)
     best_state: dict[str, torch.Tensor]
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -140,76 +132,13 @@ def restore_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             tensors[name].copy_(value)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    load: Callable[[int], SlideBag],
-    indices: Sequence[int],
-    optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
-    device: torch.device,
-    options: LoopOptions,
-    desc: str = "train",
-) -> EpochStats:
-    """One pass over ``indices`` (already in visiting order), one slide per optimiser step."""
-    model.train()
-    total_loss, wrong = 0.0, 0
-    scaler = grad_scaler(options.amp, device)
-    bags = prefetch(load, indices, depth=options.prefetch_depth, workers=options.workers)
-    for bag in bar(bags, total=len(indices), desc=desc, enabled=options.progress, leave=False):
-        bag = bag.to(device)
-        with autocast(options.amp, device):
-            out = model(bag)
-        target = torch.tensor([bag.label], device=out.logits.device)
-        loss = loss_fn(out.logits.float(), target) + out.aux_loss.float()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total_loss += float(loss.detach())
-        wrong += int(out.logits.detach().argmax(dim=1).item() != bag.label)
-    n = max(len(indices), 1)
-    return EpochStats(loss=total_loss / n, error=wrong / n)
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """What :func:`fit` records of an epoch, for one task kind.
-
-    Every field of the epoch's training stats (a dataclass such as :class:`EpochStats`) goes into the
-    history as ``train_<field>`` and to the scalars as ``train/<field>``; the validation loss and all
-    validation metrics go into the history, the validation loss and ``val_scalars`` to the scalars.
-    """
-
-    val_scalars: Callable[[Any], list[tuple[str, float]]]  # validation result -> (tag, value) after val/loss
-    line: Callable[[int, Any, Any, float], str]  # (epoch, train stats, validation, seconds) -> log line
-    watched: dict[str, str]  # --es-metric -> what the early-stop line says did not improve
-    nan_is_worst: bool = False  # a NaN monitored value counts as +inf (never beats a defined one)
-
-
-def _classification_line(epoch: int, stats: EpochStats, val: EvalResult, seconds: float) -> str:
-    return (
-        f"epoch {epoch:3d}  train loss {stats.loss:.4f} err {stats.error:.4f}  "
-        f"val loss {val.loss:.4f} acc {val.metrics['acc']:.4f} auc {_fmt(val.metrics['auc'])}"
-    )
-
-
-CLASSIFICATION_RECORD = EpochRecord(
-    val_scalars=lambda val: [
-        ("val/error", val.error),
-        ("val/auc", val.metrics["auc"]),
-        ("val/f1", val.metrics["f1"]),
-    ],
-    line=_classification_line,
-    watched={"error": "validation-error", "loss": "validation-loss"},
-)
-
-
 def fit(
     model: nn.Module,
+    task,
     load: Callable[[int], SlideBag],
     train_indices: Sequence[int],
     train_labels: Sequence[int],
-    validate: Callable[[], EvalResult],
+    validate: Callable[[], Any],
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
     device: torch.device,
@@ -221,16 +150,16 @@ def fit(
     options: LoopOptions | None = None,
     scalars: ScalarLog | None = None,
     log: Callable[[str], None] = print,
-    train_epoch: Callable[..., Any] = train_one_epoch,
-    record: EpochRecord = CLASSIFICATION_RECORD,
 ) -> FitResult:
     """Train for up to ``max_epochs`` epochs, validating after each; keep the best (or last) state.
 
-    The epoch loop of every task kind: by default a slide classifier (:func:`train_one_epoch`,
-    :data:`CLASSIFICATION_RECORD`); :func:`training.survival_loop.fit_survival` passes its own
-    ``train_epoch`` (called as ``train_epoch(model, load, order, optimizer, loss_fn, device, options,
-    desc=...)``, returning the epoch's stats) and ``record``. ``validate()`` returns a result with
-    ``loss``, ``error`` and ``metrics``. With ``early_stopping`` the state of the first epoch with the
+    The epoch loop of every task kind; ``task`` (:mod:`training.tasks`) trains one epoch
+    (``task.train_epoch(model, load, order, optimizer, loss_fn, device, options, desc=...)``, returning
+    the epoch's stats, a dataclass) and says what is recorded: every field of the stats goes into the
+    history as ``train_<field>`` and to the scalars as ``train/<field>``; the validation loss and all
+    validation metrics go into the history, ``val/loss`` and ``task.val_scalars(val)`` to the scalars;
+    ``task.epoch_line`` is the epoch's log line. ``validate()`` returns a result with ``loss``,
+    ``error`` and ``metrics``; with ``task.nan_is_worst`` a NaN monitored value never improves. With ``early_stopping`` the state of the first epoch with the
     lowest validation ``es_metric`` (``error`` or ``loss``) is kept and training ends when the stopper
     says so; without it the last epoch's state is kept. Data order and its RNG draws:
     :class:`ReleasedLoaderDraws` over ``train_labels``.
@@ -244,7 +173,9 @@ def fit(
     for epoch in bar(range(max_epochs), desc="epochs", enabled=options.progress, leave=False):
         start = time.perf_counter()
         order = [train_indices[i] for i in draws.epoch_order()]
-        stats = train_epoch(model, load, order, optimizer, loss_fn, device, options, desc=f"epoch {epoch}")
+        stats = task.train_epoch(
+            model, load, order, optimizer, loss_fn, device, options, desc=f"epoch {epoch}"
+        )
         draws.validation_pass()
         val = validate()
         trained = dataclasses.asdict(stats)
@@ -259,21 +190,21 @@ def fit(
         for tag, value in (
             *((f"train/{k}", v) for k, v in trained.items()),
             ("val/loss", val.loss),
-            *record.val_scalars(val),
+            *task.val_scalars(val),
         ):
             scalars.add(tag, value, epoch)
         monitored = val.error if es_metric == "error" else val.loss
-        if record.nan_is_worst and math.isnan(monitored):
+        if task.nan_is_worst and math.isnan(monitored):
             monitored = math.inf
         improved = early_stopping.step(epoch, monitored) if early_stopping is not None else True
         marker = " *" if early_stopping is not None and improved else ""
-        log(record.line(epoch, stats, val, time.perf_counter() - start) + marker)
+        log(task.epoch_line(epoch, stats, val, time.perf_counter() - start) + marker)
         if improved:
             best = (epoch, val, snapshot_state(model))
         if early_stopping is not None and early_stopping.should_stop:
             stopped = True
             log(
-                f"early stop at epoch {epoch}: no {record.watched[es_metric]} improvement for "
+                f"early stop at epoch {epoch}: no {task.watched[es_metric]} improvement for "
                 f"{early_stopping.patience} epochs"
             )
             break
@@ -286,7 +217,3 @@ def fit(
         best_state=best[2],
         history=history,
     )
-
-
-def _fmt(value: float) -> str:
-    return "nan" if math.isnan(value) else f"{value:.4f}"

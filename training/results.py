@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from training.config import RunConfig
-from training.evaluation import EvalResult
 from training.fingerprints import INPUTS_FILE
 from utils.atomic_io import atomic_path, atomic_write_text
 from utils.errors import InputError
@@ -56,8 +55,9 @@ def fold_inputs_path(run_dir: Path, fold: int) -> Path:
     return fold_dir(run_dir, fold) / INPUTS_FILE
 
 
-def write_predictions(path: Path, result: EvalResult, class_names: tuple[str, ...]) -> None:
-    """Per-slide predictions: slide_id, label, pred, prob_<class> for each class."""
+def write_predictions(path: Path, result, class_names: tuple[str, ...]) -> None:
+    """Per-slide predictions: slide_id, label, pred, prob_<class> for each class (``result``:
+    :class:`training.tasks.classification.EvalResult`)."""
     frame = pd.DataFrame({"slide_id": result.slide_ids, "label": result.labels, "pred": result.preds})
     for c, name in enumerate(class_names):
         frame[f"prob_{name}"] = result.probs[:, c] if len(result.labels) else []

@@ -27,9 +27,9 @@ from tests.toy_task import (
     toy_config,
 )
 from training.early_stopping import EarlyStopping
-from training.evaluation import EvalResult, evaluate
 from training.experiment import run_experiment
 from training.loop import LoopOptions, build_optimizer, fit, restore_state, snapshot_state
+from training.tasks.classification import ClassificationTask, EvalResult, evaluate
 from utils.prefetch import prefetch
 from utils.run_logging import RunLog
 
@@ -160,8 +160,8 @@ def test_fit_keeps_best_state_and_stops_early():
 
     optimizer = build_optimizer("adam", model.trainable_parameters(), 1e-2, 0.0)
     result = fit(
-        model, bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags], validate, optimizer, nn.CrossEntropyLoss(),
-        torch.device("cpu"), max_epochs=8, early_stopping=EarlyStopping(patience=3, stop_epoch=2),
+        model, ClassificationTask(), bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags], validate, optimizer,
+        nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=8, early_stopping=EarlyStopping(patience=3, stop_epoch=2),
         es_metric="loss", log=lambda _msg: None,
     )  # fmt: skip
     assert result.best_epoch == 1 and result.stopped_early and result.epochs_run == 5
@@ -176,8 +176,8 @@ def test_fit_without_early_stopping_keeps_last_epoch():
     bags = toy_bags(4)
     optimizer = build_optimizer("sgd", model.trainable_parameters(), 1e-2, 1e-5)
     result = fit(
-        model, bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags], _scripted_validate([0.1, 0.5, 0.9]),
-        optimizer, nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=3,
+        model, ClassificationTask(), bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags],
+        _scripted_validate([0.1, 0.5, 0.9]), optimizer, nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=3,
         options=LoopOptions(prefetch_depth=0), log=lambda _msg: None,
     )  # fmt: skip
     assert result.best_epoch == 2 and not result.stopped_early
@@ -191,8 +191,8 @@ def test_training_updates_only_trainable_parameters():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = build_optimizer("adam", model.trainable_parameters(), 1e-2, 1e-5)
     fit(
-        model, bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags], _scripted_validate([1.0]), optimizer,
-        nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=1, log=lambda _msg: None,
+        model, ClassificationTask(), bags.__getitem__, [0, 1, 2, 3], [b.label for b in bags],
+        _scripted_validate([1.0]), optimizer, nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=1, log=lambda _msg: None,
     )  # fmt: skip
     after = dict(model.named_parameters())
     assert torch.equal(after["frozen"], before["frozen"])

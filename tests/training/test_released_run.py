@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from tests.toy_task import DIM, MeanPoolLinear, toy_bags
 from training.early_stopping import EarlyStopping
-from training.evaluation import EvalResult
 from training.loop import ReleasedLoaderDraws, build_optimizer, class_balanced_weights, fit
+from training.tasks.classification import ClassificationTask, EvalResult
 
 # randperm orders the released loader gives 6 training slides for seed 1 (recorded from a real
 # DataLoader with a persistent worker, epochs 0-2); a change in torch's RNG or in our emulation shows here.
@@ -102,8 +102,8 @@ def test_fit_visits_slides_in_the_released_order_and_keeps_the_first_lowest_erro
     optimizer = build_optimizer("adam", model.trainable_parameters(), 1e-3, 0.0)
     torch.manual_seed(3)
     result = fit(
-        model, load, [0, 1, 2, 3, 4], [b.label for b in bags], validate, optimizer, nn.CrossEntropyLoss(),
-        torch.device("cpu"), max_epochs=6, early_stopping=EarlyStopping(patience=3, stop_epoch=0),
+        model, ClassificationTask(), load, [0, 1, 2, 3, 4], [b.label for b in bags], validate, optimizer,
+        nn.CrossEntropyLoss(), torch.device("cpu"), max_epochs=6, early_stopping=EarlyStopping(patience=3, stop_epoch=0),
         log=lambda _msg: None,
     )  # fmt: skip
     # by hand: counter 1 (epoch 2), 2 (epoch 3, a tie), 3 (epoch 4, a tie) -> stop at epoch 4 > stop_epoch 0
@@ -115,7 +115,7 @@ def test_fit_visits_slides_in_the_released_order_and_keeps_the_first_lowest_erro
 
 def test_validation_loss_is_the_training_objective():
     """Logged validation loss = bag loss + auxiliary loss (CE + lambda * HTCL for HiVE-MIL), per slide."""
-    from training.evaluation import evaluate
+    from training.tasks.classification import evaluate
 
     torch.manual_seed(0)
     model = MeanPoolLinear(DIM, 2)

@@ -27,11 +27,11 @@ def _count_run_fold(monkeypatch, fail_on: int | None = None) -> list[int]:
     trained = []
     original = ORIGINAL_RUN_FOLD
 
-    def wrapped(config, data, fold, run_dir, device, log, inputs, model=None):
+    def wrapped(run, fold, log, model=None):
         if fold == fail_on:
             raise RuntimeError("killed")
         trained.append(fold)
-        return original(config, data, fold, run_dir, device, log, inputs, model=model)
+        return original(run, fold, log, model)
 
     monkeypatch.setattr(training, "run_fold", wrapped)
     return trained

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.survival import hazards_from_logits, risk_from_logits, survival_from_logits
-from training.survival_losses import (
+from training.survival.losses import (
     CoxSurvivalLoss,
     NLLSurvivalLoss,
     build_survival_loss,
@@ -18,7 +18,7 @@ from training.survival_losses import (
     cox_partial_nll,
     make_targets,
 )
-from training.survival_metrics import (
+from training.survival.metrics import (
     brier_time_grid,
     concordance_index,
     integrated_brier,

@@ -14,6 +14,7 @@ from models.towers.tiny import ensure_demo_text_tower
 from tests.survival_toy import TASK, make_survival_toy_data
 from tests.toy_task import make_toy_data
 from training.config import parse_config
+from training.tasks import task_for
 from utils.errors import InputError
 from utils.run_logging import RunLog
 
@@ -32,7 +33,7 @@ def toy(tmp_path_factory):
     data = make_survival_toy_data(root / "in")
     config = _config(data, root / "results")
     data["rows"] = _run(config)
-    data["run_dir"] = experiment.task_kind(config).run_dir(config)
+    data["run_dir"] = task_for(config).run_dir(config)
     data["tmp"] = root
     return data
 
@@ -82,13 +83,13 @@ def test_rerun_reuses_folds_and_a_changed_time_retrains(toy, monkeypatch):
     config = _config(toy, toy["tmp"] / "results")
     before = (toy["run_dir"] / "results.csv").read_bytes()
     trained = []
-    original = experiment.SURVIVAL_KIND.run_fold
+    original = experiment.run_fold
 
-    def counting(*args, **kwargs):
-        trained.append(args[2])
-        return original(*args, **kwargs)
+    def counting(run, fold, log, model=None):
+        trained.append(fold)
+        return original(run, fold, log, model)
 
-    monkeypatch.setattr(experiment.SURVIVAL_KIND, "run_fold", counting)
+    monkeypatch.setattr(experiment, "run_fold", counting)
     _run(config)
     assert trained == [] and (toy["run_dir"] / "results.csv").read_bytes() == before
     assert "finished in an earlier run with the same inputs" in (toy["run_dir"] / "log.txt").read_text()
@@ -109,7 +110,7 @@ def test_cox_loss_runs(toy):
     config = _config(toy, toy["tmp"] / "cox", "--surv_loss", "cox", "--surv_batch", "4", "--k_end", "1")
     rows = _run(config)
     assert len(rows) == 1 and 0.0 <= rows[0]["test_cindex"] <= 1.0
-    run_dir = experiment.task_kind(config).run_dir(config)
+    run_dir = task_for(config).run_dir(config)
     assert (run_dir / "results_partial_0_0.csv").is_file() and (run_dir / "km_test_partial_0_0.png").is_file()
 
 
@@ -154,7 +155,7 @@ def test_skip_missing_keeps_a_case_with_one_slide_left(tmp_path):
     data["layout"].low_file("slide_05_1").unlink()
     config = _config(data, tmp_path / "r", "--skip-missing", "--max_epochs", "1", "--k_end", "1")
     _run(config)
-    run_dir = experiment.task_kind(config).run_dir(config)
+    run_dir = task_for(config).run_dir(config)
     assert "dropping 1 slide(s) without features" in (run_dir / "log.txt").read_text()
 
 
@@ -191,7 +192,7 @@ def test_hila_run_on_the_toy_task(tmp_path):
         "--max_epochs", "1", "--k_end", "1",
     )  # fmt: skip
     rows = _run(config)
-    run_dir = experiment.task_kind(config).run_dir(config)
+    run_dir = task_for(config).run_dir(config)
     log = (run_dir / "log.txt").read_text()
     assert "prompts:" in log and "HiLa" in log and len(rows) == 1
     saved = json.loads((run_dir / "config.json").read_text())

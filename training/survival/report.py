@@ -18,7 +18,7 @@ SURVIVAL_METRIC_COLUMNS = ("test_cindex", "test_ibs", "val_cindex", "val_ibs")
 
 def write_survival_predictions(path: Path, result, slides_of: dict[str, tuple[str, ...]]) -> None:
     """One row per case: ``case_id, slides, survival_months, censorship, bin, risk, hazard_<b>...,
-    survival_<b>...`` (``result``: :class:`training.survival_loop.SurvivalEvalResult`)."""
+    survival_<b>...`` (``result``: :class:`training.tasks.survival.SurvivalEvalResult`)."""
     frame = pd.DataFrame(
         {
             "case_id": result.case_ids,

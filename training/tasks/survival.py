@@ -1,0 +1,555 @@
+"""The survival task: cases, survival bins, the NLL or Cox loss, c-index and IBS (docs/survival.md §7).
+
+:class:`SurvivalTask` supplies the kind-specific parts of a run (:mod:`training.tasks`); its
+classification counterpart is :mod:`training.tasks.classification`.
+
+* :meth:`SurvivalTask.prepare` (:func:`prepare_data`) checks everything before any training -- the
+  survival CSV (:func:`datasets.survival.read_survival_csv`), the bins, the case-level split files
+  (cases in the CSV, no case in two parts), feature files (``--skip-missing`` drops missing slides with
+  a warning; a case left without slides is an error) and every slide of the used cases
+  (:func:`training.run_checks.check_every_slide`) -- and builds one cached
+  :class:`datasets.case_bag.CaseBagDataset`.
+* One fold (docs/survival.md §5.3, §6, §7.2): one optimiser step covers ``batch`` cases
+  (``--surv_batch``; 1 for the NLL loss by default, so a step per case as in classification):
+  per-case losses (NLL) are back-propagated case by case, divided by the step's size (gradient
+  accumulation); the Cox loss needs the step's risks together, so their graphs are kept until the
+  step's loss is formed. The model's auxiliary loss (lambda * MCL for HiLa-style) is added per case.
+  The epoch loop is the classification one (:func:`training.loop.fit`), so case order and its RNG
+  draws are those of classification (:class:`training.loop.ReleasedLoaderDraws`, over the training
+  cases' survival bins; ``--weighted_sample`` balances the bins). Early stopping watches 1 - c-index
+  (``--es-metric error``; an undefined c-index never improves) or the validation loss. Per-case
+  prediction files (:mod:`training.survival.report`).
+* :meth:`SurvivalTask.finish` writes ``summary.csv`` / ``results.csv`` (mean and population std of the
+  c-index and IBS) and ``km_test.png`` from the test predictions of all folds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from datasets.bag import SlideBag
+from datasets.case_bag import CaseBagDataset
+from datasets.features import FeatureLayout, missing_feature_slides, read_slide_bag
+from datasets.splits import PARTS, Split, read_split
+from datasets.survival import (
+    SURVIVAL_COLUMNS,
+    SURVIVAL_SPLIT_LABEL,
+    SurvivalCase,
+    SurvivalTable,
+    SurvivalTaskSpec,
+    bin_index,
+    bin_labels,
+    read_survival_csv,
+    survival_split_path,
+    survival_task,
+)
+from models.passes import forward_pass
+from models.registry import is_survival_model, survival_models, uses_text_tower
+from models.survival import hazards_from_logits, risk_from_logits, survival_from_logits
+from training import results as res
+from training.config import RunConfig
+from training.fingerprints import fold_inputs
+from training.loop import LoopOptions
+from training.run_checks import check_every_slide, check_feature_dim, feature_layout, limit_split
+from training.survival.losses import SurvivalTargets, build_survival_loss, cases_per_step, make_targets
+from training.survival.metrics import concordance_index, survival_metrics
+from training.survival.report import (
+    SURVIVAL_METRIC_COLUMNS,
+    format_survival_table,
+    km_split,
+    plot_kaplan_meier,
+    write_survival_predictions,
+)
+from utils.amp import autocast, grad_scaler
+from utils.errors import InputError, listed
+from utils.prefetch import prefetch
+from utils.run_logging import RunLog, bar
+
+
+# ------------------------------------------------------------------------------------------- data
+@dataclass
+class CaseFold:
+    """Positions in the shared case dataset of one fold's train/val/test cases (dataset-CSV order)."""
+
+    train: list[int]
+    val: list[int]
+    test: list[int]
+
+
+@dataclass
+class SurvivalData:
+    """Everything the folds of a survival run read."""
+
+    task: SurvivalTaskSpec
+    table: SurvivalTable
+    dataset: CaseBagDataset
+    folds: dict[int, CaseFold]
+    dropped: list[str] = field(default_factory=list)
+    csv_rows: dict[str, list] = field(default_factory=dict)  # slide -> [case_id, months, censorship, mag]
+
+    @property
+    def layout(self) -> FeatureLayout:
+        return self.dataset.layout
+
+    @property
+    def cases(self) -> list[SurvivalCase]:
+        return self.dataset.cases
+
+    def fold_cases(self, fold: int) -> dict[str, list[str]]:
+        """Case ids of each part of ``fold``."""
+        idx = self.folds[fold]
+        return {part: [self.dataset.case_ids[i] for i in getattr(idx, part)] for part in PARTS}
+
+    def fold_split(self, fold: int) -> dict[str, list[str]]:
+        """Slide ids of each part of ``fold`` (its cases' slides, in case order)."""
+        idx = self.folds[fold]
+        return {part: [s for i in getattr(idx, part) for s in self.cases[i].slides] for part in PARTS}
+
+    def labels_record(self) -> dict:
+        return {"n_bins": self.task.n_bins, "bin_cuts": list(self.task.bin_cuts)}
+
+
+def _read_case_splits(config: RunConfig, task: SurvivalTaskSpec, table: SurvivalTable) -> dict[int, Split]:
+    """Read and check the case-level split file of every fold to run."""
+    root = config.resolve_path(config.splits_root)
+    folder = survival_split_path(root, task.name, 0).parent
+    if not folder.is_dir():
+        raise InputError(
+            f"split folder not found: {folder} (make it with create_splits.py --survival --task {task.name}, "
+            "or point --splits_root at one)"
+        )
+    known = set(table.by_id())
+    splits = {}
+    for fold in config.fold_range:
+        path = survival_split_path(root, task.name, fold)
+        if not path.is_file():
+            raise InputError(
+                f"split file not found: {path} (fold {fold} of --k {config.k}; make it with "
+                "create_splits.py --survival)"
+            )
+        split = read_split(path, item="case")
+        unknown = list(dict.fromkeys(c for c in split.all_ids() if c not in known))
+        if unknown:
+            raise InputError(
+                f"{path}: {len(unknown)} case id(s) not in {table.path}: {listed(unknown)} "
+                "(survival splits list case ids, docs/survival.md §4)"
+            )
+        both = sorted(set(split.val) & set(split.test))
+        if both:
+            raise InputError(f"{path}: case(s) {listed(both)} in both val and test")
+        splits[fold] = split
+    return splits
+
+
+def _read_case_splits(config: RunConfig, task: SurvivalTaskSpec, table: SurvivalTable) -> dict[int, Split]:
+    """Read and check the case-level split file of every fold to run."""
+    root = config.resolve_path(config.splits_root)
+    folder = survival_split_path(root, task.name, 0).parent
+    if not folder.is_dir():
+        raise InputError(
+            f"split folder not found: {folder} (make it with create_splits.py --survival --task {task.name}, "
+            "or point --splits_root at one)"
+        )
+    known = set(table.by_id())
+    splits = {}
+    for fold in config.fold_range:
+        path = survival_split_path(root, task.name, fold)
+        if not path.is_file():
+            raise InputError(
+                f"split file not found: {path} (fold {fold} of --k {config.k}; make it with "
+                "create_splits.py --survival)"
+            )
+        split = read_split(path, item="case")
+        unknown = list(dict.fromkeys(c for c in split.all_ids() if c not in known))
+        if unknown:
+            raise InputError(
+                f"{path}: {len(unknown)} case id(s) not in {table.path}: {listed(unknown)} "
+                "(survival splits list case ids, docs/survival.md §4)"
+            )
+        both = sorted(set(split.val) & set(split.test))
+        if both:
+            raise InputError(f"{path}: case(s) {listed(both)} in both val and test")
+        splits[fold] = split
+    return splits
+
+
+def prepare_data(config: RunConfig, log: RunLog) -> SurvivalData:
+    """Check all inputs of a survival run (one-line InputError each) and build the case dataset."""
+    csv_path = Path(config.resolve_path(config.csv_dir)) / f"{config.task}.csv"
+    if not csv_path.is_file():
+        raise InputError(f"dataset CSV not found: {csv_path} (expected columns {','.join(SURVIVAL_COLUMNS)})")
+    table = read_survival_csv(csv_path)
+    task = survival_task(config.task, table, config.resolve_path(config.prompt_dir), config.n_bins)
+    splits = {f: limit_split(s, config, f) for f, s in _read_case_splits(config, task, table).items()}
+    by_id = table.by_id()
+
+    layout = feature_layout(config, task.name)
+    order = {c.case_id: i for i, c in enumerate(table.cases)}
+    used_ids = sorted({c for split in splits.values() for c in split.all_ids()}, key=order.__getitem__)
+    slides = [s for c in used_ids for s in by_id[c].slides]
+    missing = missing_feature_slides(layout, slides)
+    gone = set(missing)
+    cases = {c: by_id[c] for c in used_ids}
+    if missing:
+        where = f"{layout.low_dir} / {layout.hier_dir}"
+        emptied = [c for c in used_ids if all(s in gone for s in by_id[c].slides)]
+        if not config.skip_missing:
+            lost = f"; cases left without any slide: {listed(emptied)}" if emptied else ""
+            raise InputError(
+                f"features missing for {len(missing)} of {len(slides)} slides ({where}): {listed(missing)}"
+                f"{lost}; extract them or pass --skip-missing to drop those slides"
+            )
+        if emptied:
+            raise InputError(
+                f"case(s) {listed(emptied)} have no slide with features ({where}); a case needs at least "
+                "one slide -- extract its features or remove it from the split files"
+            )
+        log.warning(
+            f"--skip-missing: dropping {len(missing)} slide(s) without features ({where}): {listed(missing)}"
+        )
+        cases = {
+            c: dataclasses.replace(case, slides=tuple(s for s in case.slides if s not in gone))
+            for c, case in cases.items()
+        }
+        slides = [s for s in slides if s not in gone]
+    bins = bin_index([cases[c].months for c in used_ids], task.bin_cuts)
+    bin_of = dict(zip(used_ids, bins.tolist()))
+    for fold, split in splits.items():
+        empty = [p for p in PARTS if not split.part(p)]
+        if empty:
+            raise InputError(f"fold {fold}: no cases in {', '.join(empty)}")
+        if not any(cases[c].event for c in split.train):
+            log.warning(f"fold {fold}: no uncensored training case; the survival loss learns little")
+
+    check_feature_dim(config, layout, slides[0])
+
+    def load_slide(slide_id: str):
+        return read_slide_bag(layout, slide_id, expected_dim=config.feature_dim)
+
+    check_every_slide(config, layout, slides, load_slide, log)
+    dataset = CaseBagDataset(
+        layout,
+        [cases[c] for c in used_ids],
+        [bin_of[c] for c in used_ids],
+        cache_mb=config.cache_mb,
+        expected_dim=config.feature_dim,
+    )
+    position = {c: i for i, c in enumerate(used_ids)}
+    folds = {fold: CaseFold(*split.positions(position, order)) for fold, split in splits.items()}
+    return SurvivalData(
+        task=task,
+        table=table,
+        dataset=dataset,
+        folds=folds,
+        dropped=missing if config.skip_missing else [],
+        csv_rows={s: table.rows[s] for s in slides},
+    )
+
+
+# ----------------------------------------------------------------------------- train and evaluate
+def case_targets(bag: SlideBag, device: torch.device | str = "cpu") -> SurvivalTargets:
+    """Targets of one case bag (:class:`datasets.case_bag.CaseBag`: label = bin, months, censorship)."""
+    return make_targets([bag.label], [bag.months], [bag.censorship], device)
+
+
+@dataclass
+class SurvivalEvalResult:
+    """Per-case outputs of one pass and their metrics (``cindex``, ``ibs``)."""
+
+    case_ids: list[str]
+    months: np.ndarray  # [n]
+    censorship: np.ndarray  # [n] 1 censored
+    bins: np.ndarray  # [n] survival bin of the time
+    hazards: np.ndarray  # [n, n_bins]
+    survival: np.ndarray  # [n, n_bins]
+    risk: np.ndarray  # [n]
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def error(self) -> float:
+        """1 - c-index (the survival counterpart of the classification error); inf when undefined."""
+        value = self.metrics.get("cindex", math.nan)
+        return math.inf if math.isnan(value) else 1.0 - value
+
+
+def evaluate_survival(
+    model: nn.Module,
+    load: Callable[[int], SlideBag],
+    indices: Sequence[int],
+    loss_fn: nn.Module,
+    device: torch.device,
+    cuts: Sequence[float],
+    train_months: np.ndarray,
+    train_censorship: np.ndarray,
+    *,
+    prefetch_depth: int = 2,
+    workers: int = 1,
+    progress: bool = False,
+    desc: str = "eval",
+    amp: str = "off",
+) -> SurvivalEvalResult:
+    """Evaluate on the case bags ``load(i)`` (:func:`models.passes.forward_pass`).
+
+    The loss is the training objective over the pass: the survival loss of all cases together (for NLL
+    the mean of the per-case losses; for Cox the partial likelihood over the whole set) plus the mean
+    auxiliary loss. ``train_*`` (the fold's training cases) enter the IBS censoring weights.
+    """
+    ids, months, censor, bins, logits, aux = [], [], [], [], [], []
+
+    def visit(bag, out) -> None:
+        logits.append(out.logits.detach().float().reshape(1, -1).cpu())
+        aux.append(float(out.aux_loss))
+        ids.append(bag.slide_id)
+        months.append(float(bag.months))
+        censor.append(int(bag.censorship))
+        bins.append(int(bag.label))
+
+    forward_pass(
+        model, load, indices, device, visit, prefetch_depth=prefetch_depth, workers=workers,
+        progress=progress, desc=desc, amp=amp,
+    )  # fmt: skip
+    n_bins = len(cuts) + 1
+    if not ids:
+        empty = np.zeros((0, n_bins))
+        return SurvivalEvalResult(
+            [], np.zeros(0), np.zeros(0, int), np.zeros(0, int), empty, empty, np.zeros(0), math.nan
+        )
+    all_logits = torch.cat(logits)
+    targets = make_targets(bins, months, censor)
+    loss = float(loss_fn(all_logits, targets)) + float(np.mean(aux))
+    survival = survival_from_logits(all_logits).numpy().astype(np.float64)
+    risk = risk_from_logits(all_logits).numpy().astype(np.float64)
+    result = SurvivalEvalResult(
+        case_ids=ids,
+        months=np.asarray(months, dtype=np.float64),
+        censorship=np.asarray(censor, dtype=np.int64),
+        bins=np.asarray(bins, dtype=np.int64),
+        hazards=hazards_from_logits(all_logits).numpy().astype(np.float64),
+        survival=survival,
+        risk=risk,
+        loss=loss,
+    )
+    result.metrics = survival_metrics(
+        result.months, result.censorship, risk, survival, cuts, train_months, train_censorship
+    )
+    return result
+
+
+@dataclass
+class SurvivalEpochStats:
+    loss: float
+    cindex: float
+
+
+def train_survival_epoch(
+    model: nn.Module,
+    load: Callable[[int], SlideBag],
+    indices: Sequence[int],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device,
+    options: LoopOptions,
+    batch: int = 1,
+    desc: str = "train",
+) -> SurvivalEpochStats:
+    """One pass over ``indices`` (in visiting order), ``batch`` cases per optimiser step."""
+    model.train()
+    scaler = grad_scaler(options.amp, device)
+    per_case = bool(getattr(loss_fn, "per_case", True))
+    n = len(indices)
+    total, risks, months, censor = 0.0, [], [], []
+    kept_logits: list[torch.Tensor] = []
+    kept_targets: list[SurvivalTargets] = []
+    kept_aux: list[torch.Tensor] = []
+    optimizer.zero_grad(set_to_none=True)
+    bags = prefetch(load, indices, depth=options.prefetch_depth, workers=options.workers)
+    for position, bag in enumerate(bar(bags, total=n, desc=desc, enabled=options.progress, leave=False)):
+        step_start = position - position % batch
+        step_size = min(batch, n - step_start)
+        bag = bag.to(device)
+        with autocast(options.amp, device):
+            out = model(bag)
+        logits = out.logits.float().reshape(1, -1)
+        target = case_targets(bag, logits.device)
+        risks.append(float(risk_from_logits(logits.detach())[0]))
+        months.append(float(bag.months))
+        censor.append(int(bag.censorship))
+        if per_case:
+            loss = loss_fn(logits, target) + out.aux_loss.float()
+            scaler.scale(loss / step_size).backward()
+            total += float(loss.detach())
+        else:
+            kept_logits.append(logits)
+            kept_targets.append(target)
+            kept_aux.append(out.aux_loss.float())
+        if position - step_start + 1 == step_size:  # last case of the step
+            if not per_case:
+                targets = SurvivalTargets(
+                    torch.cat([t.bins for t in kept_targets]),
+                    torch.cat([t.months for t in kept_targets]),
+                    torch.cat([t.censorship for t in kept_targets]),
+                )
+                loss = loss_fn(torch.cat(kept_logits), targets) + torch.stack(kept_aux).mean()
+                scaler.scale(loss).backward()
+                total += float(loss.detach()) * step_size
+                kept_logits, kept_targets, kept_aux = [], [], []
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+    return SurvivalEpochStats(loss=total / max(n, 1), cindex=concordance_index(months, censor, risks))
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
+# ---------------------------------------------------------------------------------------- the task
+class SurvivalTask:
+    """Survival runs (see the module docstring); an instance holds the resolved config and the checked
+    :class:`SurvivalData` of one run."""
+
+    name = "survival"
+    metric_columns = SURVIVAL_METRIC_COLUMNS
+    items = "cases"
+    watched = {"error": "validation 1 - c-index", "loss": "validation loss"}
+    nan_is_worst = True  # an undefined c-index never improves (docs/survival.md §7.2)
+
+    def __init__(self, config: RunConfig, data: SurvivalData):
+        self.config = config
+        self.data = data
+        self.batch = cases_per_step(config.surv_loss, config.surv_batch)  # cases per optimiser step
+
+    # ---- the run (before data)
+    @staticmethod
+    def run_dir(config: RunConfig) -> Path:
+        """``results_dir/<task>/<extractor>/survival/<task>_<extractor>_<model>_survival_s<seed>``."""
+        return config.run_folder(SURVIVAL_SPLIT_LABEL)
+
+    @staticmethod
+    def check_model(config: RunConfig) -> None:
+        if not is_survival_model(config.model_type):
+            raise InputError(
+                f"--model_type {config.model_type!r} is not a survival model; task {config.task} is a survival "
+                f"task (its dataset CSV has survival_months), choose one of: {', '.join(survival_models())}"
+            )
+
+    @staticmethod
+    def resolve(config: RunConfig) -> RunConfig:
+        return config  # the prompt file is text_prompt/HiLa/<task>.json; --LLM does not apply
+
+    @classmethod
+    def prepare(cls, config: RunConfig, log: RunLog) -> SurvivalTask:
+        return cls(config, prepare_data(config, log))
+
+    # ---- header and fold inputs
+    def describe(self, device: torch.device) -> str:
+        data, config = self.data, self.config
+        events = sum(c.event for c in data.cases)
+        return (
+            f"task {data.task.name} (survival): {len(data.cases)} cases ({events} events), "
+            f"{data.task.n_bins} bins {', '.join(bin_labels(data.task.bin_cuts))} months; loss {config.surv_loss}; "
+            f"model {config.model_type}; device {device}"
+        )
+
+    def config_extra(self) -> dict:
+        """The survival bins and loss, stored in ``config.json`` (docs/survival.md §3)."""
+        task, config = self.data.task, self.config
+        return {
+            "task_kind": self.name,
+            "survival": {
+                "n_bins": task.n_bins,
+                "bin_cuts_months": list(task.bin_cuts),
+                "bins": bin_labels(task.bin_cuts),
+                "loss": config.surv_loss,
+                "alpha": config.surv_alpha,
+                "cases_per_step": self.batch,
+            },
+        }
+
+    def fold_inputs(self, fold: int, tower: dict | None) -> dict:
+        data = self.data
+        prompt = data.task.prompt_file() if uses_text_tower(self.config.model_type) else None
+        return fold_inputs(
+            data.fold_split(fold), data.csv_rows, data.layout, prompt, tower, data.labels_record()
+        )
+
+    # ---- one fold
+    def loss(self) -> nn.Module:
+        return build_survival_loss(self.config.surv_loss, self.config.surv_alpha)
+
+    def start_note(self) -> str:
+        return f", {self.batch} case(s) per step"
+
+    def train_epoch(self, model, load, order, optimizer, loss_fn, device, options, desc: str = "train"):
+        return train_survival_epoch(
+            model, load, order, optimizer, loss_fn, device, options, self.batch, desc=desc
+        )
+
+    def evaluate(self, model, fold: int, indices, loss_fn, device, options: LoopOptions, desc: str = "eval"):
+        """``indices`` of the dataset; the fold's training cases enter the IBS censoring weights."""
+        train_cases = [self.data.cases[i] for i in self.data.folds[fold].train]
+        return evaluate_survival(
+            model, self.data.dataset.__getitem__, indices, loss_fn, device, self.data.task.bin_cuts,
+            np.array([c.months for c in train_cases]), np.array([c.censorship for c in train_cases]),
+            prefetch_depth=options.prefetch_depth, workers=options.workers, progress=options.progress,
+            desc=desc, amp=options.amp,
+        )  # fmt: skip
+
+    def epoch_line(
+        self, epoch: int, stats: SurvivalEpochStats, val: SurvivalEvalResult, seconds: float
+    ) -> str:
+        return (
+            f"epoch {epoch:3d}  train loss {stats.loss:.4f} c-index {_fmt(stats.cindex)}  "
+            f"val loss {val.loss:.4f} c-index {_fmt(val.metrics['cindex'])} ibs {_fmt(val.metrics['ibs'])} "
+            f"({seconds:.1f} s)"
+        )
+
+    def val_scalars(self, val: SurvivalEvalResult) -> list[tuple[str, float]]:
+        return [("val/cindex", val.metrics["cindex"]), ("val/ibs", val.metrics["ibs"])]
+
+    def write_predictions(self, path: Path, result: SurvivalEvalResult) -> None:
+        write_survival_predictions(path, result, {c.case_id: c.slides for c in self.data.cases})
+
+    def test_summary(self, row: dict) -> str:
+        return f"test c-index {row['test_cindex']:.4f} ibs {row['test_ibs']:.4f}"
+
+    # ---- the run's summary
+    def finish(self, run_dir: Path, rows: list[dict], log: RunLog) -> Path:
+        """Summary CSVs, the Kaplan-Meier plot of the pooled test cases and the one-screen table."""
+        config = self.config
+        summary_path, results_path = res.write_summaries(
+            run_dir, rows, config.fold_range, config.k, metric_columns=SURVIVAL_METRIC_COLUMNS
+        )
+        summary, results = res.summary_frames(rows, SURVIVAL_METRIC_COLUMNS)
+        pooled = pd.concat(
+            [pd.read_csv(res.predictions_path(run_dir, int(r["fold"]), "test")) for r in rows],
+            ignore_index=True,
+        )
+        split = km_split(pooled["risk"], pooled["survival_months"], pooled["censorship"])
+        km_name = (
+            "km_test.png"
+            if results_path.name == "results.csv"
+            else results_path.stem.replace("results", "km_test") + ".png"
+        )
+        km_path = results_path.with_name(km_name)
+        plot_kaplan_meier(
+            km_path,
+            pooled["survival_months"],
+            pooled["censorship"],
+            split,
+            f"{config.task} {config.model_type}: test cases of folds {', '.join(str(int(r['fold'])) for r in rows)}",
+        )
+        log.info("")
+        log.info(format_survival_table(summary, results, split.p_value))
+        log.info(f"results: {results_path}  (Kaplan-Meier: {km_path.name})")
+        return results_path
