@@ -1,1 +1,3 @@
-"""Training application: typed run config, k-fold experiment, training loop, early stopping, evaluation, results."""
+"""Training application: typed run config, k-fold experiment stages, one fold body, one epoch loop,
+task objects per task kind (tasks/: classification, survival), survival losses and metrics, early
+stopping, results, grid and tables."""

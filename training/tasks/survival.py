@@ -104,11 +104,6 @@ class SurvivalData:
     def cases(self) -> list[SurvivalCase]:
         return self.dataset.cases
 
-    def fold_cases(self, fold: int) -> dict[str, list[str]]:
-        """Case ids of each part of ``fold``."""
-        idx = self.folds[fold]
-        return {part: [self.dataset.case_ids[i] for i in getattr(idx, part)] for part in PARTS}
-
     def fold_split(self, fold: int) -> dict[str, list[str]]:
         """Slide ids of each part of ``fold`` (its cases' slides, in case order)."""
         idx = self.folds[fold]
