@@ -277,7 +277,7 @@ class SurvivalEvalResult:
         return math.inf if math.isnan(value) else 1.0 - value
 
 
-def evaluate_survival(
+def evaluate(
     model: nn.Module,
     load: Callable[[int], SlideBag],
     indices: Sequence[int],
@@ -346,7 +346,7 @@ class SurvivalEpochStats:
     cindex: float
 
 
-def train_survival_epoch(
+def train_one_epoch(
     model: nn.Module,
     load: Callable[[int], SlideBag],
     indices: Sequence[int],
@@ -486,14 +486,12 @@ class SurvivalTask:
         return f", {self.batch} case(s) per step"
 
     def train_epoch(self, model, load, order, optimizer, loss_fn, device, options, desc: str = "train"):
-        return train_survival_epoch(
-            model, load, order, optimizer, loss_fn, device, options, self.batch, desc=desc
-        )
+        return train_one_epoch(model, load, order, optimizer, loss_fn, device, options, self.batch, desc=desc)
 
     def evaluate(self, model, fold: int, indices, loss_fn, device, options: LoopOptions, desc: str = "eval"):
         """``indices`` of the dataset; the fold's training cases enter the IBS censoring weights."""
         train_cases = [self.data.cases[i] for i in self.data.folds[fold].train]
-        return evaluate_survival(
+        return evaluate(
             model, self.data.dataset.__getitem__, indices, loss_fn, device, self.data.task.bin_cuts,
             np.array([c.months for c in train_cases]), np.array([c.censorship for c in train_cases]),
             prefetch_depth=options.prefetch_depth, workers=options.workers, progress=options.progress,
