@@ -54,7 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", required=True, help="DATA_ROOT; output goes to <task>_<extractor>/")
     parser.add_argument("--task", required=True, help="task name used in the output folder, e.g. tcga_brca")
     parser.add_argument(
-        "--feature-extractor", required=True, help="plip, quiltnet, conch or an open_clip model name"
+        "--feature-extractor",
+        required=True,
+        help="plip, quiltnet, conch, an open_clip model name, or an image-only backbone: resnet50_trunc, uni, "
+        "phikon_v2 (from local --weights)",
     )
     parser.add_argument("--weights", default=None, help="hub name, local folder or checkpoint of the tower")
     add_tile_arguments(parser)

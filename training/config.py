@@ -25,7 +25,8 @@ from datasets.slide_check import DEFAULT_MAX_ORPHAN_FRAC
 from datasets.tasks import TaskSpec
 from models.hila.options import HiLaOptions
 from models.hivemil.options import SWITCHES, VARIANTS, HiveMILOptions, VariantSwitches
-from models.registry import ModelSpec
+from models.registry import ModelSpec, uses_text_tower
+from models.towers.backbones import is_backbone
 from models.towers.loading import TowerSource
 from training.early_stopping import ES_METRICS
 from utils.device import resolve_device
@@ -494,6 +495,11 @@ def validate_config(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise InputError(message)
+    if is_backbone(config.feature_extractor) and uses_text_tower(config.model_type):
+        raise InputError(
+            f"--model_type {config.model_type} compares patches with texts: --feature_extractor "
+            f"{config.feature_extractor} is an image-only backbone (use plip, quiltnet, conch or an open_clip model)"
+        )
     folds = config.fold_range
     if not (0 <= folds.start < folds.stop <= config.k):
         raise InputError(

@@ -11,6 +11,10 @@ Resolution (docs/method.md §1, ``--text_tower NAME_OR_PATH``):
   ``model_type: clip`` -> HF CLIP; a folder with ``open_clip_config.json`` -> open_clip; a folder
   with ``pytorch_model.bin`` or a checkpoint file -> CONCH.
 
+Image-only backbones (``resnet50_trunc``, ``uni``, ``phikon_v2``; :mod:`models.towers.backbones`) have
+no text side: ``source`` is their weights file or folder (``uni`` and ``phikon_v2`` without it: their
+hub repository in the local cache), and their kind is their name.
+
 Hub names are looked up in the local Hugging Face cache only (``local_files_only=True``); when they
 are not there the user gets one :class:`InputError` saying how to fix it. All towers come back frozen
 (``requires_grad=False``), float32, in eval mode, on ``device``.
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from models.towers.backbones import BACKBONES, backbone_location, is_backbone, load_backbone
 from models.towers.base import ImageTower, TextTower, freeze
 from models.towers.conch_tower import load_conch
 from models.towers.hf_clip import is_hf_clip_folder, load_hf_clip
@@ -33,7 +38,7 @@ from utils.paths import PROJECT_ROOT
 
 DEFAULT_CONCH_CHECKPOINT = PROJECT_ROOT / "conch" / "pytorch_model.bin"
 HUB_DEFAULTS = {"plip": "vinid/plip", "quiltnet": "wisdomik/QuiltNet-B-32"}
-KINDS = ("hf_clip", "conch", "open_clip")
+KINDS = ("hf_clip", "conch", "open_clip", *BACKBONES)
 SIDES = ("text", "image")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CHECKPOINT_SUFFIXES = {".bin", ".pt", ".pth", ".safetensors"}
@@ -94,6 +99,14 @@ def load_towers(
     if not sides or any(s not in SIDES for s in sides):
         raise ValueError(f"sides must be a non-empty subset of {SIDES}, got {sides}")
     kind, location = resolve_tower_source(feature_extractor, source, allow_download, source_flag)
+    if kind in BACKBONES:
+        if "text" in sides:
+            raise InputError(
+                f"{kind} is an image-only backbone without a text tower: models that compare patches with "
+                f"texts need plip, quiltnet, conch or an open_clip model"
+            )
+        image = freeze(load_backbone(kind, Path(location)).to(device=device, dtype=torch.float32))
+        return Towers(kind=kind, source=str(location), image=image)
     loader = {"hf_clip": load_hf_clip, "conch": load_conch, "open_clip": load_open_clip}[kind]
     text, image = loader(location if kind == "open_clip" else Path(location), sides)
     for tower in (text, image):
@@ -110,6 +123,17 @@ def resolve_tower_source(
 ) -> tuple[str, str]:
     """``(kind, location)``: location is a local folder or file, or an ``ARCH:/path`` open_clip spec."""
     extractor = str(feature_extractor).strip().lower()
+    if is_backbone(extractor):
+        backbone = BACKBONES[extractor]
+        if source is not None:
+            folder = Path(str(source).strip()).expanduser()
+        elif backbone.hub_repo is not None:
+            folder = _hub_snapshot(backbone.hub_repo, allow_download, source_flag)
+        else:
+            raise InputError(
+                f"the {extractor} backbone needs {source_flag} PATH: {backbone.weights} (nothing is downloaded)"
+            )
+        return extractor, str(backbone_location(extractor, folder, source_flag))
     if source is None:
         if extractor in HUB_DEFAULTS:
             return _classify_folder(_hub_snapshot(HUB_DEFAULTS[extractor], allow_download, source_flag))
@@ -147,7 +171,8 @@ def _classify_spec(spec: str, allow_download: bool, flag: str, source_flag: str)
         return _classify_folder(_hub_snapshot(spec, allow_download, source_flag))
     if flag == "--feature_extractor":
         raise InputError(
-            f"--feature_extractor {spec}: not plip, quiltnet or conch, nor an open_clip model (hf-hub:org/name, "
+            f"--feature_extractor {spec}: not plip, quiltnet, conch, an image-only backbone ({', '.join(BACKBONES)}), "
+            f"nor an open_clip model (hf-hub:org/name, "
             f"ARCH:/path/to/weights or a local open_clip folder); pass {source_flag} NAME_OR_PATH"
         )
     raise InputError(

@@ -12,6 +12,8 @@ from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -30,6 +32,22 @@ def clip_style_transform(image_size: int, mean=CLIP_MEAN, std=CLIP_STD):
             to_rgb,
             T.ToTensor(),
             T.Normalize(mean=mean, std=std),
+        ]
+    )
+
+
+def imagenet_transform(image_size: int, interpolation: str = "bilinear"):
+    """Resize of the short side (``bilinear`` or ``bicubic``), center crop, RGB, [0, 1], ImageNet mean/std."""
+    from torchvision import transforms as T
+
+    mode = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[interpolation]
+    return T.Compose(
+        [
+            T.Resize(image_size, interpolation=mode),
+            T.CenterCrop(image_size),
+            to_rgb,
+            T.ToTensor(),
+            T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ]
     )
 
