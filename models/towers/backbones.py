@@ -33,7 +33,13 @@ from utils.errors import InputError, listed, one_line
 
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 UNI_ARCH = "vit_large_patch16_224"
-UNI_KWARGS = {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": True}
+UNI_KWARGS = {
+    "img_size": 224,
+    "patch_size": 16,
+    "init_values": 1e-5,
+    "num_classes": 0,
+    "dynamic_img_size": True,
+}
 UNI_CONFIG_NAME = "uni_config.json"
 UNI_OVERRIDES = ("depth", "embed_dim", "num_heads", "mlp_ratio")
 
@@ -90,7 +96,9 @@ def backbone_location(name: str, source: Path, source_flag: str) -> Path:
         for file_name in spec.folder_files:
             if (source / file_name).is_file():
                 return source / file_name
-        raise InputError(f"{source_flag} {source}: a folder without weights; the {name} backbone needs {spec.weights}")
+        raise InputError(
+            f"{source_flag} {source}: a folder without weights; the {name} backbone needs {spec.weights}"
+        )
     if source.suffix.lower() not in WEIGHT_SUFFIXES:
         raise InputError(f"{source_flag} {source}: not a weights file (.bin/.pt/.pth/.safetensors)")
     return source
@@ -247,5 +255,7 @@ def _load_phikon_v2(folder: Path) -> ImageTower:
         raise InputError(f"{folder}: could not load a Dinov2 (Phikon v2) model ({one_line(err)})") from err
     missing = list(info.get("missing_keys", [])) + [str(k[0]) for k in info.get("mismatched_keys", [])]
     if missing:  # transformers would leave these randomly initialised with a warning only
-        raise InputError(f"{folder}: weights missing or of the wrong shape for {len(missing)} ({listed(missing, 3)})")
+        raise InputError(
+            f"{folder}: weights missing or of the wrong shape for {len(missing)} ({listed(missing, 3)})"
+        )
     return Dinov2ClsTower(model.float().eval())
