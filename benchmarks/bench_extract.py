@@ -9,6 +9,11 @@ encode; write). With ``--workers 0`` the stages run serially, so they add up to 
 
     python benchmarks/bench_extract.py                                  # tiny tower, CPU
     python benchmarks/bench_extract.py --repeat 1 --vision-width 768 --vision-layers 12 --device auto  # PLIP-sized
+    python benchmarks/bench_extract.py --repeat 1 --workers 2 --backbone resnet50_trunc uni phikon_v2
+
+``--backbone`` measures the image-only backbones at their real sizes (random weights written in their
+real formats by :mod:`models.towers.tiny_backbones`, loaded through ``load_towers``; Phikon v2 as a
+Dinov2 ViT-L/16 at 224) instead of the CLIP tower (``clip``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
 
 from datasets.features import FeatureLayout  # noqa: E402
 from preprocess.wsi.pipeline import ExtractOptions, extract_slide  # noqa: E402
@@ -42,6 +49,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vision-width", type=int, default=32, help="ViT width (PLIP: 768)")
     parser.add_argument("--vision-layers", type=int, default=1, help="ViT layers (PLIP: 12)")
     parser.add_argument("--vision-patch", type=int, default=32, help="ViT patch size (PLIP ViT-B/32: 32)")
+    parser.add_argument(
+        "--backbone",
+        nargs="+",
+        default=["clip"],
+        choices=("clip", "resnet50_trunc", "uni", "phikon_v2"),
+        help="encoders to measure: clip (the --vision-* tower) and/or real-size image-only backbones",
+    )
     parser.add_argument(
         "--backend", default=None, choices=("openslide", "tiffslide"), help="force a slide reader"
     )
@@ -77,6 +91,20 @@ def build_tower(folder: Path, image_size: int, width: int, layers: int, patch: i
     return load_towers("plip", source=folder, sides=("image",), device=device).image
 
 
+def build_backbone(name: str, folder: Path, device):
+    """A real-size image-only backbone with random weights in its real format, loaded by ``load_towers``."""
+    from models.towers import load_towers
+    from models.towers.tiny_backbones import save_random_phikon_v2, save_random_resnet50, save_random_uni
+
+    if name == "resnet50_trunc":
+        weights = save_random_resnet50(folder / "resnet50.pth")
+    elif name == "uni":
+        weights = save_random_uni(folder / "pytorch_model.bin")
+    else:
+        weights = save_random_phikon_v2(folder)
+    return load_towers(name, source=weights, sides=("image",), device=device).image
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -88,34 +116,45 @@ def main(argv: list[str] | None = None) -> int:
         slide = write_pyramid_tiff(tmp / "bench.svs", image, objective_power=args.level0_mag)
         del image
         print(f"slide {slide.stat().st_size / 1e6:.0f} MB written in {time.perf_counter() - t0:.1f} s")
-        tower = build_tower(
-            tmp / "tower", args.image_size, args.vision_width, args.vision_layers, args.vision_patch, device
-        )
         backends = (args.backend,) if args.backend else None
-        header = f"{'workers':>7} {'tiles':>6} {'total s':>8} {'tiles/s':>8} " + " ".join(
+        header = f"{'encoder':>14} {'workers':>7} {'tiles':>6} {'total s':>8} {'tiles/s':>8} " + " ".join(
             f"{s:>10}" for s in STAGES
         )
         rows = []
-        for workers in args.workers:
-            options = ExtractOptions(
-                extractor="bench",
-                batch_size=args.batch_size,
-                workers=workers,
-                device=str(device),
-                amp=args.amp,
-                backends=backends,
-            )
-            layout = FeatureLayout(tmp / f"out{workers}", "bench", "bench")
-            result = extract_slide(SlideSource("bench", slide), layout, tower, options)
-            tiles = result.num_low + result.num_high
-            stages = " ".join(f"{result.times.get(s, 0.0):>10.3f}" for s in STAGES)
-            rows.append(
-                f"{workers:>7} {tiles:>6} {result.seconds:>8.2f} {tiles / result.seconds:>8.1f} {stages}"
-            )
+        for encoder in args.backbone:
+            if encoder == "clip":
+                tower = build_tower(
+                    tmp / "tower",
+                    args.image_size,
+                    args.vision_width,
+                    args.vision_layers,
+                    args.vision_patch,
+                    device,
+                )
+            else:
+                tower = build_backbone(encoder, tmp / encoder, device)
+            for workers in args.workers:
+                options = ExtractOptions(
+                    extractor="bench",
+                    batch_size=args.batch_size,
+                    workers=workers,
+                    device=str(device),
+                    amp=args.amp,
+                    backends=backends,
+                )
+                layout = FeatureLayout(tmp / f"out_{encoder}_{workers}", "bench", "bench")
+                result = extract_slide(SlideSource("bench", slide), layout, tower, options)
+                tiles = result.num_low + result.num_high
+                stages = " ".join(f"{result.times.get(s, 0.0):>10.3f}" for s in STAGES)
+                rows.append(
+                    f"{encoder:>14} {workers:>7} {tiles:>6} {result.seconds:>8.2f} "
+                    f"{tiles / result.seconds:>8.1f} {stages}"
+                )
+            del tower
         print(
             f"device {device}, backend {result.backend}, level0 {args.level0_mag}x, batch {args.batch_size}, "
-            f"tower ViT width {args.vision_width} x {args.vision_layers} layers, patch {args.vision_patch}, "
-            f"{args.image_size} px"
+            f"torch threads {torch.get_num_threads()}; clip = ViT width {args.vision_width} x "
+            f"{args.vision_layers} layers, patch {args.vision_patch}, {args.image_size} px"
         )
         print(header)
         print("\n".join(rows))

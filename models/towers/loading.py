@@ -171,8 +171,7 @@ def _classify_spec(spec: str, allow_download: bool, flag: str, source_flag: str)
         return _classify_folder(_hub_snapshot(spec, allow_download, source_flag))
     if flag == "--feature_extractor":
         raise InputError(
-            f"--feature_extractor {spec}: not plip, quiltnet, conch, an image-only backbone ({', '.join(BACKBONES)}), "
-            f"nor an open_clip model (hf-hub:org/name, "
+            f"--feature_extractor {spec}: not plip, quiltnet or conch, nor an open_clip model (hf-hub:org/name, "
             f"ARCH:/path/to/weights or a local open_clip folder); pass {source_flag} NAME_OR_PATH"
         )
     raise InputError(
