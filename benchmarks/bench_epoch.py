@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from datasets.tasks import TaskSpec
+    from models.registry import model_info
 
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"data: {args.train + args.val} slides of N5={args.n5} x {args.children} children, D={args.dim} "
           f"in {work} ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
-    tower = ensure_tower(args.tower, args.dim, work) if args.model == "HiVE_MIL" else None
+    tower = ensure_tower(args.tower, args.dim, work) if model_info(args.model).text_tower else None
     print(
         f"model {args.model}, tower {args.tower if tower else '-'}, device {args.device}, threads {torch.get_num_threads()}"
     )

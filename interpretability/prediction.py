@@ -45,6 +45,7 @@ from interpretability.slide_inputs import (
     read_tensor_bag,
     run_magnifications,
 )
+from models.registry import model_info
 from training.config import RunConfig
 from training.results import CONFIG_FILE, checkpoint_path
 from utils.amp import autocast
@@ -54,19 +55,6 @@ from utils.errors import InputError, one_line
 PREDICTIONS_FILE = "predictions.csv"
 CACHE_DIRNAME = "feature_cache"
 HEATMAP_DIRNAME = "heatmaps"
-# Model types (lower case, without ``_5x``) with per-patch scores, and what the scores are.
-HEATMAP_SOURCES = {
-    "hive_mil": "class evidence",
-    "abmil": "attention",
-    "litemil": "attention",
-    "transmil": "attention",
-}
-
-
-def heatmap_source(model_type: str) -> str | None:
-    """What a heatmap of ``model_type`` shows (None: the model has no per-patch scores)."""
-    base = model_type[:-3] if model_type.endswith("_5x") else model_type
-    return HEATMAP_SOURCES.get(base.lower())
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -99,10 +87,7 @@ def open_run(run_dir: str | Path, folds: list[int] | None = None) -> RunFolds:
     if not (run_dir / CONFIG_FILE).is_file():
         raise InputError(f"--run {run_dir}: no {CONFIG_FILE} (not a main.py run folder)")
     config = read_run_config(run_dir / CONFIG_FILE)
-    from models import registry
-
-    is_survival = getattr(registry, "is_survival_model", lambda name: False)
-    if is_survival(config.model_type):
+    if model_info(config.model_type).survival:
         raise InputError(
             f"--run {run_dir}: {config.model_type} predicts survival, predict.py predicts classes"
         )
@@ -280,7 +265,8 @@ class Predictor:
         self.options = options
         self.device = resolve_device(options.device)
         self.columns = prediction_columns(self.task.class_names, run.folds)
-        self.heatmap_source = heatmap_source(self.config.model_type)
+        self.info = model_info(self.config.model_type)
+        self.heatmap_source = self.info.patch_scores
         if options.heatmaps and self.heatmap_source is None:
             raise InputError(
                 f"--heatmaps: model_type {self.config.model_type} has no per-patch scores (HiVE_MIL, ABMIL, "
@@ -297,7 +283,6 @@ class Predictor:
     # ---- records
 
     def _fold_digest(self, fold: int) -> str:
-        from models.registry import uses_text_tower
         from models.towers.loading import TowerSource, tower_identity
 
         record = {
@@ -305,7 +290,7 @@ class Predictor:
             "fold": fold,
             "checkpoint": content_record(self.run.checkpoint(fold)),
         }
-        if uses_text_tower(self.config.model_type):
+        if model_info(self.config.model_type).text_tower:
             record["tower"] = tower_identity(
                 TowerSource(self.config.feature_extractor, self.config.text_tower)
             )
@@ -412,11 +397,7 @@ class Predictor:
         return read_feature_bag(inp, layout, self.config.feature_dim)
 
     def _check_bag(self, bag: SlideBag) -> None:
-        from models.registry import uses_text_tower
-
-        if bag.meta.get("flat") and (
-            uses_text_tower(self.config.model_type) or self.config.model_type == "HiVE_MIL"
-        ):
+        if bag.meta.get("flat") and model_info(self.config.model_type).hierarchy:
             raise InputError(
                 f"a flat [N, D] bag has no 5x/20x hierarchy; {self.config.model_type} needs 'x5' and 'x20' "
                 "(docs/formats.md §8)"
@@ -494,7 +475,7 @@ class Predictor:
         low, high = run_magnifications(self.config)
         if not bag.meta.get("flat"):
             return patch_sizes(bag, low, high)
-        mag = high if getattr(model, "mag", "20x") == "20x" else low
+        mag = high if self.info.magnification == "20x" else low
         level0 = bag.meta.get("level0_mag")
         side = (
             patch_px(level0, mag)
@@ -512,7 +493,7 @@ class Predictor:
             expl = explain_slide(model, bag, self.task.class_names, self._prompts, top_n=1, cache=cache)
             return {scale: hivemil_patch_scores(expl, scale, pred) for scale in ("5x", "20x")}
         scores = attention_patch_scores(
-            bag, extras, getattr(model, "mag", "20x"), self.config.model_type, self._patch_sides(bag, model)
+            bag, extras, self.info.magnification, self.config.model_type, self._patch_sides(bag, model)
         )
         if not scores:
             raise RuntimeError(f"{self.config.model_type} reported no per-instance attention")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from models.registry import ModelSpec, uses_text_tower
+from models.registry import ModelSpec, model_info
 from utils.atomic_io import atomic_path
 from utils.errors import InputError, one_line
 
@@ -78,7 +78,7 @@ def model_identity(model_type: str, spec: ModelSpec) -> dict:
         "class_names": list(spec.task.class_names),
         "feature_dim": int(spec.feature_dim),
     }
-    if uses_text_tower(model_type):
+    if model_info(model_type).text_tower:
         identity["tower"] = {"extractor": spec.tower.extractor, "weights": spec.tower.weights}
         identity["hivemil_options"] = spec.hivemil.to_dict()
     return identity

@@ -25,7 +25,7 @@ from datasets.slide_check import DEFAULT_MAX_ORPHAN_FRAC
 from datasets.tasks import TaskSpec
 from models.hila.options import HiLaOptions
 from models.hivemil.options import SWITCHES, VARIANTS, HiveMILOptions, VariantSwitches
-from models.registry import ModelSpec, uses_text_tower
+from models.registry import ModelSpec, model_info
 from models.towers.backbones import is_backbone
 from models.towers.loading import TowerSource
 from training.early_stopping import ES_METRICS
@@ -51,9 +51,6 @@ RESUME_INDEPENDENT = frozenset(
         "threads",
     }
 )
-
-# Models whose results depend on --variant and the switches (their run folders carry the variant tag).
-VARIANT_MODELS = frozenset({"HiVE_MIL"})
 
 TESTING_MAX_SLIDES = 8  # ``--testing`` (published "debugging tool"): at most this many slides per split part
 
@@ -327,7 +324,7 @@ class RunConfig:
     def variant_tag(self) -> str:
         """``""`` for the reference variant; else ``_corrected`` and/or one ``_<switch>-<value>`` per
         switch that differs from its variant's value, e.g. ``_corrected_text-encoding-released``."""
-        if self.model_type not in VARIANT_MODELS:
+        if not model_info(self.model_type).variants:
             return ""
         tag = "" if self.variant == "reference" else f"_{self.variant}"
         defaults = VariantSwitches.for_variant(self.variant)
@@ -495,7 +492,7 @@ def validate_config(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise InputError(message)
-    if is_backbone(config.feature_extractor) and uses_text_tower(config.model_type):
+    if is_backbone(config.feature_extractor) and model_info(config.model_type).text_tower:
         raise InputError(
             f"--model_type {config.model_type} compares patches with texts: --feature_extractor "
             f"{config.feature_extractor} is an image-only backbone (use plip, quiltnet, conch or an open_clip model)"

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from models.base import SlideClassifier
-from models.registry import uses_text_tower
+from models.registry import model_info
 from models.towers.loading import tower_identity
 from training import results as res
 from training.config import RunConfig, validate_config
@@ -72,7 +72,7 @@ def prepare_run(config: RunConfig, log: RunLog) -> PreparedRun:
         res.check_resumable(run_dir, config)
     task = kind.prepare(config, log)
     spec = config.model_spec(task.data.task)
-    tower = tower_identity(spec.tower) if uses_text_tower(config.model_type) else None
+    tower = tower_identity(spec.tower) if model_info(config.model_type).text_tower else None
     return PreparedRun(config, task, spec, run_dir, device, tower)
 
 
@@ -83,7 +83,7 @@ def write_run_header(run: PreparedRun, log: RunLog) -> bool:
     """
     config, spec = run.config, run.spec
     resuming = False if config.overwrite else res.check_resumable(run.run_dir, config)
-    text_model = uses_text_tower(config.model_type)
+    text_model = model_info(config.model_type).text_tower
     extra = {"device": str(run.device), "run_dir": str(run.run_dir)}
     if text_model:
         extra["prompt_file"] = str(spec.prompt_file)

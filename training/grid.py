@@ -19,7 +19,7 @@ A grid comes from the command line and/or a small TOML file; for each axis the c
 An axis that is not given adds no flag (main.py's default, or the task's defaults, apply). ``[args]``
 may also be a list of strings (``args = ["--drop_out", "--lr", "1e-4"]``); command-line flags unknown
 to the grid follow it, so they win over the file. Variants only matter to models whose results depend on
-them (:data:`training.config.VARIANT_MODELS`); every other model runs once, with the first variant.
+them (``ModelInfo.variants`` of :func:`models.registry.model_info`); every other model runs once, with the first variant.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.hivemil.options import VARIANTS
-from models.registry import available_models
-from training.config import VARIANT_MODELS, RunConfig, build_parser
+from models.registry import available_models, model_info
+from training.config import RunConfig, build_parser
 from utils.errors import InputError
 
 
@@ -257,7 +257,7 @@ def expand_grid(grid: Grid) -> list[GridPoint]:
     points, seen = [], set()
     for combo in itertools.product(*(grid.axes[k] for k in keys)):
         values = dict(zip(keys, combo))
-        if "variants" in values and values.get("models", _passthrough_model(grid.args)) not in VARIANT_MODELS:
+        if "variants" in values and not model_info(values.get("models", _passthrough_model(grid.args))).variants:
             values["variants"] = grid.axes["variants"][0]  # the variant does not change this model
         key = tuple(values.items())
         if key in seen:

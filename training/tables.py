@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.config import VARIANT_MODELS, RunConfig
+from models.registry import model_info
+from training.config import RunConfig
 from training.results import CONFIG_FILE, summary_names
 from utils.atomic_io import atomic_write_text
 from utils.errors import InputError, one_line
@@ -141,7 +142,7 @@ def read_run_config(run_dir: Path) -> tuple[RunConfig, dict]:
 
 def variant_name(config: RunConfig) -> str:
     """The variant a run trained (with its per-switch overrides); "" for models without variants."""
-    if config.model_type not in VARIANT_MODELS:
+    if not model_info(config.model_type).variants:
         return ""
     return config.variant_tag.lstrip("_") or config.variant
 

@@ -59,4 +59,4 @@ def _build(spec: ModelSpec, mag: str) -> ABMIL:
     return ABMIL(spec.feature_dim, spec.num_classes, dropout=dropout_p(spec), mag=mag)
 
 
-register_instance_baseline("ABMIL", _build)
+register_instance_baseline("ABMIL", _build, patch_scores="attention")

@@ -70,10 +70,13 @@ class InstanceMIL(SlideClassifier):
         return ModelOutput(logits=logits, aux_loss=zero_loss(logits), extras=extras)
 
 
-def register_instance_baseline(name: str, factory: Callable[[ModelSpec, str], InstanceMIL]) -> None:
+def register_instance_baseline(
+    name: str, factory: Callable[[ModelSpec, str], InstanceMIL], patch_scores: str | None = None
+) -> None:
     """Register ``name`` (20x instances), ``<name>_5x`` (5x instances) and a lowercase alias.
 
-    ``factory(spec, mag)`` builds the model.
+    ``factory(spec, mag)`` builds the model; ``patch_scores``: what its per-instance scores show
+    (``"attention"``: ``extras["attention"]``), None when it has none.
     """
 
     def build(spec: ModelSpec) -> InstanceMIL:
@@ -82,7 +85,7 @@ def register_instance_baseline(name: str, factory: Callable[[ModelSpec, str], In
     def build_5x(spec: ModelSpec) -> InstanceMIL:
         return factory(spec, "5x")
 
-    register_model(name)(build)
-    register_model(f"{name}_5x")(build_5x)
+    register_model(name, patch_scores=patch_scores)(build)
+    register_model(f"{name}_5x", patch_scores=patch_scores, magnification="5x")(build_5x)
     if name.lower() != name:
-        register_model(name.lower())(build)
+        register_model(name.lower(), patch_scores=patch_scores)(build)

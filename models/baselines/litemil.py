@@ -50,4 +50,4 @@ def _build(spec: ModelSpec, mag: str) -> LiteMIL:
     return LiteMIL(spec.feature_dim, spec.num_classes, mag=mag)
 
 
-register_instance_baseline("LiteMIL", _build)
+register_instance_baseline("LiteMIL", _build, patch_scores="attention")

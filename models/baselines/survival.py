@@ -22,11 +22,11 @@ def build_mean_pool_surv(spec: ModelSpec) -> PooledMIL:
     return PooledMIL(spec.feature_dim, spec.num_classes, pool="mean", dropout=dropout_p(spec))
 
 
-@register_model("ABMIL_surv", survival=True)
+@register_model("ABMIL_surv", survival=True, patch_scores="attention")
 def build_abmil_surv(spec: ModelSpec) -> ABMIL:
     return ABMIL(spec.feature_dim, spec.num_classes, dropout=dropout_p(spec))
 
 
-@register_model("TransMIL_surv", survival=True)
+@register_model("TransMIL_surv", survival=True, patch_scores="attention")
 def build_transmil_surv(spec: ModelSpec) -> TransMIL:
     return TransMIL(spec.feature_dim, spec.num_classes)

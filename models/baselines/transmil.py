@@ -123,4 +123,4 @@ def _build(spec: ModelSpec, mag: str) -> TransMIL:
     return TransMIL(spec.feature_dim, spec.num_classes, mag=mag)
 
 
-register_instance_baseline("TransMIL", _build)
+register_instance_baseline("TransMIL", _build, patch_scores="attention")

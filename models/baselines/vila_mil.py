@@ -115,7 +115,7 @@ class ViLaMIL(FrozenTowerClassifier):
         )
 
 
-@register_model("ViLa_MIL", text_tower=True)
+@register_model("ViLa_MIL", text_tower=True, hierarchy=True)
 def build_vila_mil(spec: ModelSpec) -> ViLaMIL:
     coarse, fine = load_descriptions(spec)
     tower = load_text_tower(spec.tower)
@@ -132,4 +132,4 @@ def build_vila_mil(spec: ModelSpec) -> ViLaMIL:
     )
 
 
-register_model("vila_mil", text_tower=True)(build_vila_mil)
+register_model("vila_mil", text_tower=True, hierarchy=True)(build_vila_mil)

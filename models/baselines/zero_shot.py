@@ -107,7 +107,7 @@ class ZeroShotMIL(SlideClassifier):
         )
 
 
-@register_model("zero_shot", text_tower=True)
+@register_model("zero_shot", text_tower=True, hierarchy=True)
 def build_zero_shot(spec: ModelSpec) -> ZeroShotMIL:
     coarse, fine = load_descriptions(spec)
     tower = load_text_tower(spec.tower)

@@ -249,7 +249,9 @@ def cap_children(rows: torch.Tensor, valid: torch.Tensor, cap: int, seed: int = 
     return rows.gather(1, order.unsqueeze(-1).expand(-1, -1, rows.shape[-1])), valid.gather(1, order)
 
 
-@register_model("HiVE_MIL", text_tower=True)
+@register_model(
+    "HiVE_MIL", text_tower=True, variants=True, patch_scores="class evidence", hierarchy=True, reference_loss="ce"
+)
 def build_hivemil(spec: ModelSpec) -> HiveMIL:
     """Registry builder: the spec's text tower and prompt file, with ``spec.hivemil`` options."""
     tower = load_text_tower(spec.tower)

@@ -34,7 +34,7 @@ from datasets.features import FeatureLayout, missing_feature_slides
 from datasets.splits import PARTS, Split, check_split_against_csv, read_split, split_csv_path, split_leakage
 from datasets.tasks import TaskSpec, get_task
 from models.passes import forward_pass
-from models.registry import is_survival_model, uses_text_tower
+from models.registry import model_info
 from training import results as res
 from training.bag_losses import build_bag_loss
 from training.config import RunConfig, with_values
@@ -204,9 +204,7 @@ def effective_bag_loss(config: RunConfig) -> str:
     """The slide loss a run trains with: the released HiVE-MIL always uses cross-entropy
     (``--bag_loss`` has no effect there, docs/divergences.md §11); the corrected variant and every
     other model honour ``--bag_loss``."""
-    if config.model_type == "HiVE_MIL" and config.variant == "reference":
-        return "ce"
-    return config.bag_loss
+    return model_info(config.model_type).bag_loss(config.bag_loss, config.variant)
 
 
 # ----------------------------------------------------------------------------- train and evaluate
@@ -340,7 +338,7 @@ class ClassificationTask:
 
     @staticmethod
     def check_model(config: RunConfig) -> None:
-        if is_survival_model(config.model_type):
+        if model_info(config.model_type).survival:
             raise InputError(
                 f"--model_type {config.model_type} predicts survival, but task {config.task} is a classification "
                 "task (its dataset CSV has no survival_months column; docs/survival.md §2)"
@@ -368,7 +366,7 @@ class ClassificationTask:
     def fold_inputs(self, fold: int, tower: dict | None) -> dict:
         """What fold ``fold``'s results depend on besides the flags (:mod:`training.fingerprints`)."""
         prompt = (
-            self.data.task.prompt_file(self.config.LLM) if uses_text_tower(self.config.model_type) else None
+            self.data.task.prompt_file(self.config.LLM) if model_info(self.config.model_type).text_tower else None
         )
         return fold_inputs(self.data.fold_split(fold), self.data.csv_rows, self.data.layout, prompt, tower)
 

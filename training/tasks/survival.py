@@ -53,7 +53,7 @@ from datasets.survival import (
     survival_task,
 )
 from models.passes import forward_pass
-from models.registry import is_survival_model, survival_models, uses_text_tower
+from models.registry import model_info, survival_models
 from models.survival import hazards_from_logits, risk_from_logits, survival_from_logits
 from training import results as res
 from training.config import RunConfig
@@ -432,7 +432,7 @@ class SurvivalTask:
 
     @staticmethod
     def check_model(config: RunConfig) -> None:
-        if not is_survival_model(config.model_type):
+        if not model_info(config.model_type).survival:
             raise InputError(
                 f"--model_type {config.model_type!r} is not a survival model; task {config.task} is a survival "
                 f"task (its dataset CSV has survival_months), choose one of: {', '.join(survival_models())}"
@@ -473,7 +473,7 @@ class SurvivalTask:
 
     def fold_inputs(self, fold: int, tower: dict | None) -> dict:
         data = self.data
-        prompt = data.task.prompt_file() if uses_text_tower(self.config.model_type) else None
+        prompt = data.task.prompt_file() if model_info(self.config.model_type).text_tower else None
         return fold_inputs(
             data.fold_split(fold), data.csv_rows, data.layout, prompt, tower, data.labels_record()
         )

@@ -11,7 +11,7 @@ from datasets.survival import SurvivalTaskSpec
 from datasets.survival_prompts import parse_survival_prompts
 from models.hila.model import HiLaSurvival
 from models.hila.options import HiLaOptions
-from models.registry import ModelSpec, build_model, is_survival_model, uses_text_tower
+from models.registry import ModelSpec, build_model, model_info
 from models.survival import risk_from_logits
 from models.towers.loading import TowerSource, load_text_tower
 from models.towers.tiny import ensure_demo_text_tower
@@ -110,10 +110,10 @@ def test_registry_builds_hila_and_the_survival_baselines(tmp_path, tower):
         tower=TowerSource("demo", str(ensure_demo_text_tower())),
         prompt_file=prompt,
     )
-    assert is_survival_model("HiLa") and uses_text_tower("HiLa")
+    assert model_info("HiLa").survival and model_info("HiLa").text_tower
     assert build_model("HiLa", spec)(make_bag(dim=DIM)).logits.shape == (1, 4)
     for name in ("mean_pool_surv", "ABMIL_surv", "TransMIL_surv"):
-        assert is_survival_model(name) and not uses_text_tower(name)
+        assert model_info(name).survival and not model_info(name).text_tower
         model = build_model(name, spec)
         assert model(make_bag(dim=DIM)).logits.shape == (1, 4), name
-    assert not is_survival_model("ABMIL") and not is_survival_model("HiVE_MIL")
+    assert not model_info("ABMIL").survival and not model_info("HiVE_MIL").survival
