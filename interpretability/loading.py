@@ -141,8 +141,8 @@ def load_prompts(config: RunConfig, task: TaskSpec) -> HierarchicalPrompts:
     return load_prompt_file(
         task.prompt_file(config.LLM),
         class_names=task.class_names,
-        n_coarse=config.num_low_mag_texts,
-        n_fine_per_coarse=config.num_high_mag_subtexts,
+        n_coarse=config.hivemil.num_low_mag_texts,
+        n_fine_per_coarse=config.hivemil.num_high_mag_subtexts,
     )
 
 

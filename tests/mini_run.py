@@ -58,7 +58,7 @@ def make_mini_run(
     from models.checkpoint import model_identity, save_checkpoint
     from models.registry import build_model
     from preprocess.hierarchy import build_slide_hierarchy
-    from training.config import RunConfig
+    from training.config import RunConfig, with_values
     from training.results import write_run_config
 
     task_name, classes = "minitask", ("alpha", "beta", "gamma")
@@ -84,7 +84,8 @@ def make_mini_run(
     write_split(
         split_csv_path(root / "splits", task_name, 1, 0), Split(["slide_0"], ["slide_1"], ["slide_2"])
     )
-    config = RunConfig(
+    config = with_values(
+        RunConfig(),
         task=task_name, data_root_dir=str(root / "features"), feature_extractor="tiny", feature_dim=64,
         few_shot_num=1, k=1, text_tower=str(clip_dir), csv_dir=str(root / "csv"), prompt_dir=str(root / "prompts"),
         splits_root=str(root / "splits"), num_context_tokens=4, num_low_mag_texts=2, num_high_mag_subtexts=2,

@@ -18,7 +18,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from datasets.slide_check import DEFAULT_MAX_ORPHAN_FRAC
@@ -31,26 +31,18 @@ from models.towers.loading import TowerSource
 from training.early_stopping import ES_METRICS
 from utils.device import resolve_device
 from utils.errors import InputError
-from utils.flags import add_flags, flag, given_values
-from utils.magnification import magnification_arg, magnification_value
-from utils.paths import resolve_project_path
-
-# Fields that do not change a fold's results: a run may be resumed with different values.
-RESUME_INDEPENDENT = frozenset(
-    {
-        "k",
-        "k_start",
-        "k_end",
-        "results_dir",
-        "log_data",
-        "quiet",
-        "cache_mb",
-        "num_workers",
-        "prefetch_depth",
-        "overwrite",
-        "threads",
-    }
+from utils.flags import (
+    add_flags,
+    both_spellings,
+    flag,
+    flag_keys,
+    flag_values,
+    given_values,
+    resumable_keys,
+    with_flag_values,
 )
+from utils.magnification import magnification_arg, magnification_label, magnification_value
+from utils.paths import resolve_project_path
 
 TESTING_MAX_SLIDES = 8  # ``--testing`` (published "debugging tool"): at most this many slides per split part
 
@@ -64,12 +56,6 @@ GROUPS = {
 
 TASK_KINDS = ("auto", "classification", "survival")
 SURVIVAL_LOSS_NAMES = ("nll", "cox")
-
-
-def _both(name: str) -> tuple[str, ...]:
-    """A project-added flag with underscores and with hyphens."""
-    under, hyphen = "--" + name.replace("-", "_"), "--" + name.replace("_", "-")
-    return (under,) if under == hyphen else (under, hyphen)
 
 
 @dataclass
@@ -91,14 +77,14 @@ class RunConfig:
     few_shot_num: int = flag("--few_shot_num", default=16, group="published", help="shots per class")
     high_mag: str = flag(
         "--high_mag",
-        default="20x",
+        default=magnification_label(HiveMILOptions.high_mag),
         type=magnification_arg,
         group="published",
         help="high magnification (20x or 20)",
     )
     low_mag: str = flag(
         "--low_mag",
-        default="5x",
+        default=magnification_label(HiveMILOptions.low_mag),
         type=magnification_arg,
         group="published",
         help="low magnification (5x or 5)",
@@ -110,11 +96,17 @@ class RunConfig:
         help="fraction of training slides used (seeded subset)",
     )
     seed: int = flag("--seed", default=1, group="published", help="random seed, reset at every fold")
-    k: int = flag("--k", default=5, group="published", help="number of folds")
-    k_start: int = flag("--k_start", default=-1, group="published", help="first fold (-1 = 0)")
-    k_end: int = flag("--k_end", default=-1, group="published", help="end fold, exclusive (-1 = k)")
-    results_dir: str = flag("--results_dir", default="./results", group="published", help="results directory")
-    log_data: bool = flag("--log_data", default=False, group="published", help="log scalars to TensorBoard")
+    k: int = flag("--k", default=5, group="published", resumable=True, help="number of folds")
+    k_start: int = flag("--k_start", default=-1, group="published", resumable=True, help="first fold (-1 = 0)")
+    k_end: int = flag(
+        "--k_end", default=-1, group="published", resumable=True, help="end fold, exclusive (-1 = k)"
+    )
+    results_dir: str = flag(
+        "--results_dir", default="./results", group="published", resumable=True, help="results directory"
+    )
+    log_data: bool = flag(
+        "--log_data", default=False, group="published", resumable=True, help="log scalars to TensorBoard"
+    )
     testing: bool = flag(
         "--testing", default=False, group="published", help="debugging: a few slides per split"
     )
@@ -157,33 +149,8 @@ class RunConfig:
         help="prompt folder text_prompt/HiVE_MIL/<LLM>", default_text="gpt4o if present, else curated",
     )  # fmt: skip
 
-    # --- HiVE-MIL options (published names) ---
-    num_context_tokens: int = flag(
-        "--num-context-tokens", default=16, group="hivemil", help="learnable context tokens"
-    )
-    class_specific_token: bool = flag(
-        "--class-specific-token", default=False, group="hivemil", help="one context per class"
-    )
-    class_token_position: str = flag(
-        "--class-token-position", default="end", choices=("front", "middle", "end"), group="hivemil",
-        help="where the context goes",
-    )  # fmt: skip
-    num_low_mag_texts: int = flag(
-        "--num-low-mag-texts", default=4, group="hivemil", help="coarse texts per class"
-    )
-    num_high_mag_subtexts: int = flag(
-        "--num-high-mag-subtexts", default=3, group="hivemil", help="fine texts per coarse text"
-    )
-    filter_alpha: float = flag("--filter-alpha", default=0.5, group="hivemil", help="TGDF alpha")
-    contrastive_lambda: float = flag("--contrastive_lambda", default=0.5, group="hivemil", help="HTCL weight")
-    max_children: int = flag(
-        "--max-children", default=0, group="hivemil",
-        help="use at most this many 20x children per kept 5x patch (seeded subset; 0 = all)",
-    )  # fmt: skip
-    attention_chunk: int = flag(
-        "--attention-chunk", default=0, group="hivemil",
-        help="dense hierarchical attention in query chunks of this size, recomputed in backward (0 = one block)",
-    )  # fmt: skip
+    # --- HiVE-MIL options (published names; declared on HiveMILOptions) ---
+    hivemil: HiveMILOptions = field(default_factory=HiveMILOptions)
 
     # --- HiVE-MIL variant and per-behaviour switches (None = the variant's value) ---
     variant: str = flag(
@@ -217,90 +184,83 @@ class RunConfig:
 
     # --- run control added by this project ---
     text_tower: str | None = flag(
-        *_both("text_tower"), default=None, type=str, group="run",
+        *both_spellings("text_tower"), default=None, type=str, group="run",
         help="hub name, local folder or checkpoint of the text tower",
     )  # fmt: skip
     skip_missing: bool = flag(
-        *_both("skip_missing"), default=False, group="run", help="drop slides without features (warns)"
+        *both_spellings("skip_missing"), default=False, group="run", help="drop slides without features (warns)"
     )
-    cache_mb: float = flag(*_both("cache_mb"), default=2048.0, group="run", help="bag cache size in MB")
-    splits_root: str = flag(*_both("splits_root"), default="splits", group="run", help="split folder root")
-    csv_dir: str = flag(*_both("csv_dir"), default="dataset_csv", group="run", help="dataset CSV folder")
-    prompt_dir: str = flag(*_both("prompt_dir"), default="text_prompt", group="run", help="prompt folder")
+    cache_mb: float = flag(
+        *both_spellings("cache_mb"), default=2048.0, group="run", resumable=True, help="bag cache size in MB"
+    )
+    splits_root: str = flag(*both_spellings("splits_root"), default="splits", group="run", help="split folder root")
+    csv_dir: str = flag(*both_spellings("csv_dir"), default="dataset_csv", group="run", help="dataset CSV folder")
+    prompt_dir: str = flag(*both_spellings("prompt_dir"), default="text_prompt", group="run", help="prompt folder")
     patience: int = flag("--patience", default=10, group="run", help="early-stopping patience in epochs")
     stop_epoch: int = flag(
-        *_both("stop_epoch"), default=0, group="run", help="early stop only at epochs past this one (0-based)"
+        *both_spellings("stop_epoch"), default=0, group="run", help="early stop only at epochs past this one (0-based)"
     )
     es_metric: str = flag(
-        *_both("es_metric"), default="error", choices=ES_METRICS, group="run",
+        *both_spellings("es_metric"), default="error", choices=ES_METRICS, group="run",
         help="early stopping watches the validation error (released) or the validation loss (CE + lambda*HTCL)",
     )  # fmt: skip
-    num_workers: int = flag(*_both("num_workers"), default=1, group="run", help="prefetch threads")
+    num_workers: int = flag(
+        *both_spellings("num_workers"), default=1, group="run", resumable=True, help="prefetch threads"
+    )
     prefetch_depth: int = flag(
-        *_both("prefetch_depth"), default=2, group="run", help="bags loaded ahead (0: off)"
+        *both_spellings("prefetch_depth"), default=2, group="run", resumable=True, help="bags loaded ahead (0: off)"
     )
     max_slides: int | None = flag(
-        *_both("max_slides"), default=None, type=int, group="run", help="debug: first N slides per split part"
+        *both_spellings("max_slides"), default=None, type=int, group="run", help="debug: first N slides per split part"
     )
     amp: str = flag(
         "--amp", default="off", choices=("off", "bf16", "fp16"), group="run",
         help="mixed precision for the forward pass: bf16 (CPU/GPU) or fp16 (CUDA, with gradient scaling)",
     )  # fmt: skip
     threads: int = flag(
-        "--threads", default=0, group="run",
+        "--threads", default=0, group="run", resumable=True,
         help="CPU threads for torch (0: torch's default); small slides on CPU are often fastest with 1",
     )  # fmt: skip
     deterministic: bool = flag(
-        *_both("no_deterministic"), default=True, group="run", help="allow non-deterministic kernels"
+        *both_spellings("no_deterministic"), default=True, group="run", help="allow non-deterministic kernels"
     )
     allow_patient_overlap: bool = flag(
-        *_both("allow_patient_overlap"), default=False, group="run",
+        *both_spellings("allow_patient_overlap"), default=False, group="run",
         help="accept splits where one patient (case_id) has slides in two parts (patient-level leakage)",
     )  # fmt: skip
     max_orphan_frac: float = flag(
-        *_both("max_orphan_frac"), default=DEFAULT_MAX_ORPHAN_FRAC, group="run",
+        *both_spellings("max_orphan_frac"), default=DEFAULT_MAX_ORPHAN_FRAC, group="run",
         help="refuse slides where more than this fraction of 20x patches has no 5x parent "
         "(a wrong level0_mag); above 0.05 a warning",
     )  # fmt: skip
     overwrite: bool = flag(
-        "--overwrite", default=False, group="run", help="retrain every fold even if finished"
+        "--overwrite", default=False, group="run", resumable=True, help="retrain every fold even if finished"
     )
     quiet: bool = flag(
-        "--quiet", default=False, group="run", help="no progress bars, only warnings and errors"
+        "--quiet", default=False, group="run", resumable=True, help="no progress bars, only warnings and errors"
     )
 
     # --- survival tasks (docs/survival.md) ---
     task_kind: str = flag(
-        *_both("task_kind"), default="auto", choices=TASK_KINDS, group="survival",
+        *both_spellings("task_kind"), default="auto", choices=TASK_KINDS, group="survival",
         help="auto: survival when the task's dataset CSV has a survival_months column, else classification",
     )  # fmt: skip
     surv_loss: str = flag(
-        *_both("surv_loss"), default="nll", choices=SURVIVAL_LOSS_NAMES, group="survival",
+        *both_spellings("surv_loss"), default="nll", choices=SURVIVAL_LOSS_NAMES, group="survival",
         help="discrete-time NLL (Zadeh & Schmid 2020) or Cox partial likelihood",
     )  # fmt: skip
     surv_alpha: float = flag(
-        *_both("surv_alpha"), default=0.15, group="survival", help="NLL weight of the uncensored term"
+        *both_spellings("surv_alpha"), default=0.15, group="survival", help="NLL weight of the uncensored term"
     )
     n_bins: int = flag(
-        *_both("n_bins"), default=4, group="survival",
+        *both_spellings("n_bins"), default=4, group="survival",
         help="survival bins, cut at quantiles of the uncensored times (4: quartiles)",
     )  # fmt: skip
     surv_batch: int = flag(
-        *_both("surv_batch"), default=0, group="survival",
+        *both_spellings("surv_batch"), default=0, group="survival",
         help="cases per optimiser step (0: 1 for nll, 16 for cox)",
     )  # fmt: skip
-    mcl_lambda: float = flag(
-        *_both("mcl_lambda"),
-        default=0.1,
-        group="survival",
-        help="HiLa: weight of the mutual contrastive loss",
-    )
-    opl_epsilon: float = flag(
-        *_both("opl_epsilon"), default=0.1, group="survival", help="HiLa: entropic OT regularisation"
-    )
-    opl_iterations: int = flag(
-        *_both("opl_iterations"), default=10, group="survival", help="HiLa: Sinkhorn iterations"
-    )
+    hila: HiLaOptions = field(default_factory=HiLaOptions)  # HiLa flags (declared on HiLaOptions)
 
     # ---- derived values ----
     @property
@@ -362,26 +322,13 @@ class RunConfig:
         return VariantSwitches.for_variant(self.variant, **{name: getattr(self, name) for name in SWITCHES})
 
     def hivemil_options(self) -> HiveMILOptions:
-        """The HiVE-MIL constructor options this run asks for."""
-        return HiveMILOptions(
-            n_ctx=self.num_context_tokens,
-            class_specific_context=self.class_specific_token,
-            class_token_position=self.class_token_position,
-            num_low_mag_texts=self.num_low_mag_texts,
-            num_high_mag_subtexts=self.num_high_mag_subtexts,
-            filter_alpha=self.filter_alpha,
-            contrastive_lambda=self.contrastive_lambda,
+        """The HiVE-MIL constructor options this run asks for: :attr:`hivemil` with the magnifications
+        and the variant switches of this run."""
+        return replace(
+            self.hivemil,
             low_mag=magnification_value(self.low_mag),
             high_mag=magnification_value(self.high_mag),
-            max_children=self.max_children,
-            attention_chunk=self.attention_chunk,
             switches=self.switches(),
-        )
-
-    def hila_options(self) -> HiLaOptions:
-        """The HiLa-style model's options this run asks for (docs/survival.md §8)."""
-        return HiLaOptions(
-            opl_epsilon=self.opl_epsilon, opl_iterations=self.opl_iterations, mcl_lambda=self.mcl_lambda
         )
 
     def model_spec(self, task: TaskSpec) -> ModelSpec:
@@ -394,7 +341,7 @@ class RunConfig:
             dropout=self.drop_out,
             prototype_number=self.prototype_number,
             hivemil=self.hivemil_options(),
-            hila=self.hila_options(),
+            hila=self.hila,
         )
 
     def resolve_path(self, value: str | None) -> Path | None:
@@ -402,19 +349,23 @@ class RunConfig:
         return None if value is None else resolve_project_path(value)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The flat ``{flag key: value}`` form (``config.json``; keys = argparse dest names)."""
+        return flag_values(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The config of a flat ``{flag key: value}`` dict (``config.json``); unknown keys are ignored."""
+        known = set(flag_keys(cls))
+        return with_flag_values(cls(), {k: v for k, v in data.items() if k in known})
 
     def resume_identity(self) -> dict:
-        """The settings that must match for finished folds to be reused."""
-        return {k: v for k, v in self.to_dict().items() if k not in RESUME_INDEPENDENT}
+        """The settings that must match for finished folds to be reused (every flag not declared
+        ``resumable``)."""
+        skip = resumable_keys(RunConfig)
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -438,16 +389,17 @@ def parse_config(argv: list[str] | None = None, task_defaults: TaskDefaults | No
     """
     given = given_values(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     values = dict(task_defaults(given["task"])) if task_defaults and given.get("task") else {}
-    unknown = set(values) - {f.name for f in fields(RunConfig)}
+    unknown = set(values) - set(flag_keys(RunConfig))
     if unknown:
         raise ValueError(f"task defaults name unknown settings: {sorted(unknown)}")
     values.update(given)
-    return RunConfig(**values)
+    return with_flag_values(RunConfig(), values)
 
 
 def with_values(config: RunConfig, **changes) -> RunConfig:
-    """A copy of ``config`` with ``changes`` applied."""
-    return replace(config, **changes)
+    """A copy of ``config`` with ``changes`` applied, by flag key (``num_context_tokens=4`` sets
+    ``config.hivemil.n_ctx``)."""
+    return with_flag_values(config, changes)
 
 
 def validate_config(config: RunConfig) -> None:
@@ -472,8 +424,8 @@ def validate_config(config: RunConfig) -> None:
         (0 <= config.max_orphan_frac <= 1, "--max_orphan_frac must be in [0, 1]"),
         (config.max_slides is None or config.max_slides >= 1, "--max_slides must be >= 1"),
         (config.threads >= 0, "--threads must be >= 0"),
-        (config.max_children >= 0, "--max-children must be >= 0"),
-        (config.attention_chunk >= 0, "--attention-chunk must be >= 0"),
+        (config.hivemil.max_children >= 0, "--max-children must be >= 0"),
+        (config.hivemil.attention_chunk >= 0, "--attention-chunk must be >= 0"),
         (0 <= config.surv_alpha <= 1, "--surv_alpha must be in [0, 1]"),
         (config.n_bins >= 2, "--n_bins must be >= 2"),
         (config.surv_batch >= 0, "--surv_batch must be >= 0"),
@@ -482,12 +434,12 @@ def validate_config(config: RunConfig) -> None:
             "--surv_loss cox needs --surv_batch >= 2 "
             "(the partial likelihood compares the cases of one step) or 0 for the default",
         ),
-        (config.mcl_lambda >= 0, "--mcl_lambda must be >= 0"),
+        (config.hila.mcl_lambda >= 0, "--mcl_lambda must be >= 0"),
         (
-            config.opl_epsilon > 0 and math.isfinite(config.opl_epsilon),
+            config.hila.opl_epsilon > 0 and math.isfinite(config.hila.opl_epsilon),
             "--opl_epsilon must be a positive number",
         ),
-        (config.opl_iterations >= 1, "--opl_iterations must be >= 1"),
+        (config.hila.opl_iterations >= 1, "--opl_iterations must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

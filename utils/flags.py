@@ -4,6 +4,12 @@ A field made with :func:`flag` carries its flag names, help text and argparse op
 :func:`add_flags` derives the parser from the dataclass and :func:`given_values` reads back only the
 flags the user actually gave (every flag defaults to ``argparse.SUPPRESS``), so the dataclass default
 is the one and only default and callers can tell "not given" from "given the default value".
+
+Option dataclasses nest: a field whose default is (a factory of) a dataclass with flag fields
+contributes that dataclass's flags (``RunConfig.hivemil: HiveMILOptions``). Every flag has one flat
+*key* -- its argparse ``dest``, the field name unless ``flag(dest=...)`` says otherwise -- unique over
+the whole tree; :func:`flag_values` / :func:`with_flag_values` convert between a nested object and its
+flat ``{key: value}`` form (the form of ``config.json`` and of ``given_values``).
 """
 
 from __future__ import annotations
@@ -26,12 +32,16 @@ def flag(
     metavar: str | None = None,
     group: str | None = None,
     default_text: str | None = None,
+    dest: str | None = None,
+    resumable: bool = False,
 ) -> Any:
     """A dataclass field that is also a command-line flag.
 
     ``names`` are the option strings (``"--lr"``, or both ``"--max_slides", "--max-slides"``).
     ``type`` defaults to the type of ``default`` (bool defaults become ``store_true`` flags unless
     ``action`` says otherwise). ``default_text`` replaces the shown default in ``--help``.
+    ``dest``: the flag's key (argparse dest, config key) when it differs from the field name.
+    ``resumable``: the value does not change a run's results (a run may resume with another value).
     """
     if not names:
         raise ValueError("a flag needs at least one option string")
@@ -44,28 +54,110 @@ def flag(
         "metavar": metavar,
         "group": group,
         "default_text": default_text,
+        "dest": dest,
+        "resumable": resumable,
     }
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def flag_fields(cls) -> list[dataclasses.Field]:
-    """The fields of dataclass ``cls`` declared with :func:`flag`, in declaration order."""
-    return [f for f in dataclasses.fields(cls) if "flags" in f.metadata]
+def both_spellings(name: str) -> tuple[str, ...]:
+    """A project-added flag with underscores and with hyphens: ``"max_slides"`` -> both forms."""
+    under, hyphen = "--" + name.replace("-", "_"), "--" + name.replace("_", "-")
+    return (under,) if under == hyphen else (under, hyphen)
+
+
+def flag_key(f: dataclasses.Field) -> str:
+    """The flat key of a :func:`flag` field: its ``dest`` or its name."""
+    return f.metadata["dest"] or f.name
+
+
+def nested_type(f: dataclasses.Field) -> type | None:
+    """The option dataclass a field nests (a dataclass default or factory with flags), else None."""
+    if "flags" in f.metadata:
+        return None
+    if f.default_factory is not _MISSING and isinstance(f.default_factory, type):
+        candidate = f.default_factory
+    elif f.default is not _MISSING and dataclasses.is_dataclass(f.default):
+        candidate = type(f.default)
+    else:
+        return None
+    return candidate if dataclasses.is_dataclass(candidate) and all_flag_fields(candidate) else None
+
+
+def all_flag_fields(cls) -> list[dataclasses.Field]:
+    """Every :func:`flag` field of ``cls`` and of the option dataclasses it nests, in declaration order."""
+    out: list[dataclasses.Field] = []
+    for f in dataclasses.fields(cls):
+        if "flags" in f.metadata:
+            out.append(f)
+        elif (inner := nested_type(f)) is not None:
+            out.extend(all_flag_fields(inner))
+    return out
+
+
+def flag_keys(cls) -> list[str]:
+    """The flat keys of every flag of ``cls`` (nested included); a key used twice is an error."""
+    keys = [flag_key(f) for f in all_flag_fields(cls)]
+    doubled = sorted({k for k in keys if keys.count(k) > 1})
+    if doubled:
+        raise ValueError(f"{cls.__name__}: flag keys declared twice: {doubled}")
+    return keys
+
+
+def resumable_keys(cls) -> frozenset[str]:
+    """The keys of the flags declared ``resumable=True`` (nested included)."""
+    return frozenset(flag_key(f) for f in all_flag_fields(cls) if f.metadata["resumable"])
+
+
+def flag_values(obj) -> dict[str, Any]:
+    """``{key: value}`` of every flag of dataclass instance ``obj``, nested option objects flattened."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if "flags" in f.metadata:
+            out[flag_key(f)] = getattr(obj, f.name)
+        elif nested_type(f) is not None:
+            out.update(flag_values(getattr(obj, f.name)))
+    return out
+
+
+def with_flag_values(obj, values: dict[str, Any]):
+    """A copy of dataclass instance ``obj`` with the flags named by flat key in ``values`` set.
+
+    Nested option objects are replaced field by field (their non-flag fields are kept); a key that is
+    no flag of ``obj`` raises ``TypeError``.
+    """
+    unknown = set(values) - set(flag_keys(type(obj)))
+    if unknown:
+        raise TypeError(f"{type(obj).__name__} has no flags {sorted(unknown)}")
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        inner = nested_type(f)
+        if "flags" in f.metadata:
+            if flag_key(f) in values:
+                changes[f.name] = values[flag_key(f)]
+        elif inner is not None:
+            mine = {k: v for k, v in values.items() if k in set(flag_keys(inner))}
+            if mine:
+                changes[f.name] = with_flag_values(getattr(obj, f.name), mine)
+    return dataclasses.replace(obj, **changes)
 
 
 def add_flags(parser: argparse.ArgumentParser, cls, groups: dict[str, str] | None = None) -> None:
     """Add one argument per :func:`flag` field of ``cls`` to ``parser``.
 
     ``groups`` maps a field's ``group`` key to the title of an argument group (created on first use).
+    The flags of nested option dataclasses are added where the nesting field is declared; each
+    argument's ``dest`` is the flag's key.
     """
+    flag_keys(cls)  # refuses a key declared twice
     made: dict[str, argparse._ArgumentGroup] = {}
-    for f in flag_fields(cls):
+    for f in all_flag_fields(cls):
         meta = f.metadata
         target = parser
         if meta["group"] is not None:
             title = (groups or {}).get(meta["group"], meta["group"])
             target = made.setdefault(meta["group"], parser.add_argument_group(title))
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {"dest": flag_key(f), "default": argparse.SUPPRESS}
         action = meta["action"]
         if action is None and isinstance(f.default, bool):
             action = "store_false" if f.default else "store_true"
@@ -95,10 +187,6 @@ def _help_text(f: dataclasses.Field) -> str:
 
 
 def given_values(namespace: argparse.Namespace) -> dict[str, Any]:
-    """The values of the flags present on the command line (absent flags are not in the namespace)."""
+    """``{key: value}`` of the flags present on the command line (absent flags are not in the namespace);
+    the keys of nested options are flat (:func:`with_flag_values` applies them)."""
     return dict(vars(namespace))
-
-
-def flag_names(cls) -> dict[str, str]:
-    """Field name -> its first option string, e.g. ``{"lr": "--lr", "max_slides": "--max_slides"}``."""
-    return {f.name: f.metadata["flags"][0] for f in flag_fields(cls)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from datasets.hierarchy import children_per_parent
+from utils.flags import flag
 
 VARIANTS = ("reference", "corrected")
 
@@ -73,22 +74,47 @@ class VariantSwitches:
 
 @dataclass(frozen=True)
 class HiveMILOptions:
-    """Constructor options of HiVE-MIL (published defaults)."""
+    """Constructor options of HiVE-MIL (published defaults).
 
-    n_ctx: int = 16
-    class_specific_context: bool = False
-    class_token_position: str = "end"  # 'end' | 'middle' | 'front'
-    num_low_mag_texts: int = 4
-    num_high_mag_subtexts: int = 3
-    filter_alpha: float = 0.5
-    contrastive_lambda: float = 0.5
+    The fields made with :func:`utils.flags.flag` are ``main.py`` flags (published names; the flag key,
+    e.g. ``num_context_tokens`` for ``n_ctx``, is the ``config.json`` key). The prompt layout and context
+    options are shared by every vision-language model. ``low_mag``/``high_mag`` come from ``--low_mag``/
+    ``--high_mag`` and ``switches`` from ``--variant`` and its switches (``RunConfig.model_spec``).
+    """
+
+    n_ctx: int = flag(
+        "--num-context-tokens", dest="num_context_tokens", default=16, group="hivemil",
+        help="learnable context tokens",
+    )  # fmt: skip
+    class_specific_context: bool = flag(
+        "--class-specific-token", dest="class_specific_token", default=False, group="hivemil",
+        help="one context per class",
+    )  # fmt: skip
+    class_token_position: str = flag(
+        "--class-token-position", default="end", choices=("front", "middle", "end"), group="hivemil",
+        help="where the context goes",
+    )  # fmt: skip
+    num_low_mag_texts: int = flag(
+        "--num-low-mag-texts", default=4, group="hivemil", help="coarse texts per class"
+    )
+    num_high_mag_subtexts: int = flag(
+        "--num-high-mag-subtexts", default=3, group="hivemil", help="fine texts per coarse text"
+    )
+    filter_alpha: float = flag("--filter-alpha", default=0.5, group="hivemil", help="TGDF alpha")
+    contrastive_lambda: float = flag("--contrastive_lambda", default=0.5, group="hivemil", help="HTCL weight")
+    max_children: int = flag(
+        "--max-children", default=0, group="hivemil",
+        help="use at most this many 20x children per kept 5x patch (seeded subset; 0 = all)",
+    )  # fmt: skip
+    attention_chunk: int = flag(
+        "--attention-chunk", default=0, group="hivemil",
+        help="dense hierarchical attention in query chunks of this size, recomputed in backward (0 = one block)",
+    )  # fmt: skip
     low_mag: float = 5.0
     high_mag: float = 20.0
     num_heads: int = 2
     topk_high: int = 100
     topk_low: int = 2
-    max_children: int = 0  # >0: use at most this many 20x children per kept 5x patch (seeded subset)
-    attention_chunk: int = 0  # >0: dense attention over query chunks of this size, recomputed in backward
     switches: VariantSwitches = VariantSwitches()
 
     @property

@@ -11,6 +11,7 @@ import pytest
 import main as main_module
 from tests.toy_task import CLASSES, TASK, make_toy_data
 from training.config import RunConfig, build_parser, parse_config, validate_config
+from utils.flags import flag_keys
 from utils.errors import run_cli
 
 PUBLISHED = (
@@ -63,7 +64,7 @@ def test_published_defaults():
         "variant": "reference", "patience": 10, "cache_mb": 2048.0, "splits_root": "splits",
         "csv_dir": "dataset_csv", "prompt_dir": "text_prompt", "skip_missing": False, "text_tower": None,
     }  # fmt: skip
-    assert {name: getattr(config, name) for name in expected} == expected
+    assert {name: config.to_dict()[name] for name in expected} == expected
     # --LLM unset resolves at run start: the released gpt4o folder when it has the task, else curated
     from training.experiment import resolve_prompts
 
@@ -77,25 +78,24 @@ def test_hyphenated_published_flags_and_switches():
         "--num-low-mag-texts 2 --num-high-mag-subtexts 5 --filter-alpha 0.1 --contrastive_lambda 0.2 "
         "--variant corrected --hier-attention dense --skip-missing --feature_extractor ViT-B-16 --k_start 1 --k_end 3".split()
     )
-    assert (config.num_context_tokens, config.class_specific_token, config.class_token_position) == (
-        4,
-        True,
-        "middle",
-    )
-    assert (config.num_low_mag_texts, config.num_high_mag_subtexts, config.filter_alpha) == (2, 5, 0.1)
-    assert config.contrastive_lambda == 0.2 and config.skip_missing and config.feature_extractor == "ViT-B-16"
+    hive = config.hivemil
+    assert (hive.n_ctx, hive.class_specific_context, hive.class_token_position) == (4, True, "middle")
+    assert (hive.num_low_mag_texts, hive.num_high_mag_subtexts, hive.filter_alpha) == (2, 5, 0.1)
+    assert hive.contrastive_lambda == 0.2 and config.skip_missing and config.feature_extractor == "ViT-B-16"
     switches = config.switches()
     assert switches.hier_attention == "dense" and switches.text_encoding == "causal"
     assert config.fold_range == range(1, 3)
 
 
 def test_parser_dests_are_config_fields():
-    """Every flag is declared once, on a RunConfig field: the parser's dests are exactly those fields."""
+    """Every flag is declared once, on a RunConfig field or a field of its nested options: the parser's
+    dests are exactly the flag keys, i.e. the keys of config.json."""
     config = parse_config(["--task", "tcga_brca"])
-    dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
-    declared = {f.name for f in fields(RunConfig) if "flags" in f.metadata}
-    assert dests == declared == {f.name for f in fields(RunConfig)}
-    assert config.max_children == 0 and config.attention_chunk == 0
+    dests = [a.dest for a in build_parser()._actions if a.dest != "help"]
+    assert sorted(dests) == sorted(flag_keys(RunConfig)) == sorted(config.to_dict())
+    own = {f.name for f in fields(RunConfig) if "flags" in f.metadata}
+    assert {f.name for f in fields(RunConfig)} - own == {"hivemil", "hila"}
+    assert config.hivemil.max_children == 0 and config.hivemil.attention_chunk == 0
     with pytest.raises(AttributeError):
         _ = config.no_such_option
 

@@ -15,7 +15,7 @@ from datasets.features import FeatureLayout, write_patch_file
 from datasets.splits import Split, split_csv_path, write_split
 from preprocess.hierarchy import build_slide_hierarchy
 from tests.mini_run import make_bag, prompt_dict
-from training.config import RunConfig
+from training.config import RunConfig, with_values
 from training.experiment import run_experiment
 
 TASK, CLASSES = "prov", ("alpha", "beta")
@@ -52,7 +52,8 @@ def _prompts(root: Path, llm: str, flavour: str) -> Path:
 
 
 def _run(root: Path, clip_dir: Path, results: str, **kw) -> tuple[list[str], dict]:
-    config = RunConfig(
+    config = with_values(
+        RunConfig(),
         task=TASK, data_root_dir=str(root / "features"), feature_extractor="tiny", feature_dim=64,
         few_shot_num=1, k=1, max_epochs=1, text_tower=str(clip_dir), csv_dir=str(root / "csv"),
         prompt_dir=str(root / "prompts"), splits_root=str(root / "splits"), num_context_tokens=4,

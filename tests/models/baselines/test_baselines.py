@@ -21,7 +21,7 @@ from models.baselines.vila_mil import ViLaMIL
 from models.baselines.zero_shot import ZeroShotMIL, class_index
 from models.registry import available_models, build_model
 from models.towers.base import TextTower, freeze
-from training.config import RunConfig
+from training.config import RunConfig, with_values
 
 CONVENTIONAL = ("mean_pool", "max_pool", "MIL_fc", "ABMIL", "TransMIL", "LiteMIL")
 PERMUTATION_INVARIANT = ("mean_pool", "max_pool", "MIL_fc", "ABMIL", "LiteMIL")
@@ -60,7 +60,7 @@ def make_bag(
 
 
 def config(**kw) -> RunConfig:
-    return RunConfig(**{"feature_dim": D, "drop_out": True, **kw})
+    return with_values(RunConfig(), **{"feature_dim": D, "drop_out": True, **kw})
 
 
 def task(num_classes: int = 3, prompt_dir=None) -> TaskSpec:
