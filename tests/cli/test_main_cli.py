@@ -257,3 +257,60 @@ def test_cli_run_succeeds(toy, capsys):
     run_dir = next(toy["results"].rglob("results.csv")).parent
     assert (run_dir / "fold_1" / "predictions_val.csv").is_file()
     assert f"prob_{CLASSES[1]}" in (run_dir / "fold_1" / "predictions_val.csv").read_text()
+
+
+def test_model_option_defaults_are_written_once():
+    """RunConfig's model options are the option dataclasses themselves: their defaults, by construction."""
+    from dataclasses import replace
+
+    from models.hila.options import HiLaOptions
+    from models.hivemil.options import HiveMILOptions, VariantSwitches
+    from utils.flags import flag_values
+    from utils.magnification import magnification_value
+
+    config = parse_config(["--task", "tcga_rcc"])
+    assert config.hivemil == HiveMILOptions() and config.hila == HiLaOptions()
+    spec_options = config.hivemil_options()
+    assert spec_options == replace(HiveMILOptions(), switches=VariantSwitches.for_variant("reference"))
+    assert magnification_value(config.high_mag) == HiveMILOptions().high_mag
+    assert magnification_value(config.low_mag) == HiveMILOptions().low_mag
+    # the flat config keys of the nested flags carry the option defaults
+    flat = config.to_dict()
+    for key, value in {**flag_values(HiveMILOptions()), **flag_values(HiLaOptions())}.items():
+        assert flat[key] == value, key
+    assert flat["num_context_tokens"] == HiveMILOptions().n_ctx
+
+
+def test_nested_option_flags_recurse_with_flat_keys():
+    import argparse
+    from dataclasses import dataclass, field
+
+    from utils.flags import add_flags, flag, given_values, resumable_keys, with_flag_values
+
+    @dataclass(frozen=True)
+    class Inner:
+        width: int = flag("--width", dest="inner_width", default=3, help="w")
+        fixed: int = 9  # not a flag: kept through replacement
+
+    @dataclass
+    class Outer:
+        name: str = flag("--name", default="a", resumable=True, help="n")
+        inner: Inner = field(default_factory=Inner)
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Outer)
+    given = given_values(parser.parse_args(["--width", "5"]))
+    assert given == {"inner_width": 5}
+    built = with_flag_values(Outer(), given)
+    assert built == Outer(inner=Inner(width=5)) and built.inner.fixed == 9
+    assert resumable_keys(Outer) == {"name"}
+    with pytest.raises(TypeError, match="no flags"):
+        with_flag_values(Outer(), {"width": 5})  # the key, not the field name
+
+    @dataclass
+    class Clash:
+        inner_width: int = flag("--iw", default=1, help="x")
+        inner: Inner = field(default_factory=Inner)
+
+    with pytest.raises(ValueError, match="declared twice"):
+        add_flags(argparse.ArgumentParser(), Clash)

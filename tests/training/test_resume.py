@@ -80,3 +80,34 @@ def test_changed_settings_need_new_dir_or_overwrite(toy, monkeypatch):
     changed.overwrite = True
     training.run_experiment(changed, RunLog(quiet=True))
     assert trained == [0]
+
+
+def test_old_flat_config_json_still_resumes(tmp_path):
+    """A run folder written before the options were nested (flat config.json keys, e.g.
+    ``num_context_tokens``, ``mcl_lambda``) resumes with the same flags and refuses changed ones."""
+    import json
+    import shutil
+
+    from tests.paths import PROJECT
+    from training.config import RunConfig, parse_config, with_values
+    from training.results import CONFIG_FILE, check_resumable
+
+    old = PROJECT / "tests" / "fixtures" / "old_run_config.json"
+    stored = RunConfig.from_dict(json.loads(old.read_text())["config"])
+    assert (stored.hivemil.n_ctx, stored.hila.mcl_lambda, stored.variant) == (8, 0.2, "corrected")
+    argv = (
+        "--task tcga_brca --data_root_dir /data --num-context-tokens 8 --mcl_lambda 0.2 --variant corrected "
+        "--text-encoding released --k 3 --low_mag 5 --high_mag 20x"
+    )
+    # the run folder name is unchanged, and so is every key of config.json
+    config = parse_config([*argv.split(), "--results_dir", "/old/results"])
+    assert str(config.run_dir) == "/old/results/tcga_brca/plip/16/tcga_brca_plip_HiVE_MIL_16_s1_corrected_text-encoding-released"
+    assert config.to_dict() == json.loads(old.read_text())["config"]
+    # resumes from another --results_dir (resumable) but not with another --num-context-tokens
+    shutil.copy(old, tmp_path / CONFIG_FILE)
+    again = parse_config([*argv.split(), "--results_dir", str(tmp_path), "--threads", "2", "--quiet"])
+    assert check_resumable(tmp_path, again)
+    with pytest.raises(InputError, match=r"different settings \(num_context_tokens: 8 -> 4\)"):
+        check_resumable(tmp_path, with_values(again, num_context_tokens=4))
+    with pytest.raises(InputError, match=r"different settings \(opl_iterations: 10 -> 3\)"):
+        check_resumable(tmp_path, with_values(again, opl_iterations=3))
