@@ -1,7 +1,10 @@
 """Explain one slide's HiVE-MIL prediction: description contributions, slide heatmaps, 5x -> 20x drill-down.
 
     python explain.py --checkpoint RESULTS/<task>/<extractor>/<shots>/<run> --slide SLIDE_ID [--fold 0] \\
-        [--config config.json] [--out DIR] [--top 5] [--slide-file SLIDE.svs]
+        [--config config.json] [--out DIR] [--top 5] [--slide-file SLIDE.svs] [--device auto] [--threads N] \\
+        [--data_root_dir R] [--text_tower PATH]
+
+``--data_root_dir`` and ``--text_tower`` replace the run's own values (a run trained on another machine).
 
 ``--checkpoint`` is a run folder (``config.json`` + ``s_<fold>_checkpoint.pt``) or a checkpoint file
 (its folder's ``config.json`` unless ``--config`` is given). Writes ``contributions_5x.png``,
@@ -17,7 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from utils.cli_flags import DataRootFlags, DeviceFlags, ThreadFlags, TowerFlags
 from utils.errors import InputError, run_cli
+from utils.flags import add_flags, flag_keys, given_values, read_flags, with_flag_values
+
+RUN_OVERRIDES = (DataRootFlags, TowerFlags)  # flags that replace the run config's value when given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the raw slide (.svs, .tif, ...): heatmaps drawn over its thumbnail",
     )
+    add_flags(p, DeviceFlags)
+    add_flags(p, ThreadFlags)
+    for group in RUN_OVERRIDES:
+        add_flags(p, group)
     return p
 
 
@@ -42,21 +53,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top < 1:
         raise InputError(f"--top must be >= 1, got {args.top}")
+    threads = read_flags(ThreadFlags, args)
+    threads.check()
     from interpretability.attribution import explain_slide
     from interpretability.loading import (
         SUPPORTED_MODEL,
+        load_fold_model,
         load_prompts,
-        load_run,
         load_slide,
         read_run_config,
         resolve_run_files,
         run_task,
     )
     from interpretability.plots import save_report
+    from utils.device import resolve_device
 
     files = resolve_run_files(args.checkpoint, args.fold, config=args.config)
     # Cheap checks first (model type, task, slide, prompts), then the model.
     config = read_run_config(files.config, model_types=(SUPPORTED_MODEL,))
+    override_keys = {key for group in RUN_OVERRIDES for key in flag_keys(group)}
+    overrides = {k: v for k, v in given_values(args).items() if k in override_keys}
+    config = with_flag_values(config, overrides)
+    device = resolve_device(read_flags(DeviceFlags, args).device)
     task = run_task(config)
     bag = load_slide(config, task, args.slide)
     prompts = load_prompts(config, task)
@@ -70,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                 image = read_thumbnail(reader)
         except InputError as err:
             raise InputError(f"--slide-file {args.slide_file}: {err}") from None
-    model, task, config = load_run(
-        files.config, args.fold, checkpoint=files.checkpoint, model_types=(SUPPORTED_MODEL,)
-    )
+    if threads.threads:
+        import torch
+
+        torch.set_num_threads(threads.threads)
+    model = load_fold_model(config, task, files.checkpoint, device)
     explanation = explain_slide(model, bag, task.class_names, prompts, top_n=args.top)
     out = (
         Path(args.out)

@@ -7,7 +7,7 @@ float32, ``coords`` [N, 2] int64 level-0 top-left corners). Finished slides are 
 interrupted run resumes; a slide that fails is reported in one line and the others continue (exit
 code 1 when any failed).
 
-    python extract_features.py --slides SLIDES_DIR --data-root R --task tcga_brca --feature-extractor plip
+    python extract_features.py --slides SLIDES_DIR --data_root_dir R --task tcga_brca --feature-extractor plip
     python extract_features.py ... --ray [--address auto] [--ray-workers N]   # slides spread over Ray workers
     python create_hierarchical_features.py --dataset-root-path R --dataset-name tcga_brca \
         --feature-extractor-name plip --low-mag 5 --high-mag 20 --max-patches 16
@@ -27,17 +27,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets.features import FeatureLayout
-from preprocess.wsi.pipeline import (
-    ExtractOptions,
-    SlideResult,
-    add_tile_arguments,
-    check_tile_arguments,
-    extract_slide,
-    is_finished,
-)
+from preprocess.wsi.options import TileFlags
+from preprocess.wsi.pipeline import ExtractOptions, SlideResult, extract_slide, is_finished
 from preprocess.wsi.sources import SlideSource, find_slides
+from utils.cli_flags import AmpFlags, DataRootFlags, DeviceFlags, TowerFlags
 from utils.device import resolve_device
 from utils.errors import InputError, one_line, run_cli
+from utils.flags import add_flags, read_flags
 from utils.ray_cluster import error_line, import_ray, start_ray
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -51,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--slide-dir", default=None, help="where a CSV without a 'path' column finds <slide_id>.<ext>"
     )
-    parser.add_argument("--data-root", required=True, help="DATA_ROOT; output goes to <task>_<extractor>/")
+    add_flags(parser, DataRootFlags, aliases={"data_root_dir": ("--data-root",)})
     parser.add_argument("--task", required=True, help="task name used in the output folder, e.g. tcga_brca")
     parser.add_argument(
         "--feature-extractor",
@@ -59,12 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="plip, quiltnet, conch, an open_clip model name, or an image-only backbone: resnet50_trunc, uni, "
         "phikon_v2 (from local --weights)",
     )
-    parser.add_argument("--weights", default=None, help="hub name, local folder or checkpoint of the tower")
-    add_tile_arguments(parser)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument(
-        "--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)"
-    )
+    add_flags(parser, TowerFlags, aliases={"text_tower": ("--weights",)})
+    add_flags(parser, TileFlags, {"tiling": "tiling and encoding"})
+    add_flags(parser, DeviceFlags)
+    add_flags(parser, AmpFlags)
     parser.add_argument(
         "--thumbnails", action="store_true", help="write thumbnails/<slide>.png (mask and tiles)"
     )
@@ -85,7 +79,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="number of workers (default: one per GPU of the cluster; without GPUs 1)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for group in (DataRootFlags, TowerFlags, TileFlags, DeviceFlags, AmpFlags):
+        for key, value in vars(read_flags(group, args)).items():
+            setattr(args, key, value)  # the group defaults for flags not given
+    return args
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -96,7 +94,8 @@ def validate_args(args: argparse.Namespace) -> None:
         )
     if not _SAFE_NAME.match(args.task):
         raise InputError(f"--task {args.task!r}: use letters, digits and . _ + - only")
-    check_tile_arguments(args)
+    DataRootFlags(args.data_root_dir).required()
+    read_flags(TileFlags, args).check()
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
     if args.slide_dir is not None and not Path(args.slide_dir).is_dir():
@@ -108,14 +107,10 @@ def validate_args(args: argparse.Namespace) -> None:
 
 
 def load_image_tower(extractor: str, weights: str | None, device):
-    """The image side of ``extractor`` (weights from ``weights`` when given), frozen, on ``device``."""
+    """The image side of ``extractor`` (weights from ``--text_tower`` when given), frozen, on ``device``."""
     from models.towers import load_towers
 
-    try:
-        towers = load_towers(extractor, source=weights, sides=("image",), device=device)
-    except InputError as err:  # the loader names its training-time flag; here the flag is --weights
-        raise InputError(str(err).replace("--text_tower", "--weights")) from None
-    return towers.image.eval()
+    return load_towers(extractor, source=weights, sides=("image",), device=device).image.eval()
 
 
 def extract_one(source: SlideSource, layout: FeatureLayout, tower, options: ExtractOptions) -> SlideResult:
@@ -287,7 +282,7 @@ def summarize(results: list[SlideResult], seconds: float) -> str:
 def extract_options(args: argparse.Namespace, device: str) -> ExtractOptions:
     return ExtractOptions(
         extractor=args.feature_extractor,
-        weights=args.weights,
+        weights=args.text_tower,
         level0_mag=args.level0_mag,
         min_tissue=args.min_tissue,
         batch_size=args.batch_size,
@@ -305,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = find_slides(args.slides, args.slide_dir)
     if args.limit is not None:
         sources = sources[: args.limit]
-    layout = FeatureLayout(Path(args.data_root), args.task, args.feature_extractor)
+    layout = FeatureLayout(Path(args.data_root_dir), args.task, args.feature_extractor)
     # finished = both files written by this run's encoder; another encoder's files are not skipped
     pending = [s for s in sources if not is_finished(layout, s.slide_id, extract_options(args, args.device))]
     print(f"{len(sources)} slides, {len(sources) - len(pending)} already done; output in {layout.root}")
@@ -315,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if pending:  # load the tower only when there is work
             device = resolve_device(args.device)
-            tower = load_image_tower(args.feature_extractor, args.weights, device)
+            tower = load_image_tower(args.feature_extractor, args.text_tower, device)
             options = extract_options(args, str(device))
         start = time.perf_counter()
         results = run_slides(sources, layout, tower, options)

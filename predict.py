@@ -24,8 +24,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from preprocess.wsi.pipeline import add_tile_arguments, check_tile_arguments
+from preprocess.wsi.options import TileFlags
+from utils.cli_flags import DeviceFlags, ThreadFlags
 from utils.errors import InputError, run_cli
+from utils.flags import add_flags, read_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,19 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="raw slides <slide_id>.<ext> (searched recursively) for heatmap thumbnails",
     )
-    add_tile_arguments(p, scope="raw slides: ")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    add_flags(p, TileFlags, {"tiling": "raw slides: tiling and encoding"})
+    add_flags(p, DeviceFlags)
+    add_flags(p, ThreadFlags)
     return p
 
 
-def validate(args: argparse.Namespace) -> None:
-    """One-line errors for bad flag values, before any work."""
+def validate(args: argparse.Namespace) -> tuple[TileFlags, DeviceFlags, ThreadFlags]:
+    """One-line errors for bad flag values, before any work; returns the shared flag groups."""
     if args.top_tiles < 0:
         raise InputError(f"--top-tiles must be >= 0, got {args.top_tiles}")
-    check_tile_arguments(args)
-    if args.threads < 0:
-        raise InputError(f"--threads must be >= 0, got {args.threads}")
+    threads = read_flags(ThreadFlags, args)
+    threads.check()
+    return read_flags(TileFlags, args).check(), read_flags(DeviceFlags, args), threads
 
 
 def _tile_progress(bars: list):
@@ -77,7 +79,7 @@ def _tile_progress(bars: list):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    validate(args)
+    tiles, device, threads = validate(args)
     from interpretability.prediction import PredictOptions, Predictor, open_run, predict_slides
     from interpretability.slide_inputs import InputResolver
     from utils.locking import FolderLock, LockHeld
@@ -90,16 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     options = PredictOptions(
         heatmaps=args.heatmaps,
         top_tiles=args.top_tiles,
-        device=args.device,
-        level0_mag=args.level0_mag,
-        min_tissue=args.min_tissue,
-        batch_size=args.batch_size,
-        workers=args.workers,
+        device=device.device,
+        level0_mag=tiles.level0_mag,
+        min_tissue=tiles.min_tissue,
+        batch_size=tiles.batch_size,
+        workers=tiles.workers,
     )
-    if args.threads:
+    if threads.threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads.threads)
     predictor = Predictor(run, out_dir, options)
     try:
         lock = FolderLock(out_dir)

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="reader threads per run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed precision")
     parser.add_argument("--image-size", type=int, default=224, help="tower input size (real towers: 224)")
     parser.add_argument("--vision-width", type=int, default=32, help="ViT width (PLIP: 768)")
     parser.add_argument("--vision-layers", type=int, default=1, help="ViT layers (PLIP: 12)")

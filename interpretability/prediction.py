@@ -46,10 +46,12 @@ from interpretability.slide_inputs import (
     run_magnifications,
 )
 from models.registry import model_info
+from preprocess.wsi.options import TileFlags
 from training.config import RunConfig
 from training.results import CONFIG_FILE, checkpoint_path
 from utils.amp import autocast
 from utils.atomic_io import atomic_path, atomic_write_text
+from utils.cli_flags import DeviceFlags
 from utils.errors import InputError, one_line
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -119,11 +121,11 @@ class PredictOptions:
 
     heatmaps: bool = False
     top_tiles: int = 4
-    device: str = "auto"
-    level0_mag: float | None = None  # raw slides: level-0 magnification (else CSV, else metadata)
-    min_tissue: float = 0.25
-    batch_size: int = 64
-    workers: int = 2
+    device: str = DeviceFlags.device
+    level0_mag: float | None = TileFlags.level0_mag  # raw slides (else the CSV, else the metadata)
+    min_tissue: float = TileFlags.min_tissue
+    batch_size: int = TileFlags.batch_size
+    workers: int = TileFlags.workers
 
 
 @dataclass

@@ -29,12 +29,14 @@ from models.registry import ModelSpec, model_info
 from models.towers.backbones import is_backbone
 from models.towers.loading import TowerSource
 from training.early_stopping import ES_METRICS
+from utils.cli_flags import AmpFlags, DataRootFlags, DeviceFlags, ThreadFlags, TowerFlags
 from utils.device import resolve_device
 from utils.errors import InputError
 from utils.flags import (
     add_flags,
     both_spellings,
     flag,
+    flag_from,
     flag_keys,
     flag_values,
     given_values,
@@ -63,10 +65,7 @@ class RunConfig:
     """Every setting of one ``main.py`` run (field names = argparse dest names)."""
 
     # --- published flags ---
-    data_root_dir: str | None = flag(
-        "--data_root_dir", default=None, type=str, group="published",
-        help="feature root: DATA_ROOT/<task>_<extractor>/...",
-    )  # fmt: skip
+    data_root_dir: str | None = flag_from(DataRootFlags, "data_root_dir", group="published")
     max_epochs: int = flag("--max_epochs", default=50, group="published", help="maximum number of epochs")
     lr: float = flag("--lr", default=1e-4, group="published", help="learning rate")
     feature_extractor: str = flag(
@@ -141,9 +140,7 @@ class RunConfig:
     prototype_number: int | None = flag(
         "--prototype_number", default=None, type=int, group="published", help="ViLa-MIL prototypes (16)"
     )
-    device: str = flag(
-        "--device", default="auto", group="published", help="auto (CUDA if available), cpu, cuda, cuda:N"
-    )
+    device: str = flag_from(DeviceFlags, "device", group="published")
     LLM: str | None = flag(  # noqa: N815 - published flag name
         "--LLM", default=None, type=str, group="published",
         help="prompt folder text_prompt/HiVE_MIL/<LLM>", default_text="gpt4o if present, else curated",
@@ -183,10 +180,7 @@ class RunConfig:
     )  # fmt: skip
 
     # --- run control added by this project ---
-    text_tower: str | None = flag(
-        *both_spellings("text_tower"), default=None, type=str, group="run",
-        help="hub name, local folder or checkpoint of the text tower",
-    )  # fmt: skip
+    text_tower: str | None = flag_from(TowerFlags, "text_tower", group="run")
     skip_missing: bool = flag(
         *both_spellings("skip_missing"), default=False, group="run", help="drop slides without features (warns)"
     )
@@ -213,14 +207,8 @@ class RunConfig:
     max_slides: int | None = flag(
         *both_spellings("max_slides"), default=None, type=int, group="run", help="debug: first N slides per split part"
     )
-    amp: str = flag(
-        "--amp", default="off", choices=("off", "bf16", "fp16"), group="run",
-        help="mixed precision for the forward pass: bf16 (CPU/GPU) or fp16 (CUDA, with gradient scaling)",
-    )  # fmt: skip
-    threads: int = flag(
-        "--threads", default=0, group="run", resumable=True,
-        help="CPU threads for torch (0: torch's default); small slides on CPU are often fastest with 1",
-    )  # fmt: skip
+    amp: str = flag_from(AmpFlags, "amp", group="run")
+    threads: int = flag_from(ThreadFlags, "threads", group="run", resumable=True)
     deterministic: bool = flag(
         *both_spellings("no_deterministic"), default=True, group="run", help="allow non-deterministic kernels"
     )
@@ -406,8 +394,7 @@ def validate_config(config: RunConfig) -> None:
     """Cheap checks of flag values; each problem is one :class:`InputError` line naming the flag."""
     if not config.task:
         raise InputError("--task is required (tcga_brca, tcga_nsclc, tcga_rcc, demo, or a custom task)")
-    if config.data_root_dir is None:
-        raise InputError("--data_root_dir is required (the folder that holds <task>_<extractor>/ features)")
+    DataRootFlags(config.data_root_dir).required()
     checks = [
         (config.k >= 1, "--k must be >= 1"),
         (config.max_epochs >= 1, "--max_epochs must be >= 1"),

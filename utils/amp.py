@@ -11,7 +11,9 @@ import contextlib
 
 import torch
 
-AMP_CHOICES = ("off", "bf16", "fp16")
+from utils.cli_flags import AMP_MODES
+
+AMP_CHOICES = AMP_MODES  # declared with the --amp flag (utils.cli_flags)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -142,10 +142,16 @@ def with_flag_values(obj, values: dict[str, Any]):
     return dataclasses.replace(obj, **changes)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, groups: dict[str, str] | None = None) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser,
+    cls,
+    groups: dict[str, str] | None = None,
+    aliases: dict[str, tuple[str, ...]] | None = None,
+) -> None:
     """Add one argument per :func:`flag` field of ``cls`` to ``parser``.
 
     ``groups`` maps a field's ``group`` key to the title of an argument group (created on first use).
+    ``aliases`` maps a flag key to older option strings a CLI still accepts for it (README lists them).
     The flags of nested option dataclasses are added where the nesting field is declared; each
     argument's ``dest`` is the flag's key.
     """
@@ -174,7 +180,7 @@ def add_flags(parser: argparse.ArgumentParser, cls, groups: dict[str, str] | Non
             if meta["metavar"] is not None:
                 kwargs["metavar"] = meta["metavar"]
         kwargs["help"] = _help_text(f)
-        target.add_argument(*meta["flags"], **kwargs)
+        target.add_argument(*meta["flags"], *(aliases or {}).get(flag_key(f), ()), **kwargs)
 
 
 def _help_text(f: dataclasses.Field) -> str:
@@ -184,6 +190,23 @@ def _help_text(f: dataclasses.Field) -> str:
         shown = "none" if f.default is None else str(f.default)
     text = meta["help"]
     return f"{text} (default: {shown})" if shown else text
+
+
+def flag_from(cls, name: str, **changes: Any) -> Any:
+    """A field declared like ``cls``'s flag field ``name`` (same option strings, default and help), for a
+    dataclass that keeps the setting as its own field; ``changes`` replace metadata (``group``,
+    ``resumable``), never the spelling or the default."""
+    source = next(f for f in dataclasses.fields(cls) if f.name == name and "flags" in f.metadata)
+    bad = set(changes) - {"group", "resumable"}
+    if bad:
+        raise ValueError(f"flag_from may change only group and resumable, not {sorted(bad)}")
+    return dataclasses.field(default=source.default, metadata={**source.metadata, **changes})
+
+
+def read_flags(cls, namespace: argparse.Namespace):
+    """``cls`` (defaults) with the flags of ``cls`` given on the command line (parsed with :func:`add_flags`)."""
+    keys = set(flag_keys(cls))
+    return with_flag_values(cls(), {k: v for k, v in vars(namespace).items() if k in keys})
 
 
 def given_values(namespace: argparse.Namespace) -> dict[str, Any]:

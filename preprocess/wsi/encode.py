@@ -22,6 +22,7 @@ from PIL import Image
 from models.towers.base import ImageTower
 from preprocess.wsi.reader import SlideReader
 from preprocess.wsi.tiling import LevelChoice
+from utils.amp import autocast
 from utils.prefetch import prefetch
 
 
@@ -106,7 +107,7 @@ def encode_tiles(
     *,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
-    amp: bool = False,
+    amp: str = "off",
     workers: int = 2,
     progress: Callable[[int], object] | None = None,
 ) -> tuple[list[np.ndarray], StageTimes]:
@@ -118,7 +119,8 @@ def encode_tiles(
         tower: image tower (``preprocess``, ``encode_image``); used in eval mode, no gradients.
         batch_size: tiles per forward pass.
         device: where the tower runs (it must already be there).
-        amp: autocast (float16 on CUDA, bfloat16 on CPU); features are returned as float32.
+        amp: ``--amp`` mode (``off``, ``bf16``, ``fp16``: :func:`utils.amp.autocast`); features are
+            returned as float32.
         workers: background reader threads (0: read in the main thread, no overlap).
         progress: called with the number of tiles finished after each batch.
     """
@@ -132,7 +134,6 @@ def encode_tiles(
     load = _batch_loader(reader, jobs, tower.preprocess, batch_size, pin=device.type == "cuda")
     out = np.empty((len(jobs), dim), dtype=np.float32)
     times = StageTimes()
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     stream = prefetch(load, range(batches), depth=workers + 1, workers=workers)
     start = 0
     # closing(): on an error the pending reads are cancelled and the reader threads joined at once
@@ -144,7 +145,7 @@ def encode_tiles(
             except StopIteration:
                 break
             t1 = time.perf_counter()
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
+            with autocast(amp, device):
                 feats = tower.encode_image(images.to(device, non_blocking=True))
             out[start : start + len(images)] = feats.float().cpu().numpy()
             times.wait += t1 - t0

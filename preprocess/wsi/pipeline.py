@@ -31,6 +31,7 @@ from datasets.features import FeatureLayout, write_patch_file
 from datasets.fingerprint import content_record, json_digest
 from models.towers.base import ImageTower
 from preprocess.wsi.encode import StageTimes, TileGroup, encode_tiles
+from preprocess.wsi.options import TileFlags
 from preprocess.wsi.reader import SlideError, open_slide, read_downsampled
 from preprocess.wsi.sources import SlideSource
 from preprocess.wsi.tiling import TileGeometry, TilePlan, choose_level, plan_tiles, resolve_level0_mag
@@ -49,12 +50,12 @@ class ExtractOptions:
 
     extractor: str
     weights: str | None = None
-    level0_mag: float | None = None
-    min_tissue: float = 0.25
-    batch_size: int = 64
-    workers: int = 2
+    level0_mag: float | None = TileFlags.level0_mag
+    min_tissue: float = TileFlags.min_tissue
+    batch_size: int = TileFlags.batch_size
+    workers: int = TileFlags.workers
     device: str = "cpu"
-    amp: bool = False
+    amp: str = "off"  # --amp: off, bf16 or fp16 (utils.amp)
     thumbnails: bool = False
     backends: tuple[str, ...] | None = None
     overwrite: bool = False  # replace existing outputs made with another encoder (else: error for the slide)
@@ -179,35 +180,6 @@ def encoder_conflict(layout: FeatureLayout, slide_id: str, identity: dict) -> st
                 "replace it, or another --data-root or --task"
             )
     return None
-
-
-def add_tile_arguments(parser, scope: str = "") -> None:
-    """The tiling and encoding flags of every CLI that extracts features from raw slides (declared once).
-
-    ``scope`` prefixes the help texts (e.g. ``"raw slides: "`` where extraction is a side path).
-    """
-    parser.add_argument(
-        "--level0-mag", type=float, default=None, help=f"{scope}level-0 magnification of every slide"
-    )
-    parser.add_argument(
-        "--min-tissue", type=float, default=0.25, help=f"{scope}minimum tissue fraction of a kept tile"
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help=f"{scope}tiles per forward pass")
-    parser.add_argument(
-        "--workers", type=int, default=2, help=f"{scope}background tile-reader threads (0: inline)"
-    )
-
-
-def check_tile_arguments(args) -> None:
-    """One-line :class:`InputError` for a bad value of a flag from :func:`add_tile_arguments`."""
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise InputError(f"--workers must be 0 or more, got {args.workers}")
-    if not 0 < args.min_tissue <= 1:
-        raise InputError(f"--min-tissue must be in (0, 1], got {args.min_tissue}")
-    if args.level0_mag is not None and not args.level0_mag > 0:
-        raise InputError(f"--level0-mag must be positive, got {args.level0_mag}")
 
 
 def is_finished(layout: FeatureLayout, slide_id: str, options: ExtractOptions) -> bool:

@@ -61,7 +61,7 @@ def test_slide_worker_without_ray(workspace, tmp_path):
     missing = extract_features.SlideWorker(
         ExtractOptions(extractor=EXTRACTOR, weights=str(tmp_path / "none")), 1
     )
-    assert "--weights" in missing.ready() and "\n" not in missing.ready()
+    assert "--text_tower" in missing.ready() and "\n" not in missing.ready()
 
 
 def test_ray_extraction_equals_plain_and_reports_bad_slides(workspace, tmp_path, capsys):
