@@ -39,8 +39,8 @@ from utils.ray_cluster import error_line, import_ray, start_ray
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="extract_features.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--slides", required=True, help="folder of slide files (searched recursively) or a CSV"
     )
@@ -79,7 +79,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="number of workers (default: one per GPU of the cluster; without GPUs 1)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The flags, with the shared groups' defaults filled in for flags not given."""
+    args = build_parser().parse_args(argv)
     for group in (DataRootFlags, TowerFlags, TileFlags, DeviceFlags, AmpFlags):
         for key, value in vars(read_flags(group, args)).items():
             setattr(args, key, value)  # the group defaults for flags not given

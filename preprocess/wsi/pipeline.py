@@ -8,12 +8,12 @@ finished exactly when both exist). ``--thumbnails`` adds a PNG with the mask and
 (``<task>_<extractor>/thumbnails/<slide>.png``).
 
 Encoder identity: every output records which encoder made it (:func:`encoder_identity`: the
-extractor name, the ``--weights`` value, the tower kind, the image tower's class and embedding size,
+extractor name, the ``--text_tower`` value, the tower kind, the image tower's class and embedding size,
 and ``encoder_weights``, a digest of the content of the weight files, computed from the files without
 loading them again). Features of two encoders must never share a folder: an existing output of another
 encoder is an error for that slide unless ``ExtractOptions.overwrite``, and :func:`is_finished` given
 the run's options counts only outputs of the same encoder as finished (same ``encoder_weights``; for
-outputs written before it was recorded, the same extractor name and ``--weights`` value). Files that
+outputs written before it was recorded, the same extractor name and ``--text_tower`` value). Files that
 record no extractor at all (e.g. published features) cannot be judged and count as finished.
 """
 
@@ -154,7 +154,7 @@ def recorded_encoder(path: Path) -> dict | None:
 def same_encoder(recorded: dict, identity: dict) -> bool:
     """Whether an output with ``recorded`` attributes was made by the encoder ``identity`` names.
 
-    Compared by weight content when both name it, else by extractor name and ``--weights`` value;
+    Compared by weight content when both name it, else by extractor name and ``--text_tower`` value;
     an output recording no extractor at all cannot be judged and counts as the same."""
     if "extractor" not in recorded:
         return True
@@ -177,7 +177,7 @@ def encoder_conflict(layout: FeatureLayout, slide_id: str, identity: dict) -> st
             return (
                 f"{path} was made with another encoder ({_describe(recorded)}) than this run's "
                 f"({_describe(identity)}); features of two encoders must not be mixed: use --overwrite to "
-                "replace it, or another --data-root or --task"
+                "replace it, or another --data_root_dir or --task"
             )
     return None
 

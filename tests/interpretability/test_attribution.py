@@ -335,6 +335,26 @@ def test_explain_cli_writes_figures_and_json(mini_run, tmp_path):
     assert _snapshot(mini_run.parents[4]) == before  # inputs untouched, nothing written into the run
 
 
+def test_explain_takes_the_shared_flags_over_the_runs_values(mini_run, tmp_path, capsys):
+    """A run folder moved to another machine: --data_root_dir replaces the config's feature root."""
+    import shutil
+
+    import explain
+
+    run = tmp_path / "run"
+    shutil.copytree(mini_run, run)
+    features = shutil.copytree(mini_run.parents[4] / "features", tmp_path / "moved_features")
+    payload = json.loads((run / "config.json").read_text())
+    payload["config"]["data_root_dir"] = str(tmp_path / "gone")
+    (run / "config.json").write_text(json.dumps(payload))
+    argv = ["--checkpoint", str(run), "--slide", "slide_1", "--top", "2", "--device", "cpu", "--threads", "1"]
+    assert "gone" in _cli_error(capsys, [*argv, "--out", str(tmp_path / "a")])
+    assert explain.main([*argv, "--out", str(tmp_path / "b"), "--data_root_dir", str(features)]) == 0
+    assert explain.main(["--checkpoint", str(mini_run), "--slide", "slide_1", "--out", str(tmp_path / "c")]) == 0
+    moved, original = (json.loads((tmp_path / d / "explanation.json").read_text()) for d in ("b", "c"))
+    assert moved["logits_5x"] == original["logits_5x"]
+
+
 def _cli_error(capsys, argv) -> str:
     import explain
     from utils.errors import run_cli
