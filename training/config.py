@@ -34,7 +34,6 @@ from utils.device import resolve_device
 from utils.errors import InputError
 from utils.flags import (
     add_flags,
-    both_spellings,
     flag,
     flag_from,
     flag_keys,
@@ -43,6 +42,7 @@ from utils.flags import (
     resumable_keys,
     with_flag_values,
 )
+from utils.flags import both_spellings as _both  # a project-added flag with _ and - spellings
 from utils.magnification import magnification_arg, magnification_label, magnification_value
 from utils.paths import resolve_project_path
 
@@ -96,7 +96,9 @@ class RunConfig:
     )
     seed: int = flag("--seed", default=1, group="published", help="random seed, reset at every fold")
     k: int = flag("--k", default=5, group="published", resumable=True, help="number of folds")
-    k_start: int = flag("--k_start", default=-1, group="published", resumable=True, help="first fold (-1 = 0)")
+    k_start: int = flag(
+        "--k_start", default=-1, group="published", resumable=True, help="first fold (-1 = 0)"
+    )
     k_end: int = flag(
         "--k_end", default=-1, group="published", resumable=True, help="end fold, exclusive (-1 = k)"
     )
@@ -182,42 +184,42 @@ class RunConfig:
     # --- run control added by this project ---
     text_tower: str | None = flag_from(TowerFlags, "text_tower", group="run")
     skip_missing: bool = flag(
-        *both_spellings("skip_missing"), default=False, group="run", help="drop slides without features (warns)"
+        *_both("skip_missing"), default=False, group="run", help="drop slides without features (warns)"
     )
     cache_mb: float = flag(
-        *both_spellings("cache_mb"), default=2048.0, group="run", resumable=True, help="bag cache size in MB"
+        *_both("cache_mb"), default=2048.0, group="run", resumable=True, help="bag cache size in MB"
     )
-    splits_root: str = flag(*both_spellings("splits_root"), default="splits", group="run", help="split folder root")
-    csv_dir: str = flag(*both_spellings("csv_dir"), default="dataset_csv", group="run", help="dataset CSV folder")
-    prompt_dir: str = flag(*both_spellings("prompt_dir"), default="text_prompt", group="run", help="prompt folder")
+    splits_root: str = flag(*_both("splits_root"), default="splits", group="run", help="split folder root")
+    csv_dir: str = flag(*_both("csv_dir"), default="dataset_csv", group="run", help="dataset CSV folder")
+    prompt_dir: str = flag(*_both("prompt_dir"), default="text_prompt", group="run", help="prompt folder")
     patience: int = flag("--patience", default=10, group="run", help="early-stopping patience in epochs")
     stop_epoch: int = flag(
-        *both_spellings("stop_epoch"), default=0, group="run", help="early stop only at epochs past this one (0-based)"
+        *_both("stop_epoch"), default=0, group="run", help="early stop only at epochs past this one (0-based)"
     )
     es_metric: str = flag(
-        *both_spellings("es_metric"), default="error", choices=ES_METRICS, group="run",
+        *_both("es_metric"), default="error", choices=ES_METRICS, group="run",
         help="early stopping watches the validation error (released) or the validation loss (CE + lambda*HTCL)",
     )  # fmt: skip
     num_workers: int = flag(
-        *both_spellings("num_workers"), default=1, group="run", resumable=True, help="prefetch threads"
+        *_both("num_workers"), default=1, group="run", resumable=True, help="prefetch threads"
     )
     prefetch_depth: int = flag(
-        *both_spellings("prefetch_depth"), default=2, group="run", resumable=True, help="bags loaded ahead (0: off)"
+        *_both("prefetch_depth"), default=2, group="run", resumable=True, help="bags loaded ahead (0: off)"
     )
     max_slides: int | None = flag(
-        *both_spellings("max_slides"), default=None, type=int, group="run", help="debug: first N slides per split part"
+        *_both("max_slides"), default=None, type=int, group="run", help="debug: first N slides per split part"
     )
     amp: str = flag_from(AmpFlags, "amp", group="run")
     threads: int = flag_from(ThreadFlags, "threads", group="run", resumable=True)
     deterministic: bool = flag(
-        *both_spellings("no_deterministic"), default=True, group="run", help="allow non-deterministic kernels"
+        *_both("no_deterministic"), default=True, group="run", help="allow non-deterministic kernels"
     )
     allow_patient_overlap: bool = flag(
-        *both_spellings("allow_patient_overlap"), default=False, group="run",
+        *_both("allow_patient_overlap"), default=False, group="run",
         help="accept splits where one patient (case_id) has slides in two parts (patient-level leakage)",
     )  # fmt: skip
     max_orphan_frac: float = flag(
-        *both_spellings("max_orphan_frac"), default=DEFAULT_MAX_ORPHAN_FRAC, group="run",
+        *_both("max_orphan_frac"), default=DEFAULT_MAX_ORPHAN_FRAC, group="run",
         help="refuse slides where more than this fraction of 20x patches has no 5x parent "
         "(a wrong level0_mag); above 0.05 a warning",
     )  # fmt: skip
@@ -225,27 +227,31 @@ class RunConfig:
         "--overwrite", default=False, group="run", resumable=True, help="retrain every fold even if finished"
     )
     quiet: bool = flag(
-        "--quiet", default=False, group="run", resumable=True, help="no progress bars, only warnings and errors"
+        "--quiet",
+        default=False,
+        group="run",
+        resumable=True,
+        help="no progress bars, only warnings and errors",
     )
 
     # --- survival tasks (docs/survival.md) ---
     task_kind: str = flag(
-        *both_spellings("task_kind"), default="auto", choices=TASK_KINDS, group="survival",
+        *_both("task_kind"), default="auto", choices=TASK_KINDS, group="survival",
         help="auto: survival when the task's dataset CSV has a survival_months column, else classification",
     )  # fmt: skip
     surv_loss: str = flag(
-        *both_spellings("surv_loss"), default="nll", choices=SURVIVAL_LOSS_NAMES, group="survival",
+        *_both("surv_loss"), default="nll", choices=SURVIVAL_LOSS_NAMES, group="survival",
         help="discrete-time NLL (Zadeh & Schmid 2020) or Cox partial likelihood",
     )  # fmt: skip
     surv_alpha: float = flag(
-        *both_spellings("surv_alpha"), default=0.15, group="survival", help="NLL weight of the uncensored term"
+        *_both("surv_alpha"), default=0.15, group="survival", help="NLL weight of the uncensored term"
     )
     n_bins: int = flag(
-        *both_spellings("n_bins"), default=4, group="survival",
+        *_both("n_bins"), default=4, group="survival",
         help="survival bins, cut at quantiles of the uncensored times (4: quartiles)",
     )  # fmt: skip
     surv_batch: int = flag(
-        *both_spellings("surv_batch"), default=0, group="survival",
+        *_both("surv_batch"), default=0, group="survival",
         help="cases per optimiser step (0: 1 for nll, 16 for cox)",
     )  # fmt: skip
     hila: HiLaOptions = field(default_factory=HiLaOptions)  # HiLa flags (declared on HiLaOptions)

@@ -257,7 +257,10 @@ def expand_grid(grid: Grid) -> list[GridPoint]:
     points, seen = [], set()
     for combo in itertools.product(*(grid.axes[k] for k in keys)):
         values = dict(zip(keys, combo))
-        if "variants" in values and not model_info(values.get("models", _passthrough_model(grid.args))).variants:
+        if (
+            "variants" in values
+            and not model_info(values.get("models", _passthrough_model(grid.args))).variants
+        ):
             values["variants"] = grid.axes["variants"][0]  # the variant does not change this model
         key = tuple(values.items())
         if key in seen:

@@ -44,7 +44,9 @@ class DataRootFlags:
     def required(self) -> str:
         """The root, or one :class:`InputError` line when the flag was not given."""
         if self.data_root_dir is None:
-            raise InputError("--data_root_dir is required (the folder that holds <task>_<extractor>/ features)")
+            raise InputError(
+                "--data_root_dir is required (the folder that holds <task>_<extractor>/ features)"
+            )
         return self.data_root_dir
 
 

@@ -250,7 +250,12 @@ def cap_children(rows: torch.Tensor, valid: torch.Tensor, cap: int, seed: int = 
 
 
 @register_model(
-    "HiVE_MIL", text_tower=True, variants=True, patch_scores="class evidence", hierarchy=True, reference_loss="ce"
+    "HiVE_MIL",
+    text_tower=True,
+    variants=True,
+    patch_scores="class evidence",
+    hierarchy=True,
+    reference_loss="ce",
 )
 def build_hivemil(spec: ModelSpec) -> HiveMIL:
     """Registry builder: the spec's text tower and prompt file, with ``spec.hivemil`` options."""

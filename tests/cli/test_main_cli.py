@@ -11,8 +11,8 @@ import pytest
 import main as main_module
 from tests.toy_task import CLASSES, TASK, make_toy_data
 from training.config import RunConfig, build_parser, parse_config, validate_config
-from utils.flags import flag_keys
 from utils.errors import run_cli
+from utils.flags import flag_keys
 
 PUBLISHED = (
     "--seed 1 --drop_out --early_stopping --lr 1e-4 --k 5 --few_shot_num 16 --feature_extractor plip "

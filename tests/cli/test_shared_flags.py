@@ -11,7 +11,8 @@ import explain
 import extract_features
 import predict
 from preprocess.wsi.options import TileFlags
-from training.config import RunConfig, build_parser as main_parser
+from training.config import RunConfig
+from training.config import build_parser as main_parser
 from utils.cli_flags import AmpFlags, DataRootFlags, DeviceFlags, ThreadFlags, TowerFlags
 from utils.errors import InputError
 from utils.flags import all_flag_fields, flag_key, read_flags
@@ -47,7 +48,9 @@ def test_shared_groups_have_one_spelling(cli):
 def test_each_shared_setting_is_in_the_clis_that_have_it():
     have = {cli: set(_options(make())) for cli, make in PARSERS.items()}
     assert {"text_tower", "data_root_dir", "device", "amp", "threads"} <= have["main.py"]
-    assert {"text_tower", "data_root_dir", "device", "amp", "level0_mag", "batch_size"} <= have["extract_features.py"]
+    assert {"text_tower", "data_root_dir", "device", "amp", "level0_mag", "batch_size"} <= have[
+        "extract_features.py"
+    ]
     assert {"device", "threads", "level0_mag", "min_tissue", "batch_size", "workers"} <= have["predict.py"]
     assert {"device", "threads", "data_root_dir", "text_tower"} <= have["explain.py"]
 

@@ -350,7 +350,9 @@ def test_explain_takes_the_shared_flags_over_the_runs_values(mini_run, tmp_path,
     argv = ["--checkpoint", str(run), "--slide", "slide_1", "--top", "2", "--device", "cpu", "--threads", "1"]
     assert "gone" in _cli_error(capsys, [*argv, "--out", str(tmp_path / "a")])
     assert explain.main([*argv, "--out", str(tmp_path / "b"), "--data_root_dir", str(features)]) == 0
-    assert explain.main(["--checkpoint", str(mini_run), "--slide", "slide_1", "--out", str(tmp_path / "c")]) == 0
+    assert (
+        explain.main(["--checkpoint", str(mini_run), "--slide", "slide_1", "--out", str(tmp_path / "c")]) == 0
+    )
     moved, original = (json.loads((tmp_path / d / "explanation.json").read_text()) for d in ("b", "c"))
     assert moved["logits_5x"] == original["logits_5x"]
 

@@ -101,7 +101,10 @@ def test_old_flat_config_json_still_resumes(tmp_path):
     )
     # the run folder name is unchanged, and so is every key of config.json
     config = parse_config([*argv.split(), "--results_dir", "/old/results"])
-    assert str(config.run_dir) == "/old/results/tcga_brca/plip/16/tcga_brca_plip_HiVE_MIL_16_s1_corrected_text-encoding-released"
+    assert (
+        str(config.run_dir)
+        == "/old/results/tcga_brca/plip/16/tcga_brca_plip_HiVE_MIL_16_s1_corrected_text-encoding-released"
+    )
     assert config.to_dict() == json.loads(old.read_text())["config"]
     # resumes from another --results_dir (resumable) but not with another --num-context-tokens
     shutil.copy(old, tmp_path / CONFIG_FILE)
