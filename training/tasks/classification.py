@@ -366,7 +366,9 @@ class ClassificationTask:
     def fold_inputs(self, fold: int, tower: dict | None) -> dict:
         """What fold ``fold``'s results depend on besides the flags (:mod:`training.fingerprints`)."""
         prompt = (
-            self.data.task.prompt_file(self.config.LLM) if model_info(self.config.model_type).text_tower else None
+            self.data.task.prompt_file(self.config.LLM)
+            if model_info(self.config.model_type).text_tower
+            else None
         )
         return fold_inputs(self.data.fold_split(fold), self.data.csv_rows, self.data.layout, prompt, tower)
 
