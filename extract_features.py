@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature-extractor",
         required=True,
         help="plip, quiltnet, conch, an open_clip model name, or an image-only backbone: resnet50_trunc, uni, "
-        "phikon_v2 (from local --weights)",
+        "phikon_v2 (from local --text_tower weights)",
     )
     add_flags(parser, TowerFlags, aliases={"text_tower": ("--weights",)})
     add_flags(parser, TileFlags, {"tiling": "tiling and encoding"})

@@ -90,4 +90,4 @@ def test_missing_backbone_weights_is_one_line(workspace, tmp_path, capsys):
     code, _ = _run(workspace, tmp_path / "R", "uni", tmp_path / "absent.bin")
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "--weights" in err and "absent.bin" in err and "not found" in err
+    assert "--text_tower" in err and "absent.bin" in err and "not found" in err
