@@ -28,14 +28,46 @@ def _cuts(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Survival metrics (c-index, iAUC, log-rank, IBS) of per-case predictions.")
-    p.add_argument("predictions", help="a predictions CSV (fold, part, case_id, risk, survival_months, censorship) or a survival run folder")
-    p.add_argument("--part", choices=("val", "test"), default=None, help="the part to evaluate (default: test when present, else val)")
+    p = argparse.ArgumentParser(
+        description="Survival metrics (c-index, iAUC, log-rank, IBS) of per-case predictions."
+    )
+    p.add_argument(
+        "predictions",
+        help="a predictions CSV (fold, part, case_id, risk, survival_months, censorship) or a survival run folder",
+    )
+    p.add_argument(
+        "--part",
+        choices=("val", "test"),
+        default=None,
+        help="the part to evaluate (default: test when present, else val)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: the run folder, or the CSV's folder)")
-    p.add_argument("--bin_cuts", type=_cuts, default=None, help="bin cut points in months of the survival_<b> columns, comma-separated (a run folder's config.json holds them)")
-    p.add_argument("--censoring", choices=("train", "evaluated"), default="train", help="censoring weights of iAUC/IBS from each fold's train rows (default; a fold without them is an error) or from the evaluated cases themselves")
-    p.add_argument("--km_threshold", choices=("evaluated", "train"), default="evaluated", help="high risk = risk >= the median of the evaluated risks (default, the field's) or of the fold's training risks")
-    p.add_argument("--auc_percentiles", type=float, nargs=3, metavar=("LOW", "HIGH", "N"), default=(20.0, 81.0, 15), help="iAUC grid: np.percentile(evaluated times, np.linspace(LOW, HIGH, N)) (default 20 81 15)")
+    p.add_argument(
+        "--bin_cuts",
+        type=_cuts,
+        default=None,
+        help="bin cut points in months of the survival_<b> columns, comma-separated (a run folder's config.json holds them)",
+    )
+    p.add_argument(
+        "--censoring",
+        choices=("train", "evaluated"),
+        default="train",
+        help="censoring weights of iAUC/IBS from each fold's train rows (default; a fold without them is an error) or from the evaluated cases themselves",
+    )
+    p.add_argument(
+        "--km_threshold",
+        choices=("evaluated", "train"),
+        default="evaluated",
+        help="high risk = risk >= the median of the evaluated risks (default, the field's) or of the fold's training risks",
+    )
+    p.add_argument(
+        "--auc_percentiles",
+        type=float,
+        nargs=3,
+        metavar=("LOW", "HIGH", "N"),
+        default=(20.0, 81.0, 15),
+        help="iAUC grid: np.percentile(evaluated times, np.linspace(LOW, HIGH, N)) (default 20 81 15)",
+    )
     return p
 
 
@@ -44,13 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     source = Path(args.predictions)
     low, high, n = args.auc_percentiles
     if not (0 <= low <= high <= 100) or n < 1 or n != int(n):
-        raise InputError(f"--auc_percentiles {low:g} {high:g} {n:g}: need 0 <= LOW <= HIGH <= 100 and a whole N >= 1")
+        raise InputError(
+            f"--auc_percentiles {low:g} {high:g} {n:g}: need 0 <= LOW <= HIGH <= 100 and a whole N >= 1"
+        )
 
     from training.survival import evaluation as ev  # heavy imports after parsing
 
     if source.is_dir():
         if args.bin_cuts is not None:
-            raise InputError("--bin_cuts applies to a predictions CSV; a run folder's config.json holds its cuts")
+            raise InputError(
+                "--bin_cuts applies to a predictions CSV; a run folder's config.json holds its cuts"
+            )
         pred = ev.run_predictions(source)
         out = Path(args.out) if args.out else source
     else:
@@ -59,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     options = ev.EvaluationOptions(args.part, args.censoring, args.km_threshold, (low, high, int(n)))
     result = ev.evaluate_predictions(pred, options)
     metrics_path, km_path = out / ev.METRICS_FILE, out / ev.KM_FILE
-    ev.write_evaluation(result, metrics_path, km_path, f"{source.name}: {result.part} cases of folds {', '.join(map(str, result.folds))}")
+    ev.write_evaluation(
+        result,
+        metrics_path,
+        km_path,
+        f"{source.name}: {result.part} cases of folds {', '.join(map(str, result.folds))}",
+    )
     print(ev.format_metrics_table(result))
     print(f"wrote {metrics_path} and {km_path}")
     return 0

@@ -98,12 +98,19 @@ class SurvivalEvaluation:
 
 
 # ------------------------------------------------------------------------------------------ reading
+def _shown(value) -> str:
+    """A cell as an error line shows it: ``'text'``, or ``(empty)``."""
+    return "(empty)" if pd.isna(value) else repr(str(value))
+
+
 def _numbers(frame: pd.DataFrame, column: str, source: str, rows=None) -> pd.Series:
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = values.isna() & frame[column].notna() & (frame[column].astype(str).str.strip() != "")
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise InputError(f"{source}: data row {i + 1}: {column} {frame[column].iloc[i]!r} is not a number")
+        raise InputError(
+            f"{source}: data row {i + 1}: {column} {_shown(frame[column].iloc[i])} is not a number"
+        )
     return values
 
 
@@ -121,12 +128,16 @@ def check_predictions(frame: pd.DataFrame, source: str, cuts=None) -> Prediction
     bad = ~part.isin(PARTS)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise InputError(f"{source}: data row {i + 1}: part {frame['part'].iloc[i]!r} is not one of {', '.join(PARTS)}")
+        raise InputError(
+            f"{source}: data row {i + 1}: part {_shown(frame['part'].iloc[i])} is not one of {', '.join(PARTS)}"
+        )
     frame["part"] = part
     fold = _numbers(frame, "fold", source)
     if fold.isna().any() or (fold != np.round(fold)).any():
         i = int(np.flatnonzero((fold.isna() | (fold != np.round(fold))).to_numpy())[0])
-        raise InputError(f"{source}: data row {i + 1}: fold {frame['fold'].iloc[i]!r} is not an integer")
+        raise InputError(
+            f"{source}: data row {i + 1}: fold {_shown(frame['fold'].iloc[i])} is not an integer"
+        )
     frame["fold"] = fold.astype(int)
     case = frame["case_id"]
     if case.isna().any() or (case.astype(str).str.strip() == "").any():
@@ -138,7 +149,7 @@ def check_predictions(frame: pd.DataFrame, source: str, cuts=None) -> Prediction
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise InputError(
-            f"{source}: data row {i + 1}: survival_months {frame['survival_months'].iloc[i]!r} "
+            f"{source}: data row {i + 1}: survival_months {_shown(frame['survival_months'].iloc[i])} "
             "is not a finite number >= 0"
         )
     frame["survival_months"] = months.astype(np.float64)
@@ -147,7 +158,7 @@ def check_predictions(frame: pd.DataFrame, source: str, cuts=None) -> Prediction
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise InputError(
-            f"{source}: data row {i + 1}: censorship {frame['censorship'].iloc[i]!r} is not 0 or 1 "
+            f"{source}: data row {i + 1}: censorship {_shown(frame['censorship'].iloc[i])} is not 0 or 1 "
             "(1 = censored, 0 = event)"
         )
     frame["censorship"] = censor.astype(int)
@@ -156,12 +167,12 @@ def check_predictions(frame: pd.DataFrame, source: str, cuts=None) -> Prediction
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise InputError(
-            f"{source}: data row {i + 1}: risk {frame['risk'].iloc[i]!r} is not a finite number "
+            f"{source}: data row {i + 1}: risk {_shown(frame['risk'].iloc[i])} is not a finite number "
             f"({frame['part'].iloc[i]} rows need a risk; only train rows may leave it empty)"
         )
     if np.isinf(risk.to_numpy()).any():
         i = int(np.flatnonzero(np.isinf(risk.to_numpy()))[0])
-        raise InputError(f"{source}: data row {i + 1}: risk {frame['risk'].iloc[i]!r} is not finite")
+        raise InputError(f"{source}: data row {i + 1}: risk {_shown(frame['risk'].iloc[i])} is not finite")
     frame["risk"] = risk
     dup = frame.duplicated(["fold", "part", "case_id"])
     if dup.any():
@@ -190,14 +201,16 @@ def check_predictions(frame: pd.DataFrame, source: str, cuts=None) -> Prediction
 def _check_curves(frame: pd.DataFrame, source: str, cuts) -> tuple[float, ...] | None:
     """The bin cut points when the table has ``survival_<b>`` columns (checked), else None."""
     columns = sorted(
-        (c for c in frame.columns if c.startswith("survival_") and c[len("survival_"):].isdigit()),
-        key=lambda c: int(c[len("survival_"):]),
+        (c for c in frame.columns if c.startswith("survival_") and c[len("survival_") :].isdigit()),
+        key=lambda c: int(c[len("survival_") :]),
     )
     if not columns:
         return None
     want = [f"survival_{b}" for b in range(len(columns))]
     if columns != want:
-        raise InputError(f"{source}: survival columns must be survival_0..survival_{len(columns) - 1}, found {', '.join(columns)}")
+        raise InputError(
+            f"{source}: survival columns must be survival_0..survival_{len(columns) - 1}, found {', '.join(columns)}"
+        )
     if cuts is None:
         raise InputError(
             f"{source}: survival_0..survival_{len(columns) - 1} need the bin cut points in months "
@@ -216,7 +229,9 @@ def _check_curves(frame: pd.DataFrame, source: str, cuts) -> tuple[float, ...] |
         bad = evaluated & ~((values >= 0) & (values <= 1))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise InputError(f"{source}: data row {i + 1}: {c} {frame[c].iloc[i]!r} is not a probability in [0, 1]")
+            raise InputError(
+                f"{source}: data row {i + 1}: {c} {_shown(frame[c].iloc[i])} is not a probability in [0, 1]"
+            )
         frame[c] = values
     return cuts
 
@@ -247,8 +262,9 @@ def run_predictions(run_dir: Path, folds=None) -> Predictions:
         raise InputError(f"{config_path}: not a survival run (no survival.bin_cuts_months)")
     if folds is None:
         folds = sorted(
-            int(p.name[len("fold_"):]) for p in run_dir.glob("fold_*")
-            if p.name[len("fold_"):].isdigit() and (p / "metrics.json").is_file()
+            int(p.name[len("fold_") :])
+            for p in run_dir.glob("fold_*")
+            if p.name[len("fold_") :].isdigit() and (p / "metrics.json").is_file()
         )
     if not folds:
         raise InputError(f"{run_dir}: no finished fold (fold_<k>/metrics.json)")
@@ -332,14 +348,21 @@ def _group_metrics(
         model = integrated_brier(ref_months, ref_event, months, event, _curves(rows, pred), grid)
         km = kaplan_meier(ref_months, ref_event)
         null = integrated_brier(
-            ref_months, ref_event, months, event, lambda t: np.broadcast_to(km(t), (months.size, len(t))), grid
+            ref_months,
+            ref_event,
+            months,
+            event,
+            lambda t: np.broadcast_to(km(t), (months.size, len(t))),
+            grid,
         )
         values["ibs"], values["ibs_km"] = model.value, null.value
         notes.extend(n for n in (model.note, null.note.replace("ibs:", "ibs_km:")) if n)
     return values, notes, split
 
 
-def _reference(pred: Predictions, fold_rows: pd.DataFrame, evaluated: pd.DataFrame, fold, options) -> pd.DataFrame:
+def _reference(
+    pred: Predictions, fold_rows: pd.DataFrame, evaluated: pd.DataFrame, fold, options
+) -> pd.DataFrame:
     if options.censoring == "evaluated":
         return evaluated
     train = fold_rows[fold_rows["part"] == "train"]
@@ -377,7 +400,9 @@ def _summary_rows(per_fold: list[dict]) -> tuple[dict, dict]:
         mean[column], std[column] = float(values[ok].mean()), float(values[ok].std())
         if not ok.all():
             left = [str(r["fold"]) for r, k in zip(per_fold, ok) if not k]
-            mean_notes.append(f"{column}: over {int(ok.sum())} of {len(per_fold)} folds (undefined in fold {', '.join(left)})")
+            mean_notes.append(
+                f"{column}: over {int(ok.sum())} of {len(per_fold)} folds (undefined in fold {', '.join(left)})"
+            )
     mean["note"] = std["note"] = "; ".join(mean_notes)
     return mean, std
 
@@ -388,7 +413,9 @@ def evaluate_predictions(pred: Predictions, options: EvaluationOptions | None = 
     if options.censoring not in CENSORING_CHOICES:
         raise InputError(f"censoring {options.censoring!r}: choose one of {', '.join(CENSORING_CHOICES)}")
     if options.km_threshold not in KM_THRESHOLD_CHOICES:
-        raise InputError(f"km threshold {options.km_threshold!r}: choose one of {', '.join(KM_THRESHOLD_CHOICES)}")
+        raise InputError(
+            f"km threshold {options.km_threshold!r}: choose one of {', '.join(KM_THRESHOLD_CHOICES)}"
+        )
     part = options.part or pred.default_part()
     frame = pred.frame
     evaluated_all = frame[frame["part"] == part]
@@ -414,7 +441,9 @@ def evaluate_predictions(pred: Predictions, options: EvaluationOptions | None = 
         thresholds.append(np.full(evaluated.shape[0], threshold if threshold is not None else np.nan))
     mean, std = _summary_rows(per_fold)
 
-    pooled_rows = pd.concat([frame[(frame["fold"] == f) & (frame["part"] == part)] for f in folds], ignore_index=True)
+    pooled_rows = pd.concat(
+        [frame[(frame["fold"] == f) & (frame["part"] == part)] for f in folds], ignore_index=True
+    )
     if options.censoring == "evaluated":
         pooled_ref = pooled_rows
     else:
@@ -430,7 +459,8 @@ def evaluate_predictions(pred: Predictions, options: EvaluationOptions | None = 
     pooled = {"fold": "pooled", **values, "note": "; ".join(notes)}
     table = pd.DataFrame([*per_fold, mean, std, pooled], columns=list(TABLE_COLUMNS)).astype(object)
     for column in ("n_cases", "n_events"):  # counts as integers, their mean and std as numbers
-        table[column] = [v if r in ("mean", "std") else int(v) for r, v in zip(table["fold"], table[column])]
+        values = [v if r in ("mean", "std") else int(v) for r, v in zip(table["fold"], table[column])]
+        table[column] = pd.Series(values, index=table.index, dtype=object)
     return SurvivalEvaluation(table, part, pooled_rows, split, folds)
 
 
@@ -456,12 +486,16 @@ def format_metrics_table(evaluation: SurvivalEvaluation) -> str:
         cells = []
         for c in TABLE_COLUMNS[1:-1]:
             v = r[c]
-            cells.append(f"{'nan' if math.isnan(v) else (f'{v:.4g}' if c not in ('n_cases', 'n_events') or r['fold'] in ('mean', 'std') else str(int(v))):>10}")
+            cells.append(
+                f"{'nan' if math.isnan(v) else (f'{v:.4g}' if c not in ('n_cases', 'n_events') or r['fold'] in ('mean', 'std') else str(int(v))):>10}"
+            )
         lines.append(f"{r['fold']:>7} " + " ".join(cells))
     for _, r in table.iterrows():
         if r["note"]:
             lines.append(f"note {r['fold']}: {r['note']}")
     hr, low, high = evaluation.split.hazard_ratio
     if not math.isnan(hr):
-        lines.append(f"pooled {evaluation.part} cases, risk >= threshold vs below: HR {hr:.3g} (95% CI {low:.3g}-{high:.3g})")
+        lines.append(
+            f"pooled {evaluation.part} cases, risk >= threshold vs below: HR {hr:.3g} (95% CI {low:.3g}-{high:.3g})"
+        )
     return "\n".join(lines)

@@ -106,7 +106,9 @@ def hazard_ratio(months, event, high) -> tuple[float, float, float]:
 
     from lifelines import CoxPHFitter
 
-    frame = pd.DataFrame({"T": months, "E": np.asarray(event, dtype=int), "high": np.asarray(high, dtype=int)})
+    frame = pd.DataFrame(
+        {"T": months, "E": np.asarray(event, dtype=int), "high": np.asarray(high, dtype=int)}
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

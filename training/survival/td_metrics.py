@@ -27,7 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-AUC_PERCENTILES = (20.0, 81.0, 15)  # np.percentile(times, np.linspace(20, 81, 15)): the MCAT-lineage iAUC grid
+AUC_PERCENTILES = (
+    20.0,
+    81.0,
+    15,
+)  # np.percentile(times, np.linspace(20, 81, 15)): the MCAT-lineage iAUC grid
 
 
 @dataclass(frozen=True)
@@ -141,9 +145,7 @@ class TimeMetric:
     note: str = ""
 
 
-def cumulative_dynamic_auc(
-    ref_months, ref_event, months, event, risk, grid
-) -> TimeMetric:
+def cumulative_dynamic_auc(ref_months, ref_event, months, event, risk, grid) -> TimeMetric:
     """Cumulative/dynamic AUC of ``risk`` (higher = earlier) over ``grid`` and its ``mean_auc``
     (module docstring); censoring weights from the reference cases ``ref_*``."""
     months, event = np.asarray(months, dtype=np.float64), np.asarray(event, dtype=bool)
