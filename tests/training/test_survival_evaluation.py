@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from lifelines.statistics import logrank_test
 from lifelines.utils import concordance_index as lifelines_cindex
-from sksurv.metrics import concordance_index_censored, cumulative_dynamic_auc as sksurv_auc
-from sksurv.metrics import integrated_brier_score
+from sksurv.metrics import concordance_index_censored, integrated_brier_score
+from sksurv.metrics import cumulative_dynamic_auc as sksurv_auc
 from sksurv.util import Surv
 
 from training.survival.evaluation import (
