@@ -46,7 +46,7 @@ from training.survival.td_metrics import (
     kaplan_meier,
 )
 from utils.atomic_io import atomic_path
-from utils.errors import InputError, listed
+from utils.errors import InputError, listed, one_line
 
 REQUIRED_COLUMNS = ("fold", "part", "case_id", "risk", "survival_months", "censorship")
 PARTS = ("train", "val", "test")
@@ -244,7 +244,7 @@ def read_predictions(path: Path, cuts=None) -> Predictions:
     try:
         frame = pd.read_csv(path, dtype={"case_id": str}, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a readable CSV ({' '.join(str(err).split())[:150]})") from None
+        raise InputError(f"{path}: not a readable CSV ({one_line(err, 150)})") from None
     return check_predictions(frame, str(path), cuts)
 
 
@@ -274,7 +274,10 @@ def run_predictions(run_dir: Path, folds=None) -> Predictions:
             path = run_dir / f"fold_{fold}" / f"predictions_{part}.csv"
             if not path.is_file():
                 continue
-            part_frame = pd.read_csv(path, dtype={"case_id": str})
+            try:
+                part_frame = pd.read_csv(path, dtype={"case_id": str})
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+                raise InputError(f"{path}: not a readable CSV ({one_line(err, 150)})") from None
             part_frame.insert(0, "part", part)
             part_frame.insert(0, "fold", fold)
             frames.append(part_frame)
@@ -356,7 +359,10 @@ def _group_metrics(
             grid,
         )
         values["ibs"], values["ibs_km"] = model.value, null.value
-        notes.extend(n for n in (model.note, null.note.replace("ibs:", "ibs_km:")) if n)
+        if model.note and model.note == null.note:
+            notes.append(model.note.replace("ibs:", "ibs, ibs_km:", 1))
+        else:
+            notes.extend(n for n in (model.note, null.note.replace("ibs:", "ibs_km:", 1)) if n)
     return values, notes, split
 
 
