@@ -130,12 +130,12 @@ def test_cox_loss_runs(toy):
     assert len(rows) == 1 and 0.0 <= rows[0]["test_cindex"] <= 1.0
     run_dir = task_for(config).run_dir(config)
     assert (run_dir / "results_partial_0_0.csv").is_file() and (run_dir / "km_test_partial_0_0.png").is_file()
-    assert list(pd.read_csv(run_dir / "survival_metrics_partial_0_0.csv")["fold"]) == [
-        "0",
-        "mean",
-        "std",
-        "pooled",
-    ]
+    table = pd.read_csv(run_dir / "survival_metrics_partial_0_0.csv", dtype=str, keep_default_na=False)
+    assert list(table["fold"]) == ["0", "mean", "std", "pooled"]
+    assert (
+        table["ibs"][0] == "nan"
+        and "Cox run: its per-bin curves are not survival estimates" in table["note"][0]
+    )
 
 
 # ------------------------------------------------------------------------------------------- errors

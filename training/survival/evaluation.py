@@ -284,6 +284,13 @@ def run_predictions(run_dir: Path, folds=None) -> Predictions:
     if not frames:
         raise InputError(f"{run_dir}: no fold_<k>/predictions_*.csv")
     frame = pd.concat(frames, ignore_index=True)
+    if survival.get("loss") == "cox":  # the curves of a Cox run carry no time scale (docs/survival.md §5.2)
+        frame = frame.drop(columns=[c for c in frame.columns if c.removeprefix("survival_").isdigit()])
+        pred = check_predictions(frame, str(run_dir))
+        pred.no_curves = (
+            "Cox run: its per-bin curves are not survival estimates (the loss fixes only the ranking)"
+        )
+        return pred
     return check_predictions(frame, str(run_dir), survival["bin_cuts_months"])
 
 
