@@ -13,8 +13,9 @@ reported, and on every grid where scikit-survival gives a number the value is th
   time; an event's weight is 1 / G(t_i).
 * Cumulative/dynamic AUC at t: cases are evaluated events with t_i <= t, weighted 1 / G(t_i); controls
   are evaluated cases with t_j > t (weight 1); a (case, control) pair counts 1 when r_i > r_j and 1/2
-  when the risks tie. Its mean over the grid is scikit-survival's ``mean_auc``: the AUCs weighted by the
-  drops of the evaluated cases' Kaplan-Meier curve at the grid times, divided by 1 - S(t_last).
+  when the risks tie (within :data:`TIED_TOL`, as the c-index). Its mean over the grid is
+  scikit-survival's ``mean_auc``: the AUCs weighted by the drops of the evaluated cases' Kaplan-Meier
+  curve at the grid times, divided by 1 - S(t_last).
 * Brier score at t: mean over the evaluated cases of S_i(t)^2 / G(t_i) for events at or before t and
   (1 - S_i(t))^2 / G(t) for cases still followed after t (censored cases before t count 0); the IBS is
   its trapezoidal integral over the grid divided by the grid's span.
@@ -27,11 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-AUC_PERCENTILES = (
-    20.0,
-    81.0,
-    15,
-)  # np.percentile(times, np.linspace(20, 81, 15)): the MCAT-lineage iAUC grid
+# The MCAT-lineage iAUC grid: np.percentile(times, np.linspace(20, 81, 15)).
+AUC_PERCENTILES = (20.0, 81.0, 15)
+TIED_TOL = 1e-8  # risks this close count as tied (scikit-survival's tied_tol, as in the c-index)
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,9 @@ def cumulative_dynamic_auc(ref_months, ref_event, months, event, risk, grid) -> 
     times = cut.times
     with np.errstate(invalid="ignore", divide="ignore"):
         weight = np.where(event, 1.0 / G(months), 0.0)
-    beats = (risk[:, None] > risk[None, :]) + 0.5 * (risk[:, None] == risk[None, :])  # [case, control]
+    diff = risk[:, None] - risk[None, :]  # [case, control]
+    tied = np.abs(diff) <= TIED_TOL
+    beats = ((diff > 0) & ~tied) + 0.5 * tied
     aucs = np.full(times.size, np.nan)
     for k, t in enumerate(times):
         case = event & (months <= t)
