@@ -6,7 +6,8 @@ and model (:func:`seeded_model`), the task's loss, an optimiser over the model's
 training-free model is evaluated as it is), :func:`training.loop.fit` with the task's epoch and
 validation every epoch, early stopping, best state restored, checkpoint with its identity, test
 evaluation, the fold's row (``test_*`` / ``val_*`` metrics and losses, ``best_epoch``, ``epochs_run``;
-``final/*`` scalars), val/test predictions, the fold's input record, and the row last (marking the
+``final/*`` scalars), the predictions of the task's parts (val and test; survival also train, with the
+restored model), the fold's input record, and the row last (marking the
 fold finished). What differs between kinds comes from ``run.task`` (:mod:`training.tasks`).
 """
 
@@ -129,8 +130,11 @@ def run_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | 
                 scalars.add(f"final/{name}", value, fitted.best_epoch)
     finally:
         scalars.close()
-    task.write_predictions(res.predictions_path(run_dir, fold, "val"), val)
-    task.write_predictions(res.predictions_path(run_dir, fold, "test"), test)
+    predicted = {"val": val, "test": test}
+    if "train" in task.prediction_parts:  # the restored model on its own training cases (survival)
+        predicted["train"] = run_eval(idx.train, "train")
+    for part in task.prediction_parts:
+        task.write_predictions(res.predictions_path(run_dir, fold, part), predicted[part])
     write_fold_inputs(res.fold_inputs_path(run_dir, fold), inputs)
     res.write_fold_row(run_dir, fold, row)  # last: marks the fold finished
     log.info(f"fold {fold}: best epoch {fitted.best_epoch} of {fitted.epochs_run}; {task.test_summary(row)}")

@@ -70,14 +70,17 @@ def write_fold_row(run_dir: Path, fold: int, row: dict) -> None:
 
 
 def finished_fold_row(
-    run_dir: Path, fold: int, metric_columns: tuple[str, ...] = METRIC_COLUMNS
+    run_dir: Path,
+    fold: int,
+    metric_columns: tuple[str, ...] = METRIC_COLUMNS,
+    parts: tuple[str, ...] = ("val", "test"),
 ) -> dict | None:
-    """Fold k's stored row when all its outputs exist (metrics, both prediction files, checkpoint) and the
-    row holds every column of ``metric_columns`` (the task kind's; classification by default)."""
+    """Fold k's stored row when all its outputs exist (metrics, the prediction files of ``parts``,
+    checkpoint) and the row holds every column of ``metric_columns`` (the task kind's; classification by
+    default)."""
     needed = [
         fold_row_path(run_dir, fold),
-        predictions_path(run_dir, fold, "val"),
-        predictions_path(run_dir, fold, "test"),
+        *(predictions_path(run_dir, fold, part) for part in parts),
         checkpoint_path(run_dir, fold),
     ]
     if not all(p.is_file() for p in needed):

@@ -79,6 +79,24 @@ def test_case_with_two_slides_is_one_bag(toy):
     assert inputs["labels"]["n_bins"] == 4 and "slide_00_1" in inputs["csv_rows"]
 
 
+def test_run_writes_the_field_metrics_through_the_evaluation_tool(toy, tmp_path):
+    import evaluate_survival
+
+    run_dir = toy["run_dir"]
+    for fold, split in enumerate(toy["splits"]):
+        train = pd.read_csv(run_dir / f"fold_{fold}" / "predictions_train.csv")
+        assert sorted(train["case_id"]) == sorted(split.train) and train["risk"].notna().all()
+    table = pd.read_csv(run_dir / "survival_metrics.csv", dtype=str, keep_default_na=False)
+    assert list(table["fold"]) == ["0", "1", "2", "mean", "std", "pooled"]
+    assert "" not in table.drop(columns="note").to_numpy()  # undefined is nan with a note, never blank
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert table["c_index"][:3].astype(float).to_numpy() == pytest.approx(summary["test_cindex"].to_numpy())
+    assert "pooled" in (run_dir / "log.txt").read_text()
+    # the same code from the command line on the run folder gives the same file
+    assert evaluate_survival.main([str(run_dir), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "survival_metrics.csv").read_text() == (run_dir / "survival_metrics.csv").read_text()
+
+
 def test_rerun_reuses_folds_and_a_changed_time_retrains(toy, monkeypatch):
     config = _config(toy, toy["tmp"] / "results")
     before = (toy["run_dir"] / "results.csv").read_bytes()
@@ -112,6 +130,12 @@ def test_cox_loss_runs(toy):
     assert len(rows) == 1 and 0.0 <= rows[0]["test_cindex"] <= 1.0
     run_dir = task_for(config).run_dir(config)
     assert (run_dir / "results_partial_0_0.csv").is_file() and (run_dir / "km_test_partial_0_0.png").is_file()
+    table = pd.read_csv(run_dir / "survival_metrics_partial_0_0.csv", dtype=str, keep_default_na=False)
+    assert list(table["fold"]) == ["0", "mean", "std", "pooled"]
+    assert (
+        table["ibs"][0] == "nan"
+        and "Cox run: its per-bin curves are not survival estimates" in table["note"][0]
+    )
 
 
 # ------------------------------------------------------------------------------------------- errors

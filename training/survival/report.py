@@ -61,50 +61,96 @@ def format_survival_table(
 
 @dataclass
 class KMSplit:
-    """Test cases split at the median predicted risk, and the log-rank test between the groups."""
+    """Cases split into a high- and a low-risk group, the log-rank test and the hazard ratio between them."""
 
-    threshold: float
-    high: np.ndarray  # bool [n], risk above the median
-    p_value: float  # NaN when one group is empty
+    threshold: float  # the median of the evaluated risks, or per case (training medians), see km_split
+    high: np.ndarray  # bool [n]: risk >= threshold
+    p_value: float  # NaN when undefined (see reason)
+    reason: str = ""  # why p_value is undefined ("" when defined)
+    hazard_ratio: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # HR high vs low, 95% CI
 
 
-def km_split(risk, months, censorship) -> KMSplit:
-    """High risk = risk strictly above the median of ``risk``; log-rank p-value (lifelines) between groups."""
+def km_split(risk, months, censorship, threshold=None) -> KMSplit:
+    """High risk = ``risk >= threshold`` (default: the median of ``risk``; an array gives each case its own
+    threshold); log-rank p-value (lifelines ``logrank_test``) and hazard ratio (:func:`hazard_ratio`).
+
+    ``>=`` as the field (MCAT, Patch-GCN): the high group is never empty; the low group is empty only
+    when every risk ties at the top, and then p is undefined with that reason.
+    """
     from lifelines.statistics import logrank_test
 
     risk = np.asarray(risk, dtype=np.float64)
     months = np.asarray(months, dtype=np.float64)
     event = np.asarray(censorship).astype(int) == 0
-    threshold = float(np.median(risk)) if risk.size else math.nan
-    high = risk > threshold
-    p_value = math.nan
-    if high.any() and (~high).any():
+    if threshold is None:
+        threshold = float(np.median(risk)) if risk.size else math.nan
+    high = risk >= np.asarray(threshold, dtype=np.float64)
+    p_value, reason = math.nan, ""
+    if not (high.any() and (~high).any()):
+        reason = "one risk group is empty (all risks at or above the threshold)" if high.any() else "no cases"
+    elif not event.any():
+        reason = "no events"
+    else:
         test = logrank_test(
             months[high], months[~high], event_observed_A=event[high], event_observed_B=event[~high]
         )
         p_value = float(test.p_value)
-    return KMSplit(threshold, high, p_value)
+    ratio = hazard_ratio(months, event, high) if not reason else (math.nan, math.nan, math.nan)
+    return KMSplit(threshold, high, p_value, reason, ratio)
+
+
+def hazard_ratio(months, event, high) -> tuple[float, float, float]:
+    """Hazard ratio of the high- against the low-risk group with its 95 % CI: a Cox model (lifelines
+    ``CoxPHFitter``, Efron ties) on the group indicator; NaNs when the fit fails (e.g. no event in a group)."""
+    import warnings
+
+    from lifelines import CoxPHFitter
+
+    frame = pd.DataFrame(
+        {"T": months, "E": np.asarray(event, dtype=int), "high": np.asarray(high, dtype=int)}
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitter = CoxPHFitter().fit(frame, duration_col="T", event_col="E")
+        summary = fitter.summary.loc["high"]
+        values = (summary["exp(coef)"], summary["exp(coef) lower 95%"], summary["exp(coef) upper 95%"])
+    except Exception:  # noqa: BLE001 -- lifelines raises several types (convergence, singular matrix)
+        return (math.nan, math.nan, math.nan)
+    values = tuple(float(v) for v in values)
+    return values if all(np.isfinite(values)) else (math.nan, math.nan, math.nan)
+
+
+def _hr_text(split: KMSplit) -> str:
+    hr, low, high = split.hazard_ratio
+    return "n/a" if math.isnan(hr) else f"{hr:.2f} (95% CI {low:.2f}-{high:.2f})"
 
 
 def plot_kaplan_meier(path: Path, months, censorship, split: KMSplit, title: str) -> None:
-    """Kaplan-Meier curves (lifelines) of the low- and high-risk groups, with the log-rank p-value, as PNG."""
+    """Kaplan-Meier curves (lifelines) of the low- and high-risk groups with 95 % bands, censoring ticks,
+    a number-at-risk table, the log-rank p-value and the hazard ratio with its 95 % CI, as PNG."""
     from lifelines import KaplanMeierFitter
+    from lifelines.plotting import add_at_risk_counts
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     months = np.asarray(months, dtype=np.float64)
     event = np.asarray(censorship).astype(int) == 0
-    fig = Figure(figsize=(6, 4.5))
+    fig = Figure(figsize=(7, 6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    fitters = []
     for name, mask, colour in (("low risk", ~split.high, "tab:blue"), ("high risk", split.high, "tab:red")):
         if not mask.any():
             continue
         fitter = KaplanMeierFitter(label=f"{name} (n={int(mask.sum())})")
         fitter.fit(months[mask], event_observed=event[mask])
         fitter.plot_survival_function(ax=ax, ci_show=True, show_censors=True, color=colour)
-    p_text = "n/a" if math.isnan(split.p_value) else f"{split.p_value:.3g}"
-    ax.set_title(f"{title}\nlog-rank p = {p_text}", fontsize=10)
+        fitters.append(fitter)
+    if fitters:
+        add_at_risk_counts(*fitters, ax=ax, fig=fig, rows_to_show=["At risk"])
+    p_text = f"n/a ({split.reason})" if math.isnan(split.p_value) else f"{split.p_value:.3g}"
+    ax.set_title(f"{title}\nlog-rank p = {p_text}; HR high vs low = {_hr_text(split)}", fontsize=9)
     ax.set_xlabel("months")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.05)

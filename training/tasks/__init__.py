@@ -35,6 +35,7 @@ class Task(Protocol):
     name: str
     metric_columns: tuple[str, ...]  # columns a finished fold's row must hold
     items: str  # what the dataset holds, for the log: "slides" or "cases"
+    prediction_parts: tuple[str, ...]  # parts a fold writes predictions_<part>.csv of
     watched: dict[str, str]  # --es-metric -> what the early-stop line says did not improve
     nan_is_worst: bool  # a NaN monitored value counts as +inf (never beats a defined one)
     config: RunConfig

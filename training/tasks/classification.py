@@ -324,6 +324,7 @@ class ClassificationTask:
     name = "classification"
     metric_columns = res.METRIC_COLUMNS
     items = "slides"
+    prediction_parts = ("val", "test")
     watched = {"error": "validation-error", "loss": "validation-loss"}
     nan_is_worst = False
 

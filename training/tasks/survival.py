@@ -19,8 +19,11 @@ classification counterpart is :mod:`training.tasks.classification`.
   cases' survival bins; ``--weighted_sample`` balances the bins). Early stopping watches 1 - c-index
   (``--es-metric error``; an undefined c-index never improves) or the validation loss. Per-case
   prediction files (:mod:`training.survival.report`).
+* A fold also writes its training cases' predictions (``predictions_train.csv``: censoring weights and a
+  training-data KM threshold for the evaluation).
 * :meth:`SurvivalTask.finish` writes ``summary.csv`` / ``results.csv`` (mean and population std of the
-  c-index and IBS) and ``km_test.png`` from the test predictions of all folds.
+  c-index and IBS), and through :mod:`training.survival.evaluation` (as ``evaluate_survival.py``)
+  ``survival_metrics.csv`` and ``km_test.png`` from the prediction files of all folds.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -60,13 +62,18 @@ from training.config import RunConfig
 from training.fingerprints import fold_inputs
 from training.loop import LoopOptions
 from training.run_checks import check_every_slide, check_feature_dim, feature_layout, limit_split
+from training.survival.evaluation import (
+    METRICS_FILE,
+    evaluate_predictions,
+    format_metrics_table,
+    run_predictions,
+    write_evaluation,
+)
 from training.survival.losses import SurvivalTargets, build_survival_loss, cases_per_step, make_targets
 from training.survival.metrics import concordance_index, survival_metrics
 from training.survival.report import (
     SURVIVAL_METRIC_COLUMNS,
     format_survival_table,
-    km_split,
-    plot_kaplan_meier,
     write_survival_predictions,
 )
 from utils.amp import autocast, grad_scaler
@@ -416,6 +423,7 @@ class SurvivalTask:
     name = "survival"
     metric_columns = SURVIVAL_METRIC_COLUMNS
     items = "cases"
+    prediction_parts = ("train", "val", "test")  # training risks: censoring weights, KM threshold (§6.5)
     watched = {"error": "validation 1 - c-index", "loss": "validation loss"}
     nan_is_worst = True  # an undefined c-index never improves (docs/survival.md §7.2)
 
@@ -524,25 +532,25 @@ class SurvivalTask:
             run_dir, rows, config.fold_range, config.k, metric_columns=SURVIVAL_METRIC_COLUMNS
         )
         summary, results = res.summary_frames(rows, SURVIVAL_METRIC_COLUMNS)
-        pooled = pd.concat(
-            [pd.read_csv(res.predictions_path(run_dir, int(r["fold"]), "test")) for r in rows],
-            ignore_index=True,
+        folds = [int(r["fold"]) for r in rows]
+        evaluation = evaluate_predictions(run_predictions(run_dir, folds))
+        full = results_path.name == "results.csv"
+        metrics_path = results_path.with_name(
+            METRICS_FILE if full else results_path.stem.replace("results", "survival_metrics") + ".csv"
         )
-        split = km_split(pooled["risk"], pooled["survival_months"], pooled["censorship"])
-        km_name = (
-            "km_test.png"
-            if results_path.name == "results.csv"
-            else results_path.stem.replace("results", "km_test") + ".png"
+        km_path = results_path.with_name(
+            "km_test.png" if full else results_path.stem.replace("results", "km_test") + ".png"
         )
-        km_path = results_path.with_name(km_name)
-        plot_kaplan_meier(
+        write_evaluation(
+            evaluation,
+            metrics_path,
             km_path,
-            pooled["survival_months"],
-            pooled["censorship"],
-            split,
-            f"{config.task} {config.model_type}: test cases of folds {', '.join(str(int(r['fold'])) for r in rows)}",
+            f"{config.task} {config.model_type}: {evaluation.part} cases of folds {', '.join(map(str, folds))}",
         )
         log.info("")
-        log.info(format_survival_table(summary, results, split.p_value))
-        log.info(f"results: {results_path}  (Kaplan-Meier: {km_path.name})")
+        log.info(format_survival_table(summary, results, evaluation.split.p_value))
+        log.info(format_metrics_table(evaluation))
+        log.info(
+            f"results: {results_path}  (field's metrics: {metrics_path.name}; Kaplan-Meier: {km_path.name})"
+        )
         return results_path
