@@ -187,6 +187,11 @@ class RunConfig:
         "--attention-chunk", default=0, group="hivemil",
         help="dense hierarchical attention in query chunks of this size, recomputed in backward (0 = one block)",
     )  # fmt: skip
+    exact_order: bool = flag(
+        "--exact-order", default=False, group="hivemil",
+        help="GNN in the released code's op order: its logits bit for bit, slower on large slides "
+        "(docs/divergences.md §15)",
+    )  # fmt: skip
 
     # --- HiVE-MIL variant and per-behaviour switches (None = the variant's value) ---
     variant: str = flag(
@@ -378,6 +383,7 @@ class RunConfig:
             high_mag=magnification_value(self.high_mag),
             max_children=self.max_children,
             attention_chunk=self.attention_chunk,
+            exact_order=self.exact_order,
             switches=self.switches(),
         )
 

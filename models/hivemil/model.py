@@ -123,6 +123,7 @@ class HiveMIL(FrozenTowerClassifier):
             dense_attention=sw.hier_attention == "dense",
             double_residual=sw.attn_residual == "double",
             attention_chunk=options.attention_chunk,
+            exact_order=options.exact_order,
         )
         self.prompt_learner = PromptLearner(
             tower,

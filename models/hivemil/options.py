@@ -89,6 +89,7 @@ class HiveMILOptions:
     topk_low: int = 2
     max_children: int = 0  # >0: use at most this many 20x children per kept 5x patch (seeded subset)
     attention_chunk: int = 0  # >0: dense attention over query chunks of this size, recomputed in backward
+    exact_order: bool = False  # GNN in the released op order: bit-identical logits, slower on big slides
     switches: VariantSwitches = VariantSwitches()
 
     @property
