@@ -52,8 +52,9 @@ RESUME_INDEPENDENT = frozenset(
     }
 )
 
-# Models whose results depend on --variant and the switches (their run folders carry the variant tag).
-VARIANT_MODELS = frozenset({"HiVE_MIL"})
+# Models whose results depend on --variant and the switches (their run folders carry the variant tag);
+# MIL_fc: its initial weights (docs/divergences.md §16).
+VARIANT_MODELS = frozenset({"HiVE_MIL", "MIL_fc", "MIL_fc_5x", "mil_fc"})
 
 TESTING_MAX_SLIDES = 8  # ``--testing`` (published "debugging tool"): at most this many slides per split part
 
@@ -404,6 +405,7 @@ class RunConfig:
             prototype_number=self.prototype_number,
             hivemil=self.hivemil_options(),
             hila=self.hila_options(),
+            variant=self.variant,
         )
 
     def resolve_path(self, value: str | None) -> Path | None:
