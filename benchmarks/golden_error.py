@@ -31,7 +31,6 @@ import torch.nn.functional as F  # noqa: E402
 
 from models.hivemil.gnn import HierHeteroGNN  # noqa: E402
 from models.hivemil.graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT, build_hier_graph  # noqa: E402
-
 from tests.golden_case import (  # noqa: E402
     build_for_case,
     case_bag,
@@ -106,7 +105,9 @@ def gnn_seconds(n5: int, exact: bool, classes: int = 3, dim: int = 512, repeats:
         X20_TEXT: torch.randn(12 * classes, dim, generator=gen),
     }
     kept5 = torch.rand(n5, 4 * classes, generator=gen) * (torch.rand(n5, 4 * classes, generator=gen) > 0.6)
-    kept20 = torch.rand(n20, 12 * classes, generator=gen) * (torch.rand(n20, 12 * classes, generator=gen) > 0.6)
+    kept20 = torch.rand(n20, 12 * classes, generator=gen) * (
+        torch.rand(n20, 12 * classes, generator=gen) > 0.6
+    )
     graph = build_hier_graph(kept5, kept20, torch.arange(n20) // 16, 3, 16, true_parents=False)
     torch.manual_seed(0)
     gnn = HierHeteroGNN(dim, exact_order=exact)

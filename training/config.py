@@ -56,8 +56,6 @@ RESUME_INDEPENDENT = frozenset(
 # MIL_fc: its initial weights (docs/divergences.md §16).
 VARIANT_MODELS = frozenset({"HiVE_MIL", "MIL_fc", "MIL_fc_5x", "mil_fc"})
 
-TESTING_MAX_SLIDES = 8  # ``--testing`` (published "debugging tool"): at most this many slides per split part
-
 GROUPS = {
     "published": "published flags",
     "hivemil": "HiVE-MIL options",
@@ -120,8 +118,10 @@ class RunConfig:
     results_dir: str = flag("--results_dir", default="./results", group="published", help="results directory")
     log_data: bool = flag("--log_data", default=False, group="published", help="log scalars to TensorBoard")
     testing: bool = flag(
-        "--testing", default=False, group="published", help="debugging: a few slides per split"
-    )
+        "--testing", default=False, group="published",
+        help="debugging, as released: validation and test slides in shuffled order, drawn from the run's "
+        "RNG (--variant reference only; a few slides per split: --max_slides)",
+    )  # fmt: skip
     early_stopping: bool = flag(
         "--early_stopping", default=False, group="published", help="enable early stopping"
     )
@@ -361,10 +361,14 @@ class RunConfig:
 
     @property
     def slide_limit(self) -> int | None:
-        """Most slides per split part (``--max_slides``, or a small number with ``--testing``)."""
-        if self.max_slides is not None:
-            return self.max_slides
-        return TESTING_MAX_SLIDES if self.testing else None
+        """Most slides per split part (``--max_slides``)."""
+        return self.max_slides
+
+    @property
+    def shuffles_evaluation(self) -> bool:
+        """``--testing`` under ``--variant reference``: validation and test loaders shuffle, as released
+        (``training.loop.EvalLoaderDraws``); the corrected variant keeps their order."""
+        return self.testing and self.variant == "reference"
 
     def switches(self) -> VariantSwitches:
         """``--variant`` with the per-behaviour overrides applied."""
