@@ -39,18 +39,20 @@ HIER_RELATIONS = ("hier_x20tox5_image", "hier_x5tox20_image", "hier_x20tox5_text
 
 
 class ModalityScaleAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int = 2, relations=HIER_RELATIONS):
+    def __init__(self, dim: int, num_heads: int = 2, relations=HIER_RELATIONS, xavier_init: bool = True):
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
         # Creation and initialisation follow the released order exactly, so one seed gives the released
         # initial weights: scale embedding, attention, the embedding's init, then the q/k projections.
+        # ``xavier_init=False``: the released CONCH model file, which skips both re-initialisations.
         self.scale_embeddings = nn.Embedding(2, dim)
         self.mha = nn.MultiheadAttention(dim, num_heads)
-        nn.init.xavier_normal_(self.scale_embeddings.weight)
+        if xavier_init:
+            nn.init.xavier_normal_(self.scale_embeddings.weight)
         self.q_projs = nn.ModuleDict({r: nn.Linear(dim, dim) for r in relations})
         self.k_projs = nn.ModuleDict({r: nn.Linear(dim, dim) for r in relations})
-        for proj in [*self.q_projs.values(), *self.k_projs.values()]:
+        for proj in [*self.q_projs.values(), *self.k_projs.values()] if xavier_init else []:
             nn.init.xavier_normal_(proj.weight)
             nn.init.zeros_(proj.bias)
 

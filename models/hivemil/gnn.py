@@ -72,6 +72,7 @@ class HierGraphLayer(nn.Module):
         double_residual: bool = True,
         attention_chunk: int = 0,
         exact_order: bool = False,
+        xavier_attention: bool = True,
     ):
         super().__init__()
         if in_dim != out_dim:
@@ -79,7 +80,7 @@ class HierGraphLayer(nn.Module):
         self.convs = HeteroConv(
             {et: SAGEConv(in_dim, out_dim, aggr="mean") for et in _CONV_EDGE_TYPES}, aggr="sum"
         )
-        self.attn = ModalityScaleAttention(in_dim, num_heads)
+        self.attn = ModalityScaleAttention(in_dim, num_heads, xavier_init=xavier_attention)
         self.dense_attention = dense_attention
         self.double_residual = double_residual
         self.attention_chunk = attention_chunk
@@ -129,9 +130,10 @@ class HierHeteroGNN(nn.Module):
         double_residual: bool = True,
         attention_chunk: int = 0,
         exact_order: bool = False,
+        xavier_attention: bool = True,
     ):
         super().__init__()
-        args = (num_heads, dense_attention, double_residual, attention_chunk, exact_order)
+        args = (num_heads, dense_attention, double_residual, attention_chunk, exact_order, xavier_attention)
         self.layer1 = HierGraphLayer(dim, dim, *args)
         self.layer2 = HierGraphLayer(dim, dim, *args)
 

@@ -127,6 +127,7 @@ class HiveMIL(FrozenTowerClassifier):
             double_residual=sw.attn_residual == "double",
             attention_chunk=options.attention_chunk,
             exact_order=options.exact_order,
+            xavier_attention=tower.released_xavier_attention,
         )
         self.prompt_learner = PromptLearner(
             tower,
