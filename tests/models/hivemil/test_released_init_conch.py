@@ -58,7 +58,9 @@ def test_seeded_conch_model_has_the_released_initial_weights(checkpoint):
     descriptions = [[f"term {c} {i} : text {i}" for i in range(16)] for c in range(2)]
     options = HiveMILOptions(switches=VariantSwitches.for_variant("reference", text_encoding="causal"))
     torch.manual_seed(SEED)
-    tower = load_towers("conch", checkpoint.parent, sides=("text",)).text  # builds the whole CoCa, as released
+    tower = load_towers(
+        "conch", checkpoint.parent, sides=("text",)
+    ).text  # builds the whole CoCa, as released
     model = HiveMIL(tower, descriptions, options)
     for layer, (convs, scale, mha, q, k) in zip((model.gnn.layer1, model.gnn.layer2), released_layers):
         ours_convs = list(layer.convs.convs.values())
