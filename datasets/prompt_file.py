@@ -143,20 +143,27 @@ def parse_prompt_text(
     source: Path | str,
     class_names: Sequence[str] | None = None,
     n_coarse: int = 4,
-    n_fine_per_coarse: int = 3,
+    n_fine_per_coarse: int | None = 3,
 ) -> HierarchicalPrompts:
     """Parse and validate prompt JSON ``text``; ``source`` names it in error messages.
+
+    ``n_fine_per_coarse=None`` reads the file as the released HiVE-MIL slices it (docs/divergences.md
+    §17): every class holds the same number n of entries, the first ``n_coarse`` are coarse and *all*
+    the others fine, ``(n - n_coarse) / n_coarse`` per coarse entry (which must be whole: the released
+    HTCL groups them so).
 
     Raises :class:`InputError` for invalid JSON, a wrong shape, duplicate classes or terms, empty
     strings, a wrong entry count per class, or class names that do not match ``class_names``.
     Classes are ordered as ``class_names`` when given, else as in the file.
     """
-    if n_coarse < 1 or n_fine_per_coarse < 0:
+    if n_coarse < 1 or (n_fine_per_coarse is not None and n_fine_per_coarse < 0):
         raise InputError(
             f"{source}: need n_coarse >= 1 and n_fine_per_coarse >= 0, got {n_coarse} and {n_fine_per_coarse}"
         )
     shape = "expected a JSON object {class: {term: explanation}}"
     data = parse_json_object(text, source, shape)
+    if n_fine_per_coarse is None:
+        n_fine_per_coarse = _released_fine_per_coarse(data, source, n_coarse)
     n_fine = n_coarse * n_fine_per_coarse
     expected = n_coarse + n_fine
     per_class: dict[str, list[Entry]] = {}
@@ -218,11 +225,40 @@ def parse_prompt_text(
     )
 
 
+def _released_fine_per_coarse(data: JsonPairs, source: Path | str, n_coarse: int) -> int:
+    """Fine entries per coarse entry when all entries after the first ``n_coarse`` are fine (released)."""
+    cls, body = data[0]
+    n = len(body) if isinstance(body, JsonPairs) else 0
+    if n <= n_coarse or (n - n_coarse) % n_coarse:
+        raise InputError(
+            f"{source}: class {cls!r} has {n} entries; with {n_coarse} coarse (5x) entries the other "
+            f"{n - n_coarse} are its fine (20x) entries, as released, and must split evenly over the "
+            f"{n_coarse} coarse ones (the released HTCL needs it; it crashes otherwise)"
+        )
+    return (n - n_coarse) // n_coarse
+
+
+def released_slicing_notice(prompts: HierarchicalPrompts, n_fine_asked: int) -> str | None:
+    """One notice line when the released slicing (``n_fine_per_coarse=None``) reads ``prompts`` other than
+    ``n_coarse x (1 + n_fine_asked)`` entries per class would say; None when they agree."""
+    if prompts.n_fine_per_coarse == n_fine_asked:
+        return None
+    n, low = prompts.n_per_class, prompts.n_coarse
+    asked = low * (1 + n_fine_asked)
+    return (
+        f"notice: {prompts.path}: {n} descriptions per class, --num-low-mag-texts {low} x "
+        f"(1 + --num-high-mag-subtexts {n_fine_asked}) = {asked}; as released, the first {low} are the "
+        f"5x texts and all {n - low} others the 20x texts ({prompts.n_fine_per_coarse} per 5x text in HTCL; "
+        f"hierarchical text edges every {n_fine_asked}): 0 descriptions left unused, "
+        f"{n - asked:+d} against the flags"
+    )
+
+
 def load_prompt_file(
     path: str | Path,
     class_names: Sequence[str] | None = None,
     n_coarse: int = 4,
-    n_fine_per_coarse: int = 3,
+    n_fine_per_coarse: int | None = 3,
 ) -> HierarchicalPrompts:
     """Read and validate a prompt file (see :func:`parse_prompt_text`); the file is only read."""
     path = Path(path)

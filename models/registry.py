@@ -36,6 +36,9 @@ class ModelSpec:
         hivemil: HiVE-MIL constructor options and variant switches; the prompt layout (coarse/fine
             counts) and context options are shared by every vision-language model.
         hila: HiLa-style survival model options (docs/survival.md §8).
+        variant: ``--variant`` (``reference`` or ``corrected``): HiVE-MIL reads its switches from
+            ``hivemil``; baselines whose released code differs from ours read it here (MIL_fc's
+            initial weights, docs/divergences.md §16).
     """
 
     task: TaskSpec
@@ -46,6 +49,7 @@ class ModelSpec:
     prototype_number: int | None = None
     hivemil: HiveMILOptions = field(default_factory=HiveMILOptions)
     hila: HiLaOptions = field(default_factory=HiLaOptions)
+    variant: str = "reference"
 
     @property
     def num_classes(self) -> int:

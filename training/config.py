@@ -46,8 +46,6 @@ from utils.flags import both_spellings as _both  # a project-added flag with _ a
 from utils.magnification import magnification_arg, magnification_label, magnification_value
 from utils.paths import resolve_project_path
 
-TESTING_MAX_SLIDES = 8  # ``--testing`` (published "debugging tool"): at most this many slides per split part
-
 GROUPS = {
     "published": "published flags",
     "hivemil": "HiVE-MIL options",
@@ -109,8 +107,10 @@ class RunConfig:
         "--log_data", default=False, group="published", resumable=True, help="log scalars to TensorBoard"
     )
     testing: bool = flag(
-        "--testing", default=False, group="published", help="debugging: a few slides per split"
-    )
+        "--testing", default=False, group="published",
+        help="debugging, as released: validation and test slides in shuffled order, drawn from the run's "
+        "RNG (--variant reference only; a few slides per split: --max_slides)",
+    )  # fmt: skip
     early_stopping: bool = flag(
         "--early_stopping", default=False, group="published", help="enable early stopping"
     )
@@ -306,10 +306,14 @@ class RunConfig:
 
     @property
     def slide_limit(self) -> int | None:
-        """Most slides per split part (``--max_slides``, or a small number with ``--testing``)."""
-        if self.max_slides is not None:
-            return self.max_slides
-        return TESTING_MAX_SLIDES if self.testing else None
+        """Most slides per split part (``--max_slides``)."""
+        return self.max_slides
+
+    @property
+    def shuffles_evaluation(self) -> bool:
+        """``--testing`` under ``--variant reference``: validation and test loaders shuffle, as released
+        (``training.loop.EvalLoaderDraws``); the corrected variant keeps their order."""
+        return self.testing and self.variant == "reference"
 
     def switches(self) -> VariantSwitches:
         """``--variant`` with the per-behaviour overrides applied."""
@@ -336,6 +340,7 @@ class RunConfig:
             prototype_number=self.prototype_number,
             hivemil=self.hivemil_options(),
             hila=self.hila,
+            variant=self.variant,
         )
 
     def resolve_path(self, value: str | None) -> Path | None:

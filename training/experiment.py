@@ -93,6 +93,11 @@ def write_run_header(run: PreparedRun, log: RunLog) -> bool:
     log.info(run.task.describe(run.device))
     if text_model:
         log.info(f"prompts: {spec.prompt_file}")
+    if config.model_type == "HiVE_MIL":
+        from models.hivemil.model import prompt_slicing_notice  # HiVE-MIL's modules only when used
+
+        if notice := prompt_slicing_notice(spec):
+            log.info(notice)
     if effective_bag_loss(config) != config.bag_loss:
         log.info(
             f"notice: --bag_loss {config.bag_loss} has no effect on the released HiVE-MIL "

@@ -25,7 +25,15 @@ from training import results as res
 from training.config import RunConfig
 from training.early_stopping import EarlyStopping
 from training.fingerprints import write_fold_inputs
-from training.loop import FitResult, LoopOptions, build_optimizer, fit, restore_state
+from training.loop import (
+    EvalLoaderDraws,
+    FitResult,
+    LoopOptions,
+    ReleasedLoaderDraws,
+    build_optimizer,
+    fit,
+    restore_state,
+)
 from training.tasks.classification import ClassificationTask
 from training.tasks.survival import SurvivalTask
 from utils.run_logging import RunLog, ScalarLog, progress_enabled
@@ -83,18 +91,22 @@ def run_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | 
     def run_eval(indices: list[int], desc: str):
         return task.evaluate(model, fold, indices, loss_fn, device, options, desc=desc)
 
+    # Loader draws and evaluation orders of the released run (--testing shuffles val/test, reference only).
+    shuffle = config.shuffles_evaluation
+    train_labels = [dataset.labels[i] for i in idx.train]
+    draws = ReleasedLoaderDraws(train_labels, config.weighted_sample, shuffle_validation=shuffle)
     try:
         if optimizer is None:
             log.info(f"fold {fold}: no trainable parameters, evaluating without training")
-            fitted = FitResult(0, 0, False, run_eval(idx.val, "val"), {}, [])
+            fitted = FitResult(0, 0, False, run_eval(draws.validation.pass_order(idx.val), "val"), {}, [])
         else:
             fitted = fit(
                 model,
                 task,
                 dataset.__getitem__,
                 idx.train,
-                [dataset.labels[i] for i in idx.train],
-                lambda: run_eval(idx.val, "val"),
+                train_labels,
+                lambda: run_eval(draws.validation.order(idx.val), "val"),
                 optimizer,
                 loss_fn,
                 device,
@@ -107,6 +119,7 @@ def run_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | 
                 options=options,
                 scalars=scalars,
                 log=log.info,
+                draws=draws,
             )
         restore_state(model, fitted.best_state)
         save_checkpoint(
@@ -115,7 +128,7 @@ def run_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | 
             model_identity(config.model_type, run.spec),
         )
         val = fitted.best_val
-        test = run_eval(idx.test, "test")
+        test = run_eval(EvalLoaderDraws(shuffle).pass_order(idx.test), "test")
         row = {
             "fold": fold,
             **{f"test_{k}": v for k, v in test.metrics.items()},

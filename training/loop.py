@@ -75,25 +75,61 @@ def class_balanced_weights(labels: Sequence[int]) -> torch.Tensor:
     return float(len(labels)) / counts[label_tensor]
 
 
+class EvalLoaderDraws:
+    """One evaluation loader of the released run (validation or test), as its global-RNG draws and order.
+
+    A ``DataLoader`` with persistent workers draws one int64 (its base seed) when first iterated. With
+    ``shuffle`` (the released ``--testing``: a ``RandomSampler`` over the part) every pass then draws
+    one more int64 that seeds a fresh generator for ``randperm(n)``, the pass's visiting order, exactly
+    like the training loader; without it the order is the part's own and nothing more is drawn.
+    """
+
+    def __init__(self, shuffle: bool = False):
+        self.shuffle = shuffle
+        self._started = False
+
+    def start_pass(self) -> None:
+        """The loader's base seed, drawn at its first iteration only (persistent workers)."""
+        if not self._started:
+            self._started = True
+            draw_int64()
+
+    def order(self, items: Sequence[Any]) -> list[Any]:
+        """``items`` in this pass's visiting order (call after :meth:`start_pass`)."""
+        items = list(items)
+        if not self.shuffle or not items:
+            return items
+        generator = torch.Generator()
+        generator.manual_seed(draw_int64())
+        return [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
+
+    def pass_order(self, items: Sequence[Any]) -> list[Any]:
+        """:meth:`start_pass` then :meth:`order`: one whole pass of a loader iterated on its own."""
+        self.start_pass()
+        return self.order(items)
+
+
 class ReleasedLoaderDraws:
     """The training run's use of torch's global RNG for data order, reproduced draw for draw.
 
     The released code iterates the training slides (in dataset-CSV order) through a ``DataLoader`` with
     a ``RandomSampler`` (or ``WeightedRandomSampler``) and persistent workers, and the validation slides
-    through a sequential loader with persistent workers. From the global generator that means:
+    through a loader with persistent workers, sequential or -- with ``--testing`` under ``--variant
+    reference`` (``shuffle_validation``) -- shuffled. From the global generator that means:
 
     * the first training epoch: one int64 (the training loader's base seed), then the sampler's draws;
     * every training epoch: the sampler draws one int64 that seeds a fresh generator for ``randperm(n)``
       (weighted: ``multinomial(weights, n, replacement=True)`` on the global generator);
     * the first validation pass: one int64 (the validation loader's base seed); later passes reuse the
-      persistent iterator and draw nothing.
+      persistent iterator and draw nothing, except when shuffled: then every pass draws one int64 for
+      its order (:class:`EvalLoaderDraws`, ``self.validation``).
     """
 
-    def __init__(self, labels: Sequence[int], weighted: bool = False):
+    def __init__(self, labels: Sequence[int], weighted: bool = False, shuffle_validation: bool = False):
         self.labels = list(labels)
         self.weighted = weighted
         self._train_started = False
-        self._validation_started = False
+        self.validation = EvalLoaderDraws(shuffle_validation)
 
     def epoch_order(self) -> list[int]:
         """Positions 0..n-1 of the training slides in this epoch's visiting order."""
@@ -110,10 +146,9 @@ class ReleasedLoaderDraws:
         return torch.randperm(n, generator=generator).tolist()
 
     def validation_pass(self) -> None:
-        """Call before each validation pass: the first one draws the validation loader's base seed."""
-        if not self._validation_started:
-            self._validation_started = True
-            draw_int64()
+        """Call before each validation pass: the first one draws the validation loader's base seed. The
+        pass's order (and, shuffled, its draw) then comes from ``self.validation.order(items)``."""
+        self.validation.start_pass()
 
 
 def snapshot_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -150,6 +185,7 @@ def fit(
     options: LoopOptions | None = None,
     scalars: ScalarLog | None = None,
     log: Callable[[str], None] = print,
+    draws: ReleasedLoaderDraws | None = None,
 ) -> FitResult:
     """Train for up to ``max_epochs`` epochs, validating after each; keep the best (or last) state.
 
@@ -162,11 +198,12 @@ def fit(
     ``error`` and ``metrics``; with ``task.nan_is_worst`` a NaN monitored value never improves. With ``early_stopping`` the state of the first epoch with the
     lowest validation ``es_metric`` (``error`` or ``loss``) is kept and training ends when the stopper
     says so; without it the last epoch's state is kept. Data order and its RNG draws:
-    :class:`ReleasedLoaderDraws` over ``train_labels``.
+    ``draws``, by default :class:`ReleasedLoaderDraws` over ``train_labels``; a caller whose validation
+    order is shuffled passes its own and has ``validate`` take that order from ``draws.validation``.
     """
     options = options or LoopOptions()
     scalars = scalars or ScalarLog(None)
-    draws = ReleasedLoaderDraws(train_labels, weighted_sample)
+    draws = draws if draws is not None else ReleasedLoaderDraws(train_labels, weighted_sample)
     history: list[dict[str, float]] = []
     best: tuple[int, Any, dict[str, torch.Tensor]] | None = None
     stopped = False

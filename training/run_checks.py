@@ -24,7 +24,7 @@ from utils.run_logging import RunLog, bar, progress_enabled
 
 def limit_split(split: Split, config: RunConfig, fold: int) -> Split:
     """Apply ``--label_frac`` (seeded subset of the training items: slides, or cases of a survival task)
-    and ``--max_slides``/``--testing`` (first items of each part)."""
+    and ``--max_slides`` (first items of each part)."""
     train = list(split.train)
     if config.label_frac < 1.0 and train:
         keep = max(1, int(round(config.label_frac * len(train))))

@@ -71,12 +71,16 @@ class InstanceMIL(SlideClassifier):
 
 
 def register_instance_baseline(
-    name: str, factory: Callable[[ModelSpec, str], InstanceMIL], patch_scores: str | None = None
+    name: str,
+    factory: Callable[[ModelSpec, str], InstanceMIL],
+    patch_scores: str | None = None,
+    variants: bool = False,
 ) -> None:
     """Register ``name`` (20x instances), ``<name>_5x`` (5x instances) and a lowercase alias.
 
     ``factory(spec, mag)`` builds the model; ``patch_scores``: what its per-instance scores show
-    (``"attention"``: ``extras["attention"]``), None when it has none.
+    (``"attention"``: ``extras["attention"]``), None when it has none; ``variants``: its results depend
+    on ``--variant`` (e.g. MIL_fc's released initial weights).
     """
 
     def build(spec: ModelSpec) -> InstanceMIL:
@@ -85,7 +89,7 @@ def register_instance_baseline(
     def build_5x(spec: ModelSpec) -> InstanceMIL:
         return factory(spec, "5x")
 
-    register_model(name, patch_scores=patch_scores)(build)
-    register_model(f"{name}_5x", patch_scores=patch_scores, magnification="5x")(build_5x)
+    register_model(name, patch_scores=patch_scores, variants=variants)(build)
+    register_model(f"{name}_5x", patch_scores=patch_scores, magnification="5x", variants=variants)(build_5x)
     if name.lower() != name:
-        register_model(name.lower(), patch_scores=patch_scores)(build)
+        register_model(name.lower(), patch_scores=patch_scores, variants=variants)(build)

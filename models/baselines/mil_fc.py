@@ -5,6 +5,11 @@ speaks for the slide and its instance logits become the slide logits:
 - two classes: the instance with the highest positive-class (class 1) probability;
 - more classes: the instance holding the highest probability of any class.
 The selection is not differentiable; gradients flow through the selected instance's logits.
+
+Initial weights: under ``--variant reference`` as released (CLAM's ``initialize_weights``): the layers
+are created with PyTorch's default init, then every ``nn.Linear`` gets Xavier-normal weights and zero
+biases, in module order -- so one seed gives the released weights. ``corrected`` keeps PyTorch's
+default init (docs/divergences.md §16).
 """
 
 from __future__ import annotations
@@ -43,8 +48,20 @@ class MILfc(InstanceMIL):
         return instance_logits[top].unsqueeze(0), {"top_instance": int(top)}
 
 
+def released_init(model: nn.Module) -> nn.Module:
+    """CLAM-style re-initialisation: each ``nn.Linear`` in module order gets Xavier-normal weights and
+    zero biases (the released baselines' ``initialize_weights``)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
 def _build(spec: ModelSpec, mag: str) -> MILfc:
-    return MILfc(spec.feature_dim, spec.num_classes, dropout=dropout_p(spec), mag=mag)
+    model = MILfc(spec.feature_dim, spec.num_classes, dropout=dropout_p(spec), mag=mag)
+    return released_init(model) if spec.variant == "reference" else model
 
 
-register_instance_baseline("MIL_fc", _build)
+register_instance_baseline("MIL_fc", _build, variants=True)  # released initial weights (§16)

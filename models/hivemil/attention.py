@@ -16,6 +16,13 @@ Two ways to choose which sources a destination attends to:
   without incoming edges gets no attention output (zero).
 Both use the same parameters (``nn.MultiheadAttention``'s in/out projections, computed here with
 ``scaled_dot_product_attention``), so checkpoints are shared.
+
+Op order (``exact=True`` in :meth:`dense`, ``--exact-order``): the released code applies ``Q_e``/``K_e``
+and then calls ``nn.MultiheadAttention(q, k, k)`` itself (unbatched input, attention weights
+returned, so PyTorch's explicit softmax(q k^T / sqrt(d)) v path). ``exact`` does exactly that and
+gives the released logits bit for bit; the default fast path folds ``Q_e`` into the attention's input
+projection when that is cheaper and uses the fused attention kernel (same maths, last-bit rounding
+differs: up to ~5e-7 on the golden logits; docs/divergences.md §15).
 """
 
 from __future__ import annotations
@@ -32,18 +39,20 @@ HIER_RELATIONS = ("hier_x20tox5_image", "hier_x5tox20_image", "hier_x20tox5_text
 
 
 class ModalityScaleAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int = 2, relations=HIER_RELATIONS):
+    def __init__(self, dim: int, num_heads: int = 2, relations=HIER_RELATIONS, xavier_init: bool = True):
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
         # Creation and initialisation follow the released order exactly, so one seed gives the released
         # initial weights: scale embedding, attention, the embedding's init, then the q/k projections.
+        # ``xavier_init=False``: the released CONCH model file, which skips both re-initialisations.
         self.scale_embeddings = nn.Embedding(2, dim)
         self.mha = nn.MultiheadAttention(dim, num_heads)
-        nn.init.xavier_normal_(self.scale_embeddings.weight)
+        if xavier_init:
+            nn.init.xavier_normal_(self.scale_embeddings.weight)
         self.q_projs = nn.ModuleDict({r: nn.Linear(dim, dim) for r in relations})
         self.k_projs = nn.ModuleDict({r: nn.Linear(dim, dim) for r in relations})
-        for proj in [*self.q_projs.values(), *self.k_projs.values()]:
+        for proj in [*self.q_projs.values(), *self.k_projs.values()] if xavier_init else []:
             nn.init.xavier_normal_(proj.weight)
             nn.init.zeros_(proj.bias)
 
@@ -71,14 +80,24 @@ class ModalityScaleAttention(nn.Module):
         return self.mha.out_proj(heads_out.transpose(0, 1).reshape(-1, self.dim))
 
     def dense(
-        self, relation: str, query, key, query_scale: int, key_scale: int, chunk: int = 0
+        self,
+        relation: str,
+        query,
+        key,
+        query_scale: int,
+        key_scale: int,
+        chunk: int = 0,
+        exact: bool = False,
     ) -> torch.Tensor:
         """``MHA(q, k, k)`` with all-to-all attention (released behaviour).
 
         With ``chunk > 0`` the queries are processed in blocks of ``chunk`` rows whose attention maps are
         recomputed in the backward pass (activation checkpointing): the same result with memory
-        O(chunk x N_keys) instead of O(N_queries x N_keys).
+        O(chunk x N_keys) instead of O(N_queries x N_keys). With ``exact`` the released op order (module
+        docstring); it materialises the [heads, N_queries, N_keys] attention map.
         """
+        if exact:
+            return self._released_order(relation, query, key, query_scale, key_scale, chunk)
         qh, kh, vh = self._projected(relation, query, key, query_scale, key_scale)
 
         def block(q_part, k_all, v_all):
@@ -88,6 +107,19 @@ class ModalityScaleAttention(nn.Module):
             return block(qh, kh, vh)
         parts = [checkpoint(block, q_part, kh, vh, use_reentrant=False) for q_part in qh.split(chunk, dim=1)]
         return torch.cat(parts, dim=0)
+
+    def _released_order(self, relation: str, query, key, query_scale: int, key_scale: int, chunk: int):
+        """The released computation: ``mha(Q_e(h_dst + s), K_e(h_src + s), same)``, op for op."""
+        emb = self.scale_embeddings.weight
+        q = self.q_projs[relation](query + emb[query_scale])
+        k = self.k_projs[relation](key + emb[key_scale])
+
+        def block(q_part, k_all):
+            return self.mha(q_part, k_all, k_all)[0]
+
+        if chunk <= 0 or q.shape[0] <= chunk:
+            return block(q, k)
+        return torch.cat([checkpoint(block, part, k, use_reentrant=False) for part in q.split(chunk)], dim=0)
 
     def sparse(
         self, relation: str, query, key, query_scale: int, key_scale: int, edge_index: torch.Tensor

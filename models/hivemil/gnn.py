@@ -9,6 +9,9 @@ where SAGE_e is GraphSAGE with mean aggregation (``lin_l(mean_neighbours) + lin_
 the modality-scale attention (:mod:`models.hivemil.attention`). The released attention term is
 ``h_dst + MHA(...)``, so the residual is counted twice (``attn_residual="double"``); ``"single"`` adds
 only the attention output. The network is layer 1 -> ReLU -> layer 2 -> L2 normalisation.
+With ``exact_order`` the intra-scale terms are PyG's ``SAGEConv`` itself (aggregate, then ``lin_l``) and
+the attention follows the released op order (:mod:`models.hivemil.attention`): bit-identical to the
+released forward, at the cost of the two shortcuts (one ``N x D x D`` product each).
 
 Parameter names follow the released checkpoints (``layer1.convs.convs.<src___rel___dst>``,
 ``layer1.attn.mha``, ``layer1.attn.q_projs`` ...), including the four unused ``self`` convolutions.
@@ -68,6 +71,8 @@ class HierGraphLayer(nn.Module):
         dense_attention: bool = True,
         double_residual: bool = True,
         attention_chunk: int = 0,
+        exact_order: bool = False,
+        xavier_attention: bool = True,
     ):
         super().__init__()
         if in_dim != out_dim:
@@ -75,15 +80,22 @@ class HierGraphLayer(nn.Module):
         self.convs = HeteroConv(
             {et: SAGEConv(in_dim, out_dim, aggr="mean") for et in _CONV_EDGE_TYPES}, aggr="sum"
         )
-        self.attn = ModalityScaleAttention(in_dim, num_heads)
+        self.attn = ModalityScaleAttention(in_dim, num_heads, xavier_init=xavier_attention)
         self.dense_attention = dense_attention
         self.double_residual = double_residual
         self.attention_chunk = attention_chunk
+        self.exact_order = exact_order
+
+    def _intra(self, et, h: dict[str, torch.Tensor], edge_index: torch.Tensor) -> torch.Tensor:
+        conv = self.convs.convs[et]
+        if self.exact_order:
+            return conv((h[et[0]], h[et[2]]), edge_index)
+        return sage_mean(conv, h[et[0]], h[et[2]], edge_index)
 
     def forward(self, graph: HeteroData, h: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         new_h = {t: x.clone() for t, x in h.items()}
         conv_out = {
-            et[2]: sage_mean(self.convs.convs[et], h[et[0]], h[et[2]], graph[et].edge_index)
+            et[2]: self._intra(et, h, graph[et].edge_index)
             for et in INTRA_EDGE_TYPES
             if et in graph.edge_types
         }
@@ -93,8 +105,9 @@ class HierGraphLayer(nn.Module):
             src, rel, dst = et
             if self.dense_attention:
                 out = self.attn.dense(
-                    rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], self.attention_chunk
-                )
+                    rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], self.attention_chunk,
+                    exact=self.exact_order,
+                )  # fmt: skip
             else:
                 out = self.attn.sparse(
                     rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], graph[et].edge_index
@@ -116,10 +129,13 @@ class HierHeteroGNN(nn.Module):
         dense_attention: bool = True,
         double_residual: bool = True,
         attention_chunk: int = 0,
+        exact_order: bool = False,
+        xavier_attention: bool = True,
     ):
         super().__init__()
-        self.layer1 = HierGraphLayer(dim, dim, num_heads, dense_attention, double_residual, attention_chunk)
-        self.layer2 = HierGraphLayer(dim, dim, num_heads, dense_attention, double_residual, attention_chunk)
+        args = (num_heads, dense_attention, double_residual, attention_chunk, exact_order, xavier_attention)
+        self.layer1 = HierGraphLayer(dim, dim, *args)
+        self.layer2 = HierGraphLayer(dim, dim, *args)
 
     def forward(self, graph: HeteroData, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h = self.layer1(graph, features)

@@ -30,7 +30,8 @@ def hierarchical_text_contrastive_loss(
     anchor = fine.reshape(n, fine.shape[0] // n, -1).mean(dim=1)
     pos = F.cosine_similarity(anchor, coarse, dim=-1)
     if negatives == "zero":
-        neg = torch.zeros_like(pos)
+        # released form, -log(sigmoid(pos - 0)): same value as logsigmoid, and the released rounding
+        return -torch.log(torch.sigmoid(pos)).mean()
     elif negatives == "real":
         labels = class_labels_of_texts(n, num_classes, coarse.device)
         other = (labels[:, None] != labels[None, :]).to(anchor.dtype)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from datasets.bag import SlideBag
-from datasets.prompt_file import load_prompt_file
+from datasets.prompt_file import HierarchicalPrompts, load_prompt_file, released_slicing_notice
 from models.base import FrozenTowerClassifier, ModelOutput
 from models.hivemil.gnn import HierHeteroGNN
 from models.hivemil.graph import X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT, build_hier_graph
@@ -101,13 +101,16 @@ class HiveMIL(FrozenTowerClassifier):
         self.options = options
         sw = options.switches
         self.num_classes = len(class_descriptions)
-        per_class = options.num_low_mag_texts * (1 + options.num_high_mag_subtexts)
-        for c, descs in enumerate(class_descriptions):
-            if len(descs) != per_class:
-                raise InputError(
-                    f"class {c} has {len(descs)} descriptions; expected {options.num_low_mag_texts} coarse + "
-                    f"{options.num_low_mag_texts}x{options.num_high_mag_subtexts} fine = {per_class}"
-                )
+        # Released slicing (docs/divergences.md §17): per class the first num_low_mag_texts descriptions are
+        # the 5x texts and all the others the 20x texts; HTCL groups those evenly over the 5x texts.
+        low, counts = options.num_low_mag_texts, {len(d) for d in class_descriptions}
+        n = counts.pop() if len(counts) == 1 else 0
+        if counts or n <= low or (n - low) % low:
+            got = sorted({len(d) for d in class_descriptions})
+            raise InputError(
+                f"HiVE-MIL needs the same number of descriptions per class (got {got}), more than "
+                f"--num-low-mag-texts {low}, with the rest (the 20x texts) a multiple of {low}"
+            )
         self.released_text = sw.text_encoding == "released"
         if self.released_text and tower.width != tower.embed_dim:
             raise InputError(
@@ -123,6 +126,8 @@ class HiveMIL(FrozenTowerClassifier):
             dense_attention=sw.hier_attention == "dense",
             double_residual=sw.attn_residual == "double",
             attention_chunk=options.attention_chunk,
+            exact_order=options.exact_order,
+            xavier_attention=tower.released_xavier_attention,
         )
         self.prompt_learner = PromptLearner(
             tower,
@@ -261,11 +266,21 @@ def build_hivemil(spec: ModelSpec) -> HiveMIL:
     """Registry builder: the spec's text tower and prompt file, with ``spec.hivemil`` options."""
     tower = load_text_tower(spec.tower)
     check_joint_space(spec.feature_dim, tower, "HiVE-MIL")
-    options = spec.hivemil
-    prompts = load_prompt_file(
+    prompts = released_prompts(spec)
+    return HiveMIL(tower, [prompts.descriptions(c) for c in spec.task.class_names], spec.hivemil)
+
+
+def released_prompts(spec: ModelSpec) -> HierarchicalPrompts:
+    """The spec's prompt file read as the released code slices it: the first ``--num-low-mag-texts`` entries
+    of each class are its 5x texts, all the others its 20x texts (docs/divergences.md §17)."""
+    return load_prompt_file(
         spec.prompt_file,
         class_names=spec.task.class_names,
-        n_coarse=options.num_low_mag_texts,
-        n_fine_per_coarse=options.num_high_mag_subtexts,
+        n_coarse=spec.hivemil.num_low_mag_texts,
+        n_fine_per_coarse=None,
     )
-    return HiveMIL(tower, [prompts.descriptions(c) for c in spec.task.class_names], options)
+
+
+def prompt_slicing_notice(spec: ModelSpec) -> str | None:
+    """A notice line when the text-count flags and the prompt file disagree (released slicing applies)."""
+    return released_slicing_notice(released_prompts(spec), spec.hivemil.num_high_mag_subtexts)

@@ -110,6 +110,11 @@ class HiveMILOptions:
         "--attention-chunk", default=0, group="hivemil",
         help="dense hierarchical attention in query chunks of this size, recomputed in backward (0 = one block)",
     )  # fmt: skip
+    exact_order: bool = flag(
+        "--exact-order", default=False, group="hivemil",
+        help="GNN in the released code's op order: its logits bit for bit, slower on large slides "
+        "(docs/divergences.md §15)",
+    )  # fmt: skip
     low_mag: float = 5.0
     high_mag: float = 20.0
     num_heads: int = 2

@@ -23,12 +23,16 @@ class TextTower(nn.Module):
         embed_dim: dimension of the projected (joint) embedding space.
         context_length: number of token positions the tokenizer produces.
         logit_scale: the model's learned log temperature (a frozen ``nn.Parameter``, scalar).
+        released_xavier_attention: whether the released HiVE-MIL for this tower re-initialises its
+            attention's scale embedding and q/k projections with Xavier-normal values (its Hugging Face
+            model file does; its CONCH file keeps PyTorch's default init): same seed, same weights.
     """
 
     width: int
     embed_dim: int
     context_length: int
     logit_scale: nn.Parameter
+    released_xavier_attention: bool = True
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [N, context_length] (long), truncated and padded as the tower expects."""

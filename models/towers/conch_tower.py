@@ -29,6 +29,7 @@ Image side: ``CoCa.encode_image(x, proj_contrast=True, normalize=False)`` (atten
 
 from __future__ import annotations
 
+import copy
 import json
 import types
 import warnings
@@ -55,6 +56,8 @@ def _conch_modules():
 
 class ConchTextTower(TextTower):
     """Frozen CONCH (CoCa) text tower."""
+
+    released_xavier_attention = False  # the released CONCH model file keeps the default init
 
     def __init__(self, text: nn.Module, logit_scale: nn.Parameter):
         super().__init__()
@@ -189,24 +192,21 @@ def load_conch(checkpoint: Path, sides: tuple[str, ...]) -> tuple[TextTower | No
     cfg = read_conch_config(checkpoint)
     state = read_conch_state_dict(checkpoint)
     text_tower = image_tower = None
+    if not dict(cfg["text_cfg"]).get("embed_cls", False):
+        raise InputError(f"{checkpoint}: CONCH config must have text_cfg.embed_cls = true (CoCa text tower)")
+    # The whole CoCa model is built, as conch-fork's create_model does (text, vision, decoder): the
+    # released run loads CONCH that way after seeding, so its default initialisations consume the same
+    # global-RNG draws before HiVE-MIL's own layers are created (same seed, same initial weights).
+    whole = coca_model.CoCa(**copy.deepcopy(cfg))
     if "text" in sides:
-        text_cfg = dict(cfg["text_cfg"])
-        if not text_cfg.get("embed_cls", False):
-            raise InputError(
-                f"{checkpoint}: CONCH config must have text_cfg.embed_cls = true (CoCa text tower)"
-            )
-        text = coca_model._build_text_tower(embed_dim=cfg["embed_dim"], text_cfg=text_cfg)
+        text = whole.text
         _load_part(text, state, "text.", checkpoint)
         if "logit_scale" not in state:
             raise InputError(f"{checkpoint}: no logit_scale in the CONCH checkpoint")
         logit_scale = nn.Parameter(state["logit_scale"].detach().float().reshape(()).clone())
         text_tower = ConchTextTower(text.float(), logit_scale)
     if "image" in sides:
-        visual = coca_model._build_vision_tower(
-            embed_dim=cfg["embed_dim"],
-            vision_cfg=dict(cfg["vision_cfg"]),
-            embed_dim_caption=cfg.get("embed_dim_caption"),
-        )
+        visual = whole.visual
         if "visual.trunk.pos_embed" in state:  # conch-fork's own resize for other image sizes
             coca_model.resize_pos_embed(state, types.SimpleNamespace(visual=visual))
         _load_part(visual, state, "visual.", checkpoint)
@@ -214,4 +214,5 @@ def load_conch(checkpoint: Path, sides: tuple[str, ...]) -> tuple[TextTower | No
             visual.image_size, mean=constants.OPENAI_DATASET_MEAN, std=constants.OPENAI_DATASET_STD
         )
         image_tower = ConchImageTower(visual.float(), preprocess, cfg["embed_dim"])
+    del whole
     return text_tower, image_tower

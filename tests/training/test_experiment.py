@@ -248,3 +248,20 @@ def test_checkpoint_reproduces_test_predictions(tmp_path):
                 model(read_slide_bag(data["layout"], row["slide_id"], label_of[row["slide_id"]])).logits, 1
             )
         assert prob[0, 1].item() == pytest.approx(row["prob_B"], abs=1e-6)
+
+
+def test_testing_flag_shuffles_evaluation_and_shifts_later_training(tmp_path):
+    """--testing (reference): the same slides are evaluated, in another order, and the validation passes'
+    draws change every later epoch's training order, hence the trained weights (deterministic otherwise)."""
+    data = make_toy_data(tmp_path / "in", k=1, n_slides=16)
+    runs = {}
+    for testing in (False, True):
+        config = toy_config(data, tmp_path / f"results_{testing}", testing=testing, max_epochs=3)
+        run_experiment(config, RunLog(quiet=True))
+        preds = {p: pd.read_csv(config.run_dir / "fold_0" / f"predictions_{p}.csv") for p in ("val", "test")}
+        runs[testing] = preds, read_checkpoint(config.run_dir / "s_0_checkpoint.pt")[0]
+    (plain, plain_state), (shuffled, shuffled_state) = runs[False], runs[True]
+    for part in ("val", "test"):
+        assert sorted(plain[part]["slide_id"]) == sorted(shuffled[part]["slide_id"])  # no slide cap
+    assert any(plain[p]["slide_id"].tolist() != shuffled[p]["slide_id"].tolist() for p in ("val", "test"))
+    assert not torch.equal(plain_state["proj.weight"], shuffled_state["proj.weight"])

@@ -16,7 +16,13 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from tests.toy_task import DIM, MeanPoolLinear, toy_bags
 from training.early_stopping import EarlyStopping
-from training.loop import ReleasedLoaderDraws, build_optimizer, class_balanced_weights, fit
+from training.loop import (
+    EvalLoaderDraws,
+    ReleasedLoaderDraws,
+    build_optimizer,
+    class_balanced_weights,
+    fit,
+)
 from training.tasks.classification import ClassificationTask, EvalResult
 
 # randperm orders the released loader gives 6 training slides for seed 1 (recorded from a real
@@ -62,6 +68,46 @@ def test_draws_equal_a_persistent_worker_dataloader(weighted):
     real = _real_loader_run(7, labels, epochs=4, weighted=weighted)
     ours = _emulated_run(7, labels, epochs=4, weighted=weighted)
     assert ours == real
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_testing_flag_draws_equal_shuffled_persistent_worker_loaders(weighted):
+    """Released ``--testing``: validation and test loaders shuffle. Visiting orders, and the global RNG
+    after every validation pass (so every later training order), equal real loaders with
+    ``shuffle=True`` and one persistent worker; the test loader is iterated once after training."""
+    labels, val_ids, test_ids = [0, 1, 1, 0, 1], [10, 11, 12, 13], [20, 21, 22]
+    torch.manual_seed(5)
+    sampler = WeightedRandomSampler(class_balanced_weights(labels), 5) if weighted else RandomSampler(labels)
+    kw = {"batch_size": 1, "num_workers": 1, "persistent_workers": True}
+    train = DataLoader(list(range(5)), sampler=sampler, **kw)
+    val, test = DataLoader(val_ids, shuffle=True, **kw), DataLoader(test_ids, shuffle=True, **kw)
+    real = []
+    for _ in range(4):
+        real.append(([int(b) for b in train], [int(b) for b in val], torch.get_rng_state()))
+    real_test, real_after = [int(b) for b in test], torch.rand(1).item()
+
+    torch.manual_seed(5)
+    draws = ReleasedLoaderDraws(labels, weighted, shuffle_validation=True)
+    ours = []
+    for _ in range(4):
+        order = draws.epoch_order()
+        draws.validation_pass()
+        ours.append((order, draws.validation.order(val_ids), torch.get_rng_state()))
+    ours_test, ours_after = EvalLoaderDraws(shuffle=True).pass_order(test_ids), torch.rand(1).item()
+
+    for (r_order, r_val, r_state), (o_order, o_val, o_state) in zip(real, ours):
+        assert o_order == r_order and o_val == r_val and torch.equal(o_state, r_state)
+    assert ours_test == real_test and ours_after == real_after
+    assert len({tuple(v) for _, v, _ in ours}) > 1  # the validation order changes from pass to pass
+
+
+def test_unshuffled_evaluation_keeps_the_order_and_draws_only_the_base_seed():
+    torch.manual_seed(0)
+    loader = EvalLoaderDraws(shuffle=False)
+    assert loader.pass_order([3, 1, 2]) == [3, 1, 2]
+    after_first = torch.get_rng_state()
+    assert loader.pass_order([3, 1, 2]) == [3, 1, 2]
+    assert torch.equal(torch.get_rng_state(), after_first)  # later passes draw nothing
 
 
 def test_recorded_order_for_seed_1():
@@ -127,3 +173,13 @@ def test_validation_loss_is_the_training_objective():
             for b in bags
         ]
     assert result.loss == pytest.approx(float(torch.stack(per_slide).mean()), rel=1e-6)
+
+
+def test_testing_flag_shuffles_evaluation_under_reference_only_and_caps_nothing():
+    from training.config import RunConfig
+
+    assert RunConfig(testing=True).shuffles_evaluation
+    assert not RunConfig(testing=True, variant="corrected").shuffles_evaluation
+    assert not RunConfig().shuffles_evaluation
+    assert RunConfig(testing=True).slide_limit is None  # the old 8-slide cap is --max_slides 8
+    assert RunConfig(testing=True, max_slides=8).slide_limit == 8

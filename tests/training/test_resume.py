@@ -99,13 +99,19 @@ def test_old_flat_config_json_still_resumes(tmp_path):
         "--task tcga_brca --data_root_dir /data --num-context-tokens 8 --mcl_lambda 0.2 --variant corrected "
         "--text-encoding released --k 3 --low_mag 5 --high_mag 20x"
     )
-    # the run folder name is unchanged, and so is every key of config.json
+    # the run folder name is unchanged, and so is every key of config.json (flags added since then are
+    # at their defaults, which is what an old folder's missing key means)
     config = parse_config([*argv.split(), "--results_dir", "/old/results"])
     assert (
         str(config.run_dir)
         == "/old/results/tcga_brca/plip/16/tcga_brca_plip_HiVE_MIL_16_s1_corrected_text-encoding-released"
     )
-    assert config.to_dict() == json.loads(old.read_text())["config"]
+    written, old_keys = config.to_dict(), json.loads(old.read_text())["config"]
+    assert {k: written[k] for k in old_keys} == old_keys
+    defaults = RunConfig().to_dict()
+    assert {k: v for k, v in written.items() if k not in old_keys} == {
+        k: defaults[k] for k in written if k not in old_keys
+    }
     # resumes from another --results_dir (resumable) but not with another --num-context-tokens
     shutil.copy(old, tmp_path / CONFIG_FILE)
     again = parse_config([*argv.split(), "--results_dir", str(tmp_path), "--threads", "2", "--quiet"])

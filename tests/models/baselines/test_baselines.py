@@ -515,3 +515,27 @@ def test_vila_mil_checkpoint_leaves_out_the_tower_and_round_trips():
     assert torch.equal(other.prototypes, model.prototypes)
     with pytest.raises(RuntimeError, match="missing"):
         other.load_state_dict({k: v for k, v in state.items() if k != "prototypes"})
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_mil_fc_reference_init_is_the_released_one(classes):
+    """--variant reference: the released MIL_fc's initial weights for the same seed (default-initialised
+    layers fc -> classifier, then Xavier-normal weights and zero biases in that order); corrected keeps
+    PyTorch's default init."""
+    dim = 1024  # the released feature size: Xavier std sqrt(2 / (1024 + 512)) = 0.036, default ~0.018
+    torch.manual_seed(11)
+    fc, head = nn.Linear(dim, 512), nn.Linear(512, classes)
+    for layer in (fc, head):
+        nn.init.xavier_normal_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    spec = config(variant="reference", feature_dim=dim).model_spec(task(classes))
+    torch.manual_seed(11)
+    ours = build_model("MIL_fc", spec)
+    assert spec.variant == "reference"
+    assert torch.equal(ours.embed[0].weight, fc.weight) and torch.equal(ours.classifier.weight, head.weight)
+    assert not ours.embed[0].bias.any() and not ours.classifier.bias.any()
+    assert abs(float(ours.embed[0].weight.std()) - math.sqrt(2 / (dim + 512))) < 1e-3
+    torch.manual_seed(11)
+    default = build_model("MIL_fc", config(variant="corrected", feature_dim=dim).model_spec(task(classes)))
+    assert abs(float(default.embed[0].weight.std()) - 1 / math.sqrt(3 * dim)) < 1e-3
+    assert default.embed[0].bias.abs().sum() > 0
