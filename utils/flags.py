@@ -97,8 +97,3 @@ def _help_text(f: dataclasses.Field) -> str:
 def given_values(namespace: argparse.Namespace) -> dict[str, Any]:
     """The values of the flags present on the command line (absent flags are not in the namespace)."""
     return dict(vars(namespace))
-
-
-def flag_names(cls) -> dict[str, str]:
-    """Field name -> its first option string, e.g. ``{"lr": "--lr", "max_slides": "--max_slides"}``."""
-    return {f.name: f.metadata["flags"][0] for f in flag_fields(cls)}
