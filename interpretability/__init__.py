@@ -7,7 +7,6 @@
 * :mod:`interpretability.loading` - from a ``main.py`` run folder to the model, prompts and a slide;
 * :mod:`interpretability.slide_inputs` / :mod:`interpretability.prediction` - new slides (ids, feature
   files, tensors, raw slides) predicted by a run's fold checkpoints (``predict.py``);
-* :mod:`interpretability.planted` - a synthetic slide with a planted region and an ABMIL run rigged to it.
 
 Used by ``explain.py`` and ``predict.py`` (CLIs) and ``interpretability_analysis.ipynb``.
 """

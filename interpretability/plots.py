@@ -86,16 +86,6 @@ def plot_heatmap(
     return heatmap_figure(scores, image, title=title, outline=outline)
 
 
-REPORT_FILES = (
-    "contributions_5x.png",
-    "contributions_20x.png",
-    "heatmap_5x.png",
-    "heatmap_20x.png",
-    "drilldown.csv",
-    "explanation.json",
-)
-
-
 def save_report(expl: SlideExplanation, out_dir: str | Path, image: SlideImage | None = None) -> list[Path]:
     """Write the four figures, ``drilldown.csv`` and ``explanation.json`` (last) into ``out_dir``, atomically.
 

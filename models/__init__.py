@@ -1,4 +1,13 @@
-"""Text towers, HiVE-MIL (one module per mechanism), baselines, one registry, checkpoints."""
+"""Slide models and what they are built from.
+
+* ``towers/``: the frozen vision-language towers (HF CLIP, CONCH, open_clip) behind one interface,
+  and tiny random ones for tests and the demo;
+* ``hivemil/``: HiVE-MIL, one module per mechanism; ``hila/``: the HiLa-style survival model;
+* ``baselines/``: conventional MIL, vision-language MIL and survival baselines;
+* :mod:`models.registry` (one registry keyed by ``--model_type``), :mod:`models.base` (the contract every
+  model follows), :mod:`models.survival` (discrete-time survival outputs), :mod:`models.checkpoint`
+  (checkpoints that carry their identity) and :mod:`models.convert_checkpoint` (released -> ours).
+"""
 
 import warnings
 

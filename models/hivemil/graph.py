@@ -18,7 +18,6 @@ import torch
 from torch_geometric.data import HeteroData
 
 X5_IMAGE, X5_TEXT, X20_IMAGE, X20_TEXT = "x5image", "x5text", "x20image", "x20text"
-NODE_TYPES = (X5_TEXT, X5_IMAGE, X20_TEXT, X20_IMAGE)
 
 INTRA_EDGE_TYPES = (
     (X5_IMAGE, "x5_intra", X5_TEXT),

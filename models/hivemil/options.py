@@ -64,10 +64,6 @@ class VariantSwitches:
             values[name] = value
         return cls(**values)
 
-    @property
-    def is_reference(self) -> bool:
-        return all(getattr(self, n) == pair[0] for n, pair in SWITCHES.items())
-
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 

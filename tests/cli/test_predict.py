@@ -279,8 +279,8 @@ def test_heatmap_on_a_raw_slide_is_where_the_planted_signal_is(tmp_path, capsys)
     """Raw pyramidal TIFF -> on-the-fly extraction with the run's tower -> ABMIL attention rigged to the
     planted tiles -> overlay on the thumbnail: the heat is in the planted region, the top tile is cut
     from it; a rerun extracts nothing and reuses the row."""
-    from interpretability.planted import PLANTED_RGB, planted_rect_px, planted_slide, rigged_abmil_run
     from preprocess.wsi.synthetic import TISSUE_RGB
+    from tests.planted import PLANTED_RGB, planted_rect_px, planted_slide, rigged_abmil_run
 
     slides = tmp_path / "slides"
     slides.mkdir()

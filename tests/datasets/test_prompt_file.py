@@ -16,7 +16,7 @@ from datasets.prompt_file import (
     validate_prompt_file,
 )
 from datasets.tasks import PROJECT_ROOT, get_task
-from tests.paths import GOLDEN
+from tests.paths import GOLDEN, missing
 from utils.errors import InputError
 
 CURATED = PROJECT_ROOT / "text_prompt" / "HiVE_MIL" / "curated"
@@ -125,8 +125,8 @@ def test_other_hierarchy_sizes(tmp_path):
 
 def test_prompt_texts_match_golden_token_ids():
     case = GOLDEN / "case_two_n3_s2.pt"
-    if not case.is_file():
-        pytest.skip("golden cases not available")
+    if absent := missing(case, GOLDEN / "prompts_2class.json"):
+        pytest.skip(absent)
     import open_clip
     import torch
 

@@ -20,12 +20,16 @@ from models.baselines.transmil import TransMIL
 from models.baselines.vila_mil import ViLaMIL
 from models.baselines.zero_shot import ZeroShotMIL, class_index
 from models.registry import available_models, build_model
+from models.towers import load_towers
 from models.towers.base import TextTower, freeze
+from models.towers.tiny import save_tiny_hf_clip
 from training.config import RunConfig, with_values
 
 CONVENTIONAL = ("mean_pool", "max_pool", "MIL_fc", "ABMIL", "TransMIL", "LiteMIL")
 PERMUTATION_INVARIANT = ("mean_pool", "max_pool", "MIL_fc", "ABMIL", "LiteMIL")
 D = 32
+# Parameters whose gradient is zero in exact arithmetic: a bias shared by every attention score.
+SHIFT_INVARIANT = {"ABMIL": {"attention.score.bias"}}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -216,8 +220,19 @@ def test_conventional_shape_and_gradients(name, n5):
     assert params and {n for n, p in params.items() if p.requires_grad} == set(params)
     for pname, p in params.items():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
-        if n5 > 1:  # with several patches every parameter influences the loss
-            assert p.grad.abs().sum() > 0, pname
+    if n5 > 1:
+        # With several patches every parameter influences the loss, except a bias added to every
+        # attention score before the softmax (softmax is shift-invariant): its gradient is exactly 0
+        # in exact arithmetic, so only rounding residue (relative to the largest gradient) is allowed.
+        largest = max(float(p.grad.abs().max()) for p in params.values())
+        invariant = SHIFT_INVARIANT.get(name, set())
+        assert invariant <= set(params)
+        for pname, p in params.items():
+            size = float(p.grad.abs().max()) / largest
+            if pname in invariant:
+                assert size < 1e-5, (pname, size)
+            else:
+                assert size > 1e-4, (pname, size)
 
 
 @pytest.mark.parametrize("name", CONVENTIONAL)
@@ -418,13 +433,9 @@ def test_zero_shot_builder_reads_the_prompt_file(tmp_path, monkeypatch):
 
 
 def test_zero_shot_with_tiny_hf_clip(tmp_path):
-    tiny = pytest.importorskip(
-        "models.towers.tiny", reason="models.towers.tiny (tiny HF CLIP builder) not available yet"
-    )
-    towers = pytest.importorskip("models.towers", reason="models.towers.load_towers not available yet")
     folder = tmp_path / "tiny_clip"
-    tiny.save_tiny_hf_clip(folder, width=64, projection=64)
-    tower = towers.load_towers("plip", source=str(folder), sides=("text",)).text
+    save_tiny_hf_clip(folder, width=64, projection=64)
+    tower = load_towers("plip", source=str(folder), sides=("text",)).text
     coarse, fine = descriptions(2)
     model = ZeroShotMIL.from_tower(tower, coarse, fine)
     bag = make_bag(torch.Generator().manual_seed(8), 5, dim=64)
@@ -486,13 +497,9 @@ def test_vila_mil_builder_reads_the_prompt_file(tmp_path, monkeypatch):
 
 
 def test_vila_mil_with_tiny_hf_clip(tmp_path):
-    tiny = pytest.importorskip(
-        "models.towers.tiny", reason="models.towers.tiny (tiny HF CLIP builder) not available yet"
-    )
-    towers = pytest.importorskip("models.towers", reason="models.towers.load_towers not available yet")
     folder = tmp_path / "tiny_clip"
-    tiny.save_tiny_hf_clip(folder, width=64, projection=64)
-    tower = towers.load_towers("plip", source=str(folder), sides=("text",)).text
+    save_tiny_hf_clip(folder, width=64, projection=64)
+    tower = load_towers("plip", source=str(folder), sides=("text",)).text
     coarse, fine = descriptions(2)
     torch.manual_seed(0)
     model = ViLaMIL(tower, coarse, fine, feature_dim=64, n_ctx=4, num_prototypes=4)

@@ -30,18 +30,20 @@ from tests.golden_case import (
     max_abs_diff,
     prompts_file_name,
 )
-from tests.paths import GOLDEN
+from tests.paths import GOLDEN, GOLDEN_TOWER, golden_cases
 
-CASES = sorted(GOLDEN.glob("case_*.pt")) if GOLDEN.is_dir() else []
+CASES = golden_cases()
 
-pytestmark = pytest.mark.skipif(not CASES, reason=f"golden cases not found in {GOLDEN}")
+pytestmark = pytest.mark.skipif(
+    not CASES, reason=f"golden cases (with tiny_clip/ and both prompt files) not found in {GOLDEN}"
+)
 
 
 @pytest.fixture(scope="module")
 def tower():
     from models.towers import load_towers
 
-    return load_towers("plip", source=GOLDEN / "tiny_clip", sides=("text",)).text
+    return load_towers("plip", source=GOLDEN_TOWER, sides=("text",)).text
 
 
 def _load_case(path: Path):

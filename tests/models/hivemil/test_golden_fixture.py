@@ -21,7 +21,7 @@ from tests.golden_case import (
     max_abs_diff,
     tower_from_weights,
 )
-from tests.paths import GOLDEN, PROJECT
+from tests.paths import GOLDEN, GOLDEN_TOWER, PROJECT, missing
 
 FIXTURE = PROJECT / "tests" / "fixtures" / "golden_case_two_n30_s1.pt"
 TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
@@ -76,8 +76,16 @@ def test_unused_token_rows_do_not_change_text_features(fixture):
         assert max_abs_diff(a.x5, b.x5) < TOL and max_abs_diff(a.x20, b.x20) < TOL
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden cases not found in {GOLDEN}")
 def test_fixture_regenerates_from_shared_golden(fixture):
+    """The committed file equals a fresh trim of the case it was made from (skipped where ../shared
+    lacks that case, its tower or its prompt file)."""
+    source = fixture["source"]
+    absent = missing(
+        GOLDEN / source["case"], GOLDEN_TOWER / "config.json", GOLDEN_TOWER / "model.safetensors",
+        GOLDEN / source["prompts"],
+    )  # fmt: skip
+    if absent:
+        pytest.skip(absent)
     spec = importlib.util.spec_from_file_location(
         "trim_golden_case", PROJECT / "scripts" / "trim_golden_case.py"
     )

@@ -17,10 +17,12 @@ import torch
 from models.convert_checkpoint import released_to_ours
 from models.hivemil.model import HiveMIL
 from models.hivemil.options import HiveMILOptions
-from tests.paths import GOLDEN
+from tests.paths import GOLDEN, GOLDEN_TOWER, golden_cases
 
-CASES = sorted(GOLDEN.glob("case_*.pt")) if GOLDEN.is_dir() else []
-pytestmark = pytest.mark.skipif(not CASES, reason=f"golden cases not found in {GOLDEN}")
+CASES = golden_cases()
+pytestmark = pytest.mark.skipif(
+    not CASES, reason=f"golden cases (with tiny_clip/ and both prompt files) not found in {GOLDEN}"
+)
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
@@ -40,7 +42,7 @@ def test_seeded_model_has_the_released_initial_weights(path):
         contrastive_lambda=o.get("lam", 0.5),
     )  # fmt: skip
     torch.manual_seed(seed)
-    tower = load_towers("plip", source=GOLDEN / "tiny_clip", sides=("text",)).text  # loading draws nothing
+    tower = load_towers("plip", source=GOLDEN_TOWER, sides=("text",)).text  # loading draws nothing
     model = HiveMIL(tower, descriptions, options)
     released = released_to_ours(case["state_dict"])
     ours = model.state_dict()

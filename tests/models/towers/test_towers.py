@@ -18,7 +18,7 @@ from PIL import Image
 from models.towers import load_towers
 from models.towers import loading as tower_loading
 from models.towers.tiny import ensure_demo_text_tower, save_tiny_conch, save_tiny_hf_clip, save_tiny_open_clip
-from tests.paths import GOLDEN
+from tests.paths import GOLDEN, GOLDEN_TOWER, missing
 from utils.errors import InputError
 
 TEXTS = [
@@ -316,11 +316,16 @@ def test_preprocess_pil(loaded, key):
 # ----------------------------------------------------------------------------- golden (released code)
 
 
-@pytest.mark.skipif(not (GOLDEN / "case_two_n30_s1.pt").is_file(), reason="shared/golden not present")
+GOLDEN_CASE_ABSENT = missing(
+    GOLDEN / "case_two_n30_s1.pt", GOLDEN / "prompts_2class.json", GOLDEN_TOWER / "config.json"
+)
+
+
+@pytest.mark.skipif(bool(GOLDEN_CASE_ABSENT), reason=str(GOLDEN_CASE_ABSENT))
 def test_golden_tokens_and_text_features():
     case = torch.load(GOLDEN / "case_two_n30_s1.pt", weights_only=False)
     prompts = json.loads((GOLDEN / "prompts_2class.json").read_text())
-    towers = load_towers("plip", GOLDEN / "tiny_clip", sides=("text", "image"))
+    towers = load_towers("plip", GOLDEN_TOWER, sides=("text", "image"))
     text = towers.text
     assert towers.kind == "hf_clip"
     assert towers.image.preprocess(Image.new("RGB", (40, 40))).shape == (3, 32, 32)  # no processor file
