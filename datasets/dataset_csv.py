@@ -8,8 +8,10 @@ import pandas as pd
 
 from datasets.tasks import CSV_COLUMNS, TaskSpec
 from utils.errors import InputError, listed, one_line
+from utils.safe_names import check_names
 
 VALID_LEVEL0_MAGS = (20, 40)
+ID_COLUMNS = ("case_id", "slide_id")  # columns whose cells become file names or split cells
 
 
 def _load(path: Path, required: tuple[str, ...], expected: tuple[str, ...] = CSV_COLUMNS) -> pd.DataFrame:
@@ -33,6 +35,9 @@ def _load(path: Path, required: tuple[str, ...], expected: tuple[str, ...] = CSV
         blank = frame.index[frame[col] == ""]
         if len(blank):
             raise InputError(f"{path}: empty '{col}' in {len(blank)} row(s) (first: data row {blank[0] + 1})")
+    for col in ID_COLUMNS:  # ids name files (<slide>.h5) and split cells: one rule (utils.safe_names)
+        if col in frame.columns:
+            check_names(frame[col], col.replace("_", " "), path)
     dup = frame["slide_id"][frame["slide_id"].duplicated()].unique() if "slide_id" in required else []
     if len(dup):
         raise InputError(f"{path}: duplicate slide ids: {listed(dup)}")

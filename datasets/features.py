@@ -26,6 +26,7 @@ from datasets.hierarchy import LinkResult, gather_children, hierarchical_rows
 from utils.atomic_io import atomic_path
 from utils.errors import InputError
 from utils.magnification import magnification_label
+from utils.safe_names import check_name, contained, distinct_outputs
 
 if TYPE_CHECKING:  # torch is imported only when a bag is built, so preprocessing CLIs start fast
     from datasets.bag import SlideBag
@@ -52,6 +53,7 @@ class FeatureLayout:
         object.__setattr__(self, "data_root_dir", Path(self.data_root_dir))
         object.__setattr__(self, "low_mag", magnification_label(self.low_mag, "low magnification"))
         object.__setattr__(self, "high_mag", magnification_label(self.high_mag, "high magnification"))
+        check_name(str(self.task_name), "task name", "feature folder <task>_<extractor>")
 
     @property
     def root(self) -> Path:
@@ -70,13 +72,33 @@ class FeatureLayout:
         return self.root / f"hierarchical_{self.extractor}_{self.low_mag}_{self.high_mag}"
 
     def low_file(self, slide_id: str) -> Path:
-        return self.low_dir / f"{slide_id}.h5"
+        return self.low_dir / _file_name(slide_id)
 
     def high_file(self, slide_id: str) -> Path:
-        return self.high_dir / f"{slide_id}.h5"
+        return self.high_dir / _file_name(slide_id)
 
     def hier_file(self, slide_id: str) -> Path:
-        return self.hier_dir / f"{slide_id}.h5"
+        return self.hier_dir / _file_name(slide_id)
+
+    def output_files(self, slide_id: str, kinds: tuple[str, ...] = ("high", "low")) -> dict[str, Path]:
+        """``{kind: resolved path}`` of files about to be written for ``slide_id`` (kinds ``low``,
+        ``high``, ``hier``): each stays under ``data_root_dir`` and no two are the same file (a symbolic
+        link or equal magnification labels cannot make one output overwrite another); else InputError."""
+        named = {"low": self.low_file, "high": self.high_file, "hier": self.hier_file}
+        paths = {}
+        for kind in kinds:
+            path = named[kind](slide_id)
+            paths[kind] = contained(self.data_root_dir, str(path.relative_to(self.data_root_dir)))
+        distinct_outputs({self._kind_label(k): p for k, p in paths.items()})
+        return paths
+
+    def _kind_label(self, kind: str) -> str:
+        return {"low": self.low_mag, "high": self.high_mag, "hier": "hierarchical"}[kind]
+
+
+def _file_name(slide_id: str) -> str:
+    """``<slide>.h5``; a slide id that cannot be one file name is one InputError line."""
+    return f"{check_name(slide_id, 'slide id', 'feature file name')}.h5"
 
 
 def list_slides(folder: Path) -> list[str]:

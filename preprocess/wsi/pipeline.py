@@ -208,6 +208,7 @@ def extract_slide(
     start = time.perf_counter()
     if source.path is None:
         raise SlideError("no slide file with this id was found (check --slides / --slide-dir)")
+    outputs = layout.output_files(source.slide_id)  # inside --data-root, 5x and 20x never one file
     identity = encoder_identity(options, tower)
     if not options.overwrite:
         conflict = encoder_conflict(layout, source.slide_id, identity)
@@ -272,7 +273,7 @@ def extract_slide(
                 geometry.high_mag,
                 geometry.high_px,
                 high_level,
-                layout.high_file(source.slide_id),
+                outputs["high"],
             ),
             (
                 feats_low,
@@ -280,7 +281,7 @@ def extract_slide(
                 geometry.low_mag,
                 geometry.low_px,
                 low_level,
-                layout.low_file(source.slide_id),
+                outputs["low"],
             ),
         ):
             attrs = {
