@@ -25,8 +25,13 @@ def _load(path: Path, required: tuple[str, ...], expected: tuple[str, ...] = CSV
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in required if c not in frame.columns]
     if missing:
+        hint = (
+            "; it has survival_months: a survival table, run it as a survival task (--task_kind auto or survival)"
+            if "label" in missing and "survival_months" in frame.columns
+            else ""
+        )
         raise InputError(
-            f"{path}: missing column(s) {', '.join(missing)} (expected columns {','.join(expected)})"
+            f"{path}: missing column(s) {', '.join(missing)} (expected columns {','.join(expected)}){hint}"
         )
     if frame.empty:
         raise InputError(f"{path}: no rows")
