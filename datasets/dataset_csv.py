@@ -8,7 +8,7 @@ import pandas as pd
 
 from datasets.tasks import CSV_COLUMNS, TaskSpec
 from utils.errors import InputError, listed, one_line
-from utils.safe_names import check_names
+from utils.safe_names import check_names, refuse_nul
 
 VALID_LEVEL0_MAGS = (20, 40)
 ID_COLUMNS = ("case_id", "slide_id")  # columns whose cells become file names or split cells
@@ -18,6 +18,7 @@ def _load(path: Path, required: tuple[str, ...], expected: tuple[str, ...] = CSV
     path = Path(path)
     if not path.is_file():
         raise InputError(f"dataset CSV not found: {path} (expected columns {','.join(expected)})")
+    refuse_nul(path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as err:  # pandas raises many exception types for unreadable files

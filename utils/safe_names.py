@@ -55,6 +55,19 @@ def check_names(names: Iterable[str], what: str, path: str | Path, row_label: st
         check_name(name, what, f"{path}: {row_label} {i + 1}")
 
 
+def refuse_nul(path: str | Path) -> None:
+    """One :class:`InputError` line when the file at ``path`` holds a NUL byte (pandas' C reader would cut
+    the cell at it silently, turning ``x\0y`` into ``x``); names the file and the data row."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return  # the reader reports an unreadable file itself
+    at = data.find(b"\x00")
+    if at >= 0:
+        row = data.count(b"\n", 0, at)  # line 1 is the header: data row = line - 1
+        raise InputError(f"{path}: data row {row}: contains a NUL byte (a text CSV never does)")
+
+
 def contained(root: str | Path, *parts: str) -> Path:
     """``root/parts...`` resolved, after checking that it stays under ``root`` (also resolved).
 

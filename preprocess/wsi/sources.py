@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from utils.errors import InputError
-from utils.safe_names import check_name, check_names
+from utils.safe_names import check_name, check_names, refuse_nul
 
 SLIDE_EXTENSIONS = (
     ".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
@@ -86,6 +86,7 @@ def _parse_mag(value: str, csv_path: Path, row: int) -> float | None:
 
 def read_slide_csv(csv_path: Path, slide_dir: Path | None = None) -> list[SlideSource]:
     """Slides listed by a CSV (module docstring), in file order."""
+    refuse_nul(csv_path)
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except Exception as err:  # pandas raises many exception types for unreadable files
