@@ -87,3 +87,22 @@ def test_a_survival_table_read_as_classification_says_so(tmp_path):
     csv.write_text("case_id,slide_id,survival_months,censorship,level0_mag\nc1,s1,3,0,40\n")
     with pytest.raises(InputError, match="missing column.*label.*it has survival_months.*--task_kind auto"):
         read_dataset_csv(csv, TaskSpec("s", ("A",), csv, label_dict={"A": 0}))
+
+
+def test_reproduce_with_a_closed_port_is_one_line_before_any_run_folder(tmp_path, capsys):
+    import socket
+    import time
+
+    import reproduce
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = tmp_path / "results"
+    argv = ["--tasks", "demo", "--models", "ABMIL", "--results_dir", str(results), "--k", "1"]
+    start = time.monotonic()
+    assert run_cli(reproduce.main, [*argv, "--address", f"127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --address 127.0.0.1:{port}: no Ray cluster answers") and "\n" not in err
+    assert not results.exists()
