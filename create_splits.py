@@ -83,7 +83,10 @@ def _existing_check(targets: list[Path], overwrite: bool) -> None:
 def survival_main(args: argparse.Namespace) -> int:
     """``--survival``: stratified case-level k-fold splits of a survival task."""
     csv_path = Path(args.csv) if args.csv else DEFAULT_CSV_DIR / f"{args.task}.csv"
-    targets = [_inside(args.splits_root, survival_split_path(args.splits_root, args.task, i)) for i in range(max(args.k, 0))]
+    targets = [
+        _inside(args.splits_root, survival_split_path(args.splits_root, args.task, i))
+        for i in range(max(args.k, 0))
+    ]
     _existing_check(targets, args.overwrite)
     table = read_survival_csv(csv_path)
     splits, _ = make_survival_splits(table, bin_cuts(table, args.n_bins), args.k, args.seed)

@@ -32,7 +32,9 @@ def write_failure(target: str | Path, err: OSError) -> WriteError:
         reason = "no space left on the device" if err.errno == errno.ENOSPC else "disk quota exceeded"
     else:
         reason = one_line(err, with_type=False)
-    return WriteError(f"{target}: writing failed ({reason}); the partial file was removed, nothing was replaced")
+    return WriteError(
+        f"{target}: writing failed ({reason}); the partial file was removed, nothing was replaced"
+    )
 
 
 def ensure_output_dir(folder: str | Path) -> Path:

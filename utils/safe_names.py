@@ -88,7 +88,5 @@ def distinct_outputs(paths: dict[str, Path]) -> None:
     for label, path in paths.items():
         resolved = Path(path).resolve()
         if resolved in seen:
-            raise InputError(
-                f"{path}: the {label} output and the {seen[resolved]} output are the same file"
-            )
+            raise InputError(f"{path}: the {label} output and the {seen[resolved]} output are the same file")
         seen[resolved] = label

@@ -38,6 +38,7 @@ from preprocess.wsi.tiling import TileGeometry, TilePlan, choose_level, plan_til
 from preprocess.wsi.tissue import TissueParams, segment_tissue
 from utils.atomic_io import atomic_path
 from utils.errors import InputError
+from utils.safe_names import check_name, contained
 
 FORMAT_SOURCE = "extract_features.py"
 # Attributes naming the encoder of an output (besides ``extractor`` and ``weights``).
@@ -192,8 +193,9 @@ def is_finished(layout: FeatureLayout, slide_id: str, options: ExtractOptions) -
 
 
 def thumbnail_path(layout: FeatureLayout, slide_id: str) -> Path:
-    """``<task>_<extractor>/thumbnails/<slide>.png``."""
-    return layout.root / "thumbnails" / f"{slide_id}.png"
+    """``<task>_<extractor>/thumbnails/<slide>.png``, resolved inside the data root."""
+    path = layout.root / "thumbnails" / f"{check_name(slide_id, 'slide id', 'thumbnail name')}.png"
+    return contained(layout.data_root_dir, str(path.relative_to(layout.data_root_dir)))
 
 
 def extract_slide(

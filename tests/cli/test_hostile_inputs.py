@@ -10,9 +10,7 @@ from training.config import parse_config, validate_config
 from utils.errors import InputError, run_cli
 from utils.seed import SEED_MAX
 
-ROWS = "case_id,slide_id,label,level0_mag\n" + "".join(
-    f"c{i},s{i},{'AB'[i % 2]},40\n" for i in range(12)
-)
+ROWS = "case_id,slide_id,label,level0_mag\n" + "".join(f"c{i},s{i},{'AB'[i % 2]},40\n" for i in range(12))
 
 
 def _files(folder):
@@ -38,7 +36,16 @@ def test_create_splits_refuses_a_task_that_leaves_the_splits_root(tmp_path, caps
 def test_create_splits_still_writes_under_the_root(tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text(ROWS)
-    argv = ["--task", "ok..task", "--csv", str(csv), "--splits_root", str(tmp_path / "s"), "--few_shot_num", "2"]
+    argv = [
+        "--task",
+        "ok..task",
+        "--csv",
+        str(csv),
+        "--splits_root",
+        str(tmp_path / "s"),
+        "--few_shot_num",
+        "2",
+    ]
     assert run_cli(create_splits.main, [*argv, "--k", "2"]) == 0
     assert (tmp_path / "s" / "ok..task" / "ok..task_2" / "splits_1.csv").is_file()
 
@@ -64,7 +71,9 @@ def test_seed_outside_numpys_range_is_one_line(tmp_path, seed):
 
 def test_seed_range_ends_are_accepted(tmp_path):
     for seed in (0, SEED_MAX):
-        validate_config(parse_config(["--task", "demo", "--data_root_dir", str(tmp_path), "--seed", str(seed)]))
+        validate_config(
+            parse_config(["--task", "demo", "--data_root_dir", str(tmp_path), "--seed", str(seed)])
+        )
 
 
 def test_a_forced_classification_kind_is_named_as_the_reason(tmp_path):
