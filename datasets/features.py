@@ -209,7 +209,7 @@ def require_dataset(f: h5py.File, key: str, ndim: int, path: Path) -> h5py.Datas
 # Largest expansion of a deflate (gzip) stream: a zlib block cannot expand more than ~1032:1; the margin
 # covers the per-chunk headers. A chunk holding more than this many times its stored bytes is not genuine.
 _MAX_DEFLATE_RATIO = 1100
-_SIZE_NEUTRAL_FILTERS = {"shuffle", "fletcher32"}
+_SIZE_NEUTRAL_FILTERS = {h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_FLETCHER32}
 
 
 def check_declared_size(ds: h5py.Dataset, path: Path) -> None:
@@ -247,10 +247,11 @@ def check_declared_size(ds: h5py.Dataset, path: Path) -> None:
         raise InputError(
             f"{path}: {claim}, but only {allocated:,} of its {needed:,} chunks are stored (truncated or forged file)"
         )
-    filters = set(ds._filters) - _SIZE_NEUTRAL_FILTERS
+    plist = ds.id.get_create_plist()
+    filters = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())} - _SIZE_NEUTRAL_FILTERS
     if not filters and stored < declared:
         raise InputError(f"{path}: {claim}, but its uncompressed chunks hold only {stored:,} bytes")
-    if filters == {"gzip"} and declared > stored * _MAX_DEFLATE_RATIO:
+    if filters == {h5py.h5z.FILTER_DEFLATE} and declared > stored * _MAX_DEFLATE_RATIO:
         raise InputError(
             f"{path}: {claim} in {stored:,} compressed bytes, more than deflate can expand (forged file)"
         )

@@ -77,6 +77,7 @@ def test_a_truncated_file_is_refused(tmp_path):
     [
         {"compression": "gzip", "compression_opts": 9, "shuffle": True},
         {"compression": "lzf"},
+        {"scaleoffset": 3},  # not deflate: held to the stored-chunk rule only
         {"chunks": (7, 3)},
         {"compression": "gzip", "fletcher32": True, "chunks": (5, 64)},
     ],
