@@ -77,15 +77,15 @@ def test_seed_range_ends_are_accepted(tmp_path):
 
 
 def test_a_forced_classification_kind_is_named_as_the_reason(tmp_path):
-    from training.experiment import CLASSIFICATION_KIND
+    from training.tasks.classification import ClassificationTask
 
     base = ["--task", "toysurv", "--data_root_dir", str(tmp_path), "--model_type", "HiLa"]
     with pytest.raises(InputError) as err:
-        CLASSIFICATION_KIND.check_model(parse_config([*base, "--task_kind", "classification"]))
+        ClassificationTask.check_model(parse_config([*base, "--task_kind", "classification"]))
     assert "--task_kind classification was given" in str(err.value)
     assert "no survival_months column" not in str(err.value)
     with pytest.raises(InputError, match="its dataset CSV has no survival_months column"):
-        CLASSIFICATION_KIND.check_model(parse_config(base))
+        ClassificationTask.check_model(parse_config(base))
 
 
 def test_a_survival_table_read_as_classification_says_so(tmp_path):
