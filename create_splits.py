@@ -31,6 +31,7 @@ from datasets.survival import (
 )
 from datasets.tasks import DEFAULT_CSV_DIR, get_task
 from utils.errors import InputError, one_line, run_cli
+from utils.safe_names import contained
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _inside(splits_root: str, path: Path) -> Path:
+    """``path`` (built under ``splits_root``) resolved, refused when it would leave ``--splits_root``."""
+    return contained(splits_root, str(path.relative_to(Path(splits_root))))
+
+
 def _existing_check(targets: list[Path], overwrite: bool) -> None:
     existing = [p for p in targets if p.exists()]
     if existing and not overwrite:
@@ -77,7 +83,10 @@ def _existing_check(targets: list[Path], overwrite: bool) -> None:
 def survival_main(args: argparse.Namespace) -> int:
     """``--survival``: stratified case-level k-fold splits of a survival task."""
     csv_path = Path(args.csv) if args.csv else DEFAULT_CSV_DIR / f"{args.task}.csv"
-    targets = [survival_split_path(args.splits_root, args.task, i) for i in range(max(args.k, 0))]
+    targets = [
+        _inside(args.splits_root, survival_split_path(args.splits_root, args.task, i))
+        for i in range(max(args.k, 0))
+    ]
     _existing_check(targets, args.overwrite)
     table = read_survival_csv(csv_path)
     splits, _ = make_survival_splits(table, bin_cuts(table, args.n_bins), args.k, args.seed)
@@ -98,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     task = get_task(args.task, csv_path=args.csv)
     csv_path = task.csv_path
     targets = [
-        split_csv_path(args.splits_root, task.name, args.few_shot_num, i) for i in range(max(args.k, 0))
+        _inside(args.splits_root, split_csv_path(args.splits_root, task.name, args.few_shot_num, i))
+        for i in range(max(args.k, 0))
     ]
     existing = [p for p in targets if p.exists()]
     if existing and not args.overwrite:

@@ -55,7 +55,7 @@ from training.tables import metric_names, read_run, write_tables
 from training.tasks import task_for
 from utils.errors import InputError, run_cli
 from utils.locking import FolderLock, LockHeld
-from utils.ray_cluster import error_line, import_ray, start_ray
+from utils.ray_cluster import check_reachable, error_line, import_ray, start_ray
 from utils.run_logging import RunLog, progress_enabled
 
 TRAIN_LOG = "train_log.txt"
@@ -435,6 +435,8 @@ def plan_dry_run(jobs: list[Job]) -> None:
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     args, points = parse_arguments(argv)
+    if args.address and not args.dry_run:  # an unreachable cluster is one line before any run folder exists
+        check_reachable(args.address)
     print(f"{len(points)} configuration(s); checking every one before any training")
     jobs = check_configurations(points)
     total = sum(len(job.folds) for job in jobs)

@@ -8,14 +8,17 @@ import pandas as pd
 
 from datasets.tasks import CSV_COLUMNS, TaskSpec
 from utils.errors import InputError, listed, one_line
+from utils.safe_names import check_names, refuse_nul
 
 VALID_LEVEL0_MAGS = (20, 40)
+ID_COLUMNS = ("case_id", "slide_id")  # columns whose cells become file names or split cells
 
 
 def _load(path: Path, required: tuple[str, ...], expected: tuple[str, ...] = CSV_COLUMNS) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"dataset CSV not found: {path} (expected columns {','.join(expected)})")
+    refuse_nul(path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as err:  # pandas raises many exception types for unreadable files
@@ -23,8 +26,13 @@ def _load(path: Path, required: tuple[str, ...], expected: tuple[str, ...] = CSV
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in required if c not in frame.columns]
     if missing:
+        hint = (
+            "; it has survival_months: a survival table, run it as a survival task (--task_kind auto or survival)"
+            if "label" in missing and "survival_months" in frame.columns
+            else ""
+        )
         raise InputError(
-            f"{path}: missing column(s) {', '.join(missing)} (expected columns {','.join(expected)})"
+            f"{path}: missing column(s) {', '.join(missing)} (expected columns {','.join(expected)}){hint}"
         )
     if frame.empty:
         raise InputError(f"{path}: no rows")
@@ -33,6 +41,9 @@ def _load(path: Path, required: tuple[str, ...], expected: tuple[str, ...] = CSV
         blank = frame.index[frame[col] == ""]
         if len(blank):
             raise InputError(f"{path}: empty '{col}' in {len(blank)} row(s) (first: data row {blank[0] + 1})")
+    for col in ID_COLUMNS:  # ids name files (<slide>.h5) and split cells: one rule (utils.safe_names)
+        if col in frame.columns:
+            check_names(frame[col], col.replace("_", " "), path)
     dup = frame["slide_id"][frame["slide_id"].duplicated()].unique() if "slide_id" in required else []
     if len(dup):
         raise InputError(f"{path}: duplicate slide ids: {listed(dup)}")

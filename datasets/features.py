@@ -15,6 +15,9 @@ The loaded bag is aligned by 5x row: ``x20[i]`` holds the children of ``x5[i]`` 
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +27,9 @@ import numpy as np
 
 from datasets.hierarchy import LinkResult, gather_children, hierarchical_rows
 from utils.atomic_io import atomic_path
-from utils.errors import InputError
+from utils.errors import InputError, one_line
 from utils.magnification import magnification_label
+from utils.safe_names import check_name, contained, distinct_outputs
 
 if TYPE_CHECKING:  # torch is imported only when a bag is built, so preprocessing CLIs start fast
     from datasets.bag import SlideBag
@@ -52,6 +56,7 @@ class FeatureLayout:
         object.__setattr__(self, "data_root_dir", Path(self.data_root_dir))
         object.__setattr__(self, "low_mag", magnification_label(self.low_mag, "low magnification"))
         object.__setattr__(self, "high_mag", magnification_label(self.high_mag, "high magnification"))
+        check_name(str(self.task_name), "task name", "feature folder <task>_<extractor>")
 
     @property
     def root(self) -> Path:
@@ -70,13 +75,33 @@ class FeatureLayout:
         return self.root / f"hierarchical_{self.extractor}_{self.low_mag}_{self.high_mag}"
 
     def low_file(self, slide_id: str) -> Path:
-        return self.low_dir / f"{slide_id}.h5"
+        return self.low_dir / _file_name(slide_id)
 
     def high_file(self, slide_id: str) -> Path:
-        return self.high_dir / f"{slide_id}.h5"
+        return self.high_dir / _file_name(slide_id)
 
     def hier_file(self, slide_id: str) -> Path:
-        return self.hier_dir / f"{slide_id}.h5"
+        return self.hier_dir / _file_name(slide_id)
+
+    def output_files(self, slide_id: str, kinds: tuple[str, ...] = ("high", "low")) -> dict[str, Path]:
+        """``{kind: resolved path}`` of files about to be written for ``slide_id`` (kinds ``low``,
+        ``high``, ``hier``): each stays under ``data_root_dir`` and no two are the same file (a symbolic
+        link or equal magnification labels cannot make one output overwrite another); else InputError."""
+        named = {"low": self.low_file, "high": self.high_file, "hier": self.hier_file}
+        paths = {}
+        for kind in kinds:
+            path = named[kind](slide_id)
+            paths[kind] = contained(self.data_root_dir, str(path.relative_to(self.data_root_dir)))
+        distinct_outputs({self._kind_label(k): p for k, p in paths.items()})
+        return paths
+
+    def _kind_label(self, kind: str) -> str:
+        return {"low": self.low_mag, "high": self.high_mag, "hier": "hierarchical"}[kind]
+
+
+def _file_name(slide_id: str) -> str:
+    """``<slide>.h5``; a slide id that cannot be one file name is one InputError line."""
+    return f"{check_name(slide_id, 'slide id', 'feature file name')}.h5"
 
 
 def list_slides(folder: Path) -> list[str]:
@@ -170,13 +195,66 @@ def open_h5(path: Path, what: str) -> h5py.File:
 
 
 def require_dataset(f: h5py.File, key: str, ndim: int, path: Path) -> h5py.Dataset:
-    """Dataset ``key`` of ``f`` with ``ndim`` dimensions, else a one-line :class:`InputError`."""
+    """Dataset ``key`` of ``f`` with ``ndim`` dimensions whose declared size the file can hold
+    (:func:`check_declared_size`), else a one-line :class:`InputError`."""
     if key not in f or not isinstance(f[key], h5py.Dataset):
         raise InputError(f"{path}: missing dataset '{key}' (found: {', '.join(sorted(f.keys())) or 'none'})")
     ds = f[key]
     if ds.ndim != ndim:
         raise InputError(f"{path}: '{key}' should have {ndim} dimensions, has shape {list(ds.shape)}")
+    check_declared_size(ds, path)
     return ds
+
+
+# Largest expansion of a deflate (gzip) stream: a zlib block cannot expand more than ~1032:1; the margin
+# covers the per-chunk headers. A chunk holding more than this many times its stored bytes is not genuine.
+_MAX_DEFLATE_RATIO = 1100
+_SIZE_NEUTRAL_FILTERS = {h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_FLETCHER32}
+
+
+def check_declared_size(ds: h5py.Dataset, path: Path) -> None:
+    """Refuse a dataset whose declared shape and dtype cannot be stored in its file, reading no data.
+
+    HDF5 lets a tiny file declare any shape: unwritten storage reads as the fill value, so a 2 KB file can
+    claim 10^8 rows and cost gigabytes when read. Checked from the file's metadata only:
+
+    * contiguous (or compact) storage: the allocated bytes equal the declared bytes and lie inside the file;
+    * chunked storage: every chunk the shape needs is allocated; the allocated bytes fit in the file; without
+      a compression filter they cover the declared bytes, with deflate (gzip) they are at least 1/1100 of
+      them (deflate cannot expand more). Other compressors are only held to the allocated-chunk rule, so a
+      genuinely compressed file is never refused.
+    """
+    declared = int(ds.size) * ds.dtype.itemsize
+    if declared == 0:
+        return
+    shape = "x".join(str(n) for n in ds.shape)
+    claim = f"'{ds.name.lstrip('/')}' declares shape [{shape}] {ds.dtype} ({declared:,} bytes)"
+    file_size = os.path.getsize(ds.file.filename)
+    stored = int(ds.id.get_storage_size())
+    if stored > file_size:
+        raise InputError(f"{path}: {claim} stored in {stored:,} bytes, more than the file's {file_size:,}")
+    if ds.chunks is None:
+        offset = ds.id.get_offset()
+        if stored < declared or (offset is not None and offset + declared > file_size):
+            raise InputError(
+                f"{path}: {claim}, but the file holds only {min(stored, file_size):,} bytes of it "
+                "(truncated or forged file)"
+            )
+        return
+    needed = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks))
+    allocated = int(ds.id.get_num_chunks())
+    if allocated < needed:
+        raise InputError(
+            f"{path}: {claim}, but only {allocated:,} of its {needed:,} chunks are stored (truncated or forged file)"
+        )
+    plist = ds.id.get_create_plist()
+    filters = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())} - _SIZE_NEUTRAL_FILTERS
+    if not filters and stored < declared:
+        raise InputError(f"{path}: {claim}, but its uncompressed chunks hold only {stored:,} bytes")
+    if filters == {h5py.h5z.FILTER_DEFLATE} and declared > stored * _MAX_DEFLATE_RATIO:
+        raise InputError(
+            f"{path}: {claim} in {stored:,} compressed bytes, more than deflate can expand (forged file)"
+        )
 
 
 def read_array(ds: h5py.Dataset, mmap: bool = False, rows: slice | None = None) -> np.ndarray:
@@ -205,12 +283,29 @@ def read_patch_file(
             raise InputError(f"{path}: feature dim mismatch: expected {expected_dim}, found {dim}")
         if n == 0:
             raise InputError(f"{path}: empty bag (0 patches)")
-        features = np.asarray(read_array(feats_ds, mmap), dtype=np.float32)
-        coords = np.asarray(read_array(coords_ds, mmap)).astype(np.int64)
-    if check_finite and not np.isfinite(features).all():
-        bad = int((~np.isfinite(features)).any(axis=1).sum())
+        with _reading(path, what):
+            features = np.empty((n, dim), dtype=np.float32)
+            bad = 0
+            for start in range(0, n, _BLOCK_ROWS):  # block by block: no whole-array temporaries
+                block = slice(start, min(start + _BLOCK_ROWS, n))
+                features[block] = read_array(feats_ds, mmap, block)
+                if check_finite:
+                    bad += int((~np.isfinite(features[block])).any(axis=1).sum())
+            coords = np.asarray(read_array(coords_ds, mmap)).astype(np.int64)
+    if bad:
         raise InputError(f"{path}: {bad} feature rows contain NaN or Inf")
     return features, coords
+
+
+@contextlib.contextmanager
+def _reading(path: Path, what: str):
+    """Turn a low-level read failure (a corrupt block, a failing filter) into one line naming ``path``."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        raise InputError(f"{path}: cannot read {what} file ({one_line(err)})") from None
 
 
 def read_slide_bag(
@@ -255,25 +350,12 @@ def read_slide_bag(
         if rows == 0 or width == 0:
             raise InputError(f"{hier_path}: empty bag (no 20x children)")
         published = "parent_index" not in f
-        parent_index = _parent_index(f, rows, n5, hier_path, low_path)
-        stored_mask = None if published else _child_mask(f, rows, width, hier_path)
-        if parent_size_px is None and "parent_size_px" in f.attrs:
-            parent_size_px = int(f.attrs["parent_size_px"])
-        x20 = np.zeros((n5, width, dim), dtype=np.float32)
-        coords20 = np.zeros((n5, width, 2), dtype=np.int64)
-        child_mask = np.zeros((n5, width), dtype=bool)
-        for start in range(0, rows, _BLOCK_ROWS):
-            block = slice(start, min(start + _BLOCK_ROWS, rows))
-            feats = np.asarray(read_array(feats_ds, mmap, block), dtype=np.float32)
-            if not np.isfinite(feats).all():
-                raise InputError(f"{hier_path}: features contain NaN or Inf")
-            mask = (feats != 0).any(axis=2) if stored_mask is None else stored_mask[block]
-            targets = parent_index[block]
-            x20[targets] = feats * mask[..., None]
-            coords20[targets] = (
-                np.asarray(read_array(coords_ds, mmap, block)).astype(np.int64) * mask[..., None]
+        if not published and rows > n5:  # at most one row per 5x patch: checked before any row is read
+            raise InputError(f"{hier_path}: {rows} hierarchical rows but {low_path} has only {n5} 5x patches")
+        with _reading(hier_path, "hierarchical feature"):
+            x20, coords20, child_mask, parent_size_px = _scatter_rows(
+                f, feats_ds, coords_ds, n5, low_path, hier_path, mmap, parent_size_px
             )
-            child_mask[targets] = mask
     if not child_mask.any():
         raise InputError(f"{hier_path}: empty bag (no 20x children)")
     _check_children_inside(coords5, coords20, child_mask, parent_size_px, hier_path, low_path)
@@ -292,6 +374,40 @@ def read_slide_bag(
         coords20=torch.from_numpy(coords20),
         meta=meta,
     )
+
+
+def _scatter_rows(
+    f: h5py.File,
+    feats_ds: h5py.Dataset,
+    coords_ds: h5py.Dataset,
+    n5: int,
+    low_path: Path,
+    hier_path: Path,
+    mmap: bool,
+    parent_size_px: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
+    """The hierarchical rows scattered to their 5x rows, read block by block:
+    ``(x20, coords20, child_mask, parent_size_px)`` (the last from the file's attribute when not given)."""
+    rows, width, dim = feats_ds.shape
+    published = "parent_index" not in f
+    parent_index = _parent_index(f, rows, n5, hier_path, low_path)
+    stored_mask = None if published else _child_mask(f, rows, width, hier_path)
+    if parent_size_px is None and "parent_size_px" in f.attrs:
+        parent_size_px = int(f.attrs["parent_size_px"])
+    x20 = np.zeros((n5, width, dim), dtype=np.float32)
+    coords20 = np.zeros((n5, width, 2), dtype=np.int64)
+    child_mask = np.zeros((n5, width), dtype=bool)
+    for start in range(0, rows, _BLOCK_ROWS):
+        block = slice(start, min(start + _BLOCK_ROWS, rows))
+        feats = np.asarray(read_array(feats_ds, mmap, block), dtype=np.float32)
+        if not np.isfinite(feats).all():
+            raise InputError(f"{hier_path}: features contain NaN or Inf")
+        mask = (feats != 0).any(axis=2) if stored_mask is None else stored_mask[block]
+        targets = parent_index[block]
+        x20[targets] = feats * mask[..., None]
+        coords20[targets] = np.asarray(read_array(coords_ds, mmap, block)).astype(np.int64) * mask[..., None]
+        child_mask[targets] = mask
+    return x20, coords20, child_mask, parent_size_px
 
 
 def _parent_index(f: h5py.File, rows: int, n5: int, hier_path: Path, low_path: Path) -> np.ndarray:

@@ -114,7 +114,8 @@ def check_slide(
     except InputError as err:
         return SlideVerdict(slide_id, str(err))
     except Exception as err:  # a file that breaks the reader in an unforeseen way is still one line
-        return SlideVerdict(slide_id, f"{layout.hier_file(slide_id)}: unreadable ({one_line(err)})")
+        files = f"{layout.low_file(slide_id)} / {layout.hier_file(slide_id)}"  # which one is not known here
+        return SlideVerdict(slide_id, f"{files}: unreadable ({one_line(err)})")
     stale = hierarchy_staleness(layout, slide_id)
     return SlideVerdict(slide_id, stale, orphan_fraction(layout, slide_id))
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from utils.atomic_io import atomic_write_text
 from utils.errors import InputError, listed
+from utils.safe_names import check_name
 
 PARTS = ("train", "val", "test")
 
@@ -48,7 +49,8 @@ class Split:
 
 
 def split_csv_path(splits_root: str | Path, task: str, few_shot_num: int, fold: int) -> Path:
-    """``<splits_root>/<task>/<task>_<N>/splits_<fold>.csv``."""
+    """``<splits_root>/<task>/<task>_<N>/splits_<fold>.csv`` (``task`` must be a safe file name)."""
+    check_name(task, "task name", "--task")
     return Path(splits_root) / task / f"{task}_{few_shot_num}" / f"splits_{fold}.csv"
 
 
@@ -74,13 +76,13 @@ def read_split(path: str | Path, item: str = "slide") -> Split:
         )
     columns = {p: header.index(p) for p in PARTS}
     parts: dict[str, list[str]] = {p: [] for p in PARTS}
-    for row in rows[1:]:
+    for number, row in enumerate(rows[1:], start=1):
         if not any(cell.strip() for cell in row):
             continue
         for part, col in columns.items():
             value = row[col].strip() if col < len(row) else ""
             if value:
-                parts[part].append(value)
+                parts[part].append(check_name(value, f"{item} id in '{part}'", f"{path}: data row {number}"))
     for part, ids in parts.items():
         dup = sorted(s for s, n in Counter(ids).items() if n > 1)
         if dup:

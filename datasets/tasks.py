@@ -14,6 +14,7 @@ from pathlib import Path
 
 from utils.errors import InputError
 from utils.paths import PROJECT_ROOT
+from utils.safe_names import check_name
 
 DEFAULT_CSV_DIR = PROJECT_ROOT / "dataset_csv"
 DEFAULT_PROMPT_DIR = PROJECT_ROOT / "text_prompt"
@@ -95,6 +96,7 @@ def get_task(
     from the labels of the task's dataset CSV: ``csv_path`` when given (a CSV anywhere, e.g.
     ``create_splits.py --csv``), else ``<csv_dir>/<name>.csv``.
     """
+    check_name(name, "task name", "--task")  # it names files and folders (<task>.csv, splits/<task>/)
     prompt_root = Path(prompt_dir) if prompt_dir is not None else DEFAULT_PROMPT_DIR
     csv_root = Path(csv_dir) if csv_dir is not None else DEFAULT_CSV_DIR
     csv_path = Path(csv_path) if csv_path is not None else csv_root / f"{name}.csv"

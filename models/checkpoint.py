@@ -12,12 +12,13 @@ keys (``custom_vlm.prompt_learner.ctx``, ``custom_vlm.graph_prompt_learner.*``) 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
 from models.registry import ModelSpec, model_info
-from utils.atomic_io import atomic_path
+from utils.atomic_io import atomic_write_bytes
 from utils.errors import InputError, one_line
 
 CHECKPOINT_FORMAT = "hivemil-repro/2"
@@ -112,8 +113,9 @@ def save_checkpoint(
     payload = {"format": CHECKPOINT_FORMAT, "identity": identity or {}, "state_dict": state_dict}
     if source is not None:
         payload["source"] = source
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()  # torch.save reports a full disk as a bare RuntimeError; a plain write says ENOSPC
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict | None]:

@@ -47,6 +47,7 @@ from datasets.hierarchy import (
 from datasets.slide_check import ORPHAN_WARNING, hierarchy_staleness
 from preprocess.hierarchy import build_slide_hierarchy
 from utils.errors import InputError
+from utils.safe_names import contained
 
 _BLOCK_ROWS = 1024
 
@@ -325,7 +326,8 @@ def fix_slide(
         return None
     if report.orphan_problem and len(report.problems) == 1:
         return None
-    target = fixed_dir(layout) / f"{report.slide_id}.h5"
+    fixed = fixed_dir(layout) / f"{report.slide_id}.h5"
+    target = contained(layout.data_root_dir, str(fixed.relative_to(layout.data_root_dir)))
     build_slide_hierarchy(
         layout,
         report.slide_id,

@@ -43,6 +43,7 @@ from utils.atomic_io import atomic_write_text
 from utils.errors import InputError, one_line
 from utils.magnification import magnification_label, magnification_value
 from utils.paths import cache_root
+from utils.safe_names import distinct_outputs
 
 SOURCE = "create_hierarchical_features.py"
 # Attributes that say how an output was built; an output whose values differ from the run's is rebuilt.
@@ -249,8 +250,10 @@ def build_slide_hierarchy(
     computed are returned in the outcome's ``records``.
     """
     records = SourceRecords(known_records)
-    target = Path(output) if output is not None else layout.hier_file(slide_id)
+    # resolved under the dataset root; the output can never be one of its own sources
+    target = Path(output) if output is not None else layout.output_files(slide_id, ("hier",))["hier"]
     low_path, high_path = layout.low_file(slide_id), layout.high_file(slide_id)
+    distinct_outputs({"hierarchical": target, layout.low_mag: low_path, layout.high_mag: high_path})
     settings = build_settings(level0_mag, low_mag, high_mag, max_children, seed, link_rule)
     state, reason = output_state(target, settings, low_path, high_path, records)
     if not overwrite and state in ("current", "unverified"):

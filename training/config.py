@@ -45,6 +45,7 @@ from utils.flags import (
 from utils.flags import both_spellings as _both  # a project-added flag with _ and - spellings
 from utils.magnification import magnification_arg, magnification_label, magnification_value
 from utils.paths import resolve_project_path
+from utils.seed import check_seed
 
 GROUPS = {
     "published": "published flags",
@@ -442,6 +443,7 @@ def validate_config(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise InputError(message)
+    check_seed(config.seed)
     if is_backbone(config.feature_extractor) and model_info(config.model_type).text_tower:
         raise InputError(
             f"--model_type {config.model_type} compares patches with texts: --feature_extractor "

@@ -97,6 +97,7 @@ def start_ray(
         return RaySession(False, False, context.gcs_address, _dashboard_url(None), 0.0)
     options = {"log_to_driver": False, "configure_logging": True, "logging_level": logging.WARNING}
     if address:
+        check_reachable(address)
         try:
             context = ray.init(address=address, runtime_env=worker_runtime_env(), **options)
         except (ConnectionError, RuntimeError, ValueError) as err:
@@ -121,6 +122,94 @@ def start_ray(
     return RaySession(
         True, not address, address or "local", _dashboard_url(context), time.perf_counter() - start
     )
+
+
+CONNECT_TIMEOUT_S = 3.0  # an address that accepts no connection within this time is refused
+
+
+def address_endpoint(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` named by a Ray address (``host:port``, ``ray://host:port``, ``[v6]:port``; a
+    ``ray://`` address without a port means the client port 10001); None for ``auto``/``local`` (Ray finds
+    the cluster itself) or a form this parser does not know."""
+    text = address.strip()
+    if text in ("auto", "local", ""):
+        return None
+    client = text.startswith("ray://")
+    if "://" in text:
+        if not client:
+            return None
+        text = text[len("ray://") :]
+    text = text.split("/", 1)[0]
+    if text.startswith("["):  # [IPv6]:port
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if not port and client:
+        port = "10001"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """One :class:`InputError` line when nothing accepts a TCP connection at ``address`` within ``timeout``
+    seconds (Ray itself would retry for a minute and print a warning per attempt)."""
+    import socket
+
+    endpoint = address_endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else one_line(err, with_type=False)
+        _unreachable(address, endpoint, timeout, reason)
+    if not address.strip().startswith("ray://"):  # a GCS address: ask it for the cluster id
+        problem = _gcs_problem(endpoint, timeout)
+        if problem is not None:
+            _unreachable(address, endpoint, timeout, problem)
+
+
+def _unreachable(address: str, endpoint: tuple[str, int], timeout: float, reason: str) -> None:
+    raise InputError(
+        f"--address {address}: no Ray cluster answers at {endpoint[0]}:{endpoint[1]} within {timeout:g} s "
+        f"({reason}); start one with 'ray start --head' or leave --address out for a local instance"
+    )
+
+
+def _gcs_problem(endpoint: tuple[str, int], timeout: float) -> str | None:
+    """Why the server at ``endpoint`` is not a Ray GCS (one gRPC call, ``timeout`` seconds), else None.
+
+    Something else listening there (a web server, a proxy) would keep ``ray.init`` retrying for a minute.
+    Uses Ray's generated gRPC stubs; when this Ray version lacks them, nothing is checked."""
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:
+        return None
+    not_a_gcs = {
+        grpc.StatusCode.UNIMPLEMENTED,  # something speaks gRPC/HTTP2 there, without Ray's service
+        grpc.StatusCode.UNAVAILABLE,  # the connection broke or is not HTTP/2
+        grpc.StatusCode.DEADLINE_EXCEEDED,  # nothing answered in time
+    }
+    host = f"[{endpoint[0]}]" if ":" in endpoint[0] else endpoint[0]
+    channel = grpc.insecure_channel(f"{host}:{endpoint[1]}")
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+    except grpc.RpcError as err:
+        code = err.code()
+        if code not in not_a_gcs:  # e.g. UNAUTHENTICATED: a Ray GCS that wants a token; ray.init handles it
+            return None
+        what = "no answer" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "not a Ray GCS"
+        return f"{what}: {code.name} {one_line(err.details() or '', 120, with_type=False)}".strip()
+    except AttributeError:  # the stubs of this Ray version differ: leave the check to ray.init
+        return None
+    finally:
+        channel.close()
+    return None
 
 
 @contextlib.contextmanager

@@ -8,6 +8,12 @@ import random
 import numpy as np
 import torch
 
+from utils.errors import InputError
+
+# numpy.random.seed (and PYTHONHASHSEED) take 0 .. 2**32 - 1; other seeds are refused, not mapped, so a
+# run's recorded --seed is exactly the seed used.
+SEED_MAX = 2**32 - 1
+
 # cuBLAS needs a fixed workspace for deterministic matrix products on CUDA.
 CUBLAS_WORKSPACE = ":4096:8"
 
@@ -20,8 +26,16 @@ def configure_determinism(enabled: bool = True) -> None:
     torch.use_deterministic_algorithms(enabled)
 
 
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """``seed`` when it is in numpy's range ``0 .. 2**32 - 1``, else one :class:`InputError` line."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise InputError(f"{flag} {seed}: must be an integer from 0 to {SEED_MAX} (numpy's seed range)")
+    return seed
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA), set PYTHONHASHSEED, and configure determinism."""
+    check_seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     configure_determinism(deterministic)
     random.seed(seed)

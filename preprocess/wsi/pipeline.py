@@ -38,6 +38,7 @@ from preprocess.wsi.tiling import TileGeometry, TilePlan, choose_level, plan_til
 from preprocess.wsi.tissue import TissueParams, segment_tissue
 from utils.atomic_io import atomic_path
 from utils.errors import InputError
+from utils.safe_names import check_name, contained
 
 FORMAT_SOURCE = "extract_features.py"
 # Attributes naming the encoder of an output (besides ``extractor`` and ``weights``).
@@ -192,8 +193,9 @@ def is_finished(layout: FeatureLayout, slide_id: str, options: ExtractOptions) -
 
 
 def thumbnail_path(layout: FeatureLayout, slide_id: str) -> Path:
-    """``<task>_<extractor>/thumbnails/<slide>.png``."""
-    return layout.root / "thumbnails" / f"{slide_id}.png"
+    """``<task>_<extractor>/thumbnails/<slide>.png``, resolved inside the data root."""
+    path = layout.root / "thumbnails" / f"{check_name(slide_id, 'slide id', 'thumbnail name')}.png"
+    return contained(layout.data_root_dir, str(path.relative_to(layout.data_root_dir)))
 
 
 def extract_slide(
@@ -208,6 +210,7 @@ def extract_slide(
     start = time.perf_counter()
     if source.path is None:
         raise SlideError("no slide file with this id was found (check --slides / --slide-dir)")
+    outputs = layout.output_files(source.slide_id)  # inside --data-root, 5x and 20x never one file
     identity = encoder_identity(options, tower)
     if not options.overwrite:
         conflict = encoder_conflict(layout, source.slide_id, identity)
@@ -272,7 +275,7 @@ def extract_slide(
                 geometry.high_mag,
                 geometry.high_px,
                 high_level,
-                layout.high_file(source.slide_id),
+                outputs["high"],
             ),
             (
                 feats_low,
@@ -280,7 +283,7 @@ def extract_slide(
                 geometry.low_mag,
                 geometry.low_px,
                 low_level,
-                layout.low_file(source.slide_id),
+                outputs["low"],
             ),
         ):
             attrs = {

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from utils.errors import InputError
+from utils.safe_names import check_name, check_names, refuse_nul
 
 SLIDE_EXTENSIONS = (
     ".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
@@ -63,6 +64,8 @@ def list_slide_folder(folder: Path) -> list[SlideSource]:
         raise InputError(
             f"--slides {folder}: slide id {sid!r} names {len(paths)} files ({paths[0]}, {paths[1]})"
         )
+    for sid, paths in index.items():  # a file name with e.g. a control character cannot name an output
+        check_name(sid, "slide id", f"--slides {paths[0]}")
     return [SlideSource(sid, paths[0]) for sid, paths in sorted(index.items())]
 
 
@@ -83,6 +86,7 @@ def _parse_mag(value: str, csv_path: Path, row: int) -> float | None:
 
 def read_slide_csv(csv_path: Path, slide_dir: Path | None = None) -> list[SlideSource]:
     """Slides listed by a CSV (module docstring), in file order."""
+    refuse_nul(csv_path)
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except Exception as err:  # pandas raises many exception types for unreadable files
@@ -95,6 +99,7 @@ def read_slide_csv(csv_path: Path, slide_dir: Path | None = None) -> list[SlideS
         raise InputError(f"{csv_path}: empty slide_id in data row {int((ids == '').to_numpy().argmax()) + 1}")
     if ids.duplicated().any():
         raise InputError(f"{csv_path}: duplicate slide id {ids[ids.duplicated()].iloc[0]!r}")
+    check_names(ids, "slide id", csv_path)  # an id names the output files <slide>.h5
     mags = (
         [_parse_mag(v, csv_path, i) for i, v in enumerate(frame["level0_mag"])]
         if "level0_mag" in frame

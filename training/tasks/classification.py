@@ -340,9 +340,14 @@ class ClassificationTask:
     @staticmethod
     def check_model(config: RunConfig) -> None:
         if model_info(config.model_type).survival:
+            why = (
+                "--task_kind classification was given"
+                if config.task_kind == ClassificationTask.name
+                else "its dataset CSV has no survival_months column"
+            )
             raise InputError(
-                f"--model_type {config.model_type} predicts survival, but task {config.task} is a classification "
-                "task (its dataset CSV has no survival_months column; docs/survival.md §2)"
+                f"--model_type {config.model_type} predicts survival, but task {config.task} is run as a "
+                f"classification task ({why}; docs/survival.md §2)"
             )
 
     @staticmethod
