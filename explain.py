@@ -55,16 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"--top must be >= 1, got {args.top}")
     threads = read_flags(ThreadFlags, args)
     threads.check()
-    from interpretability.attribution import explain_slide
-    from interpretability.loading import (
+    from inference.runs import (
         SUPPORTED_MODEL,
         load_fold_model,
         load_prompts,
         load_slide,
         read_run_config,
         resolve_run_files,
-        run_task,
     )
+    from interpretability.attribution import explain_slide
     from interpretability.plots import save_report
     from utils.device import resolve_device
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in given_values(args).items() if k in override_keys}
     config = with_flag_values(config, overrides)
     device = resolve_device(read_flags(DeviceFlags, args).device)
-    task = run_task(config)
+    task = config.task_spec()
     bag = load_slide(config, task, args.slide)
     prompts = load_prompts(config, task)
     image = None

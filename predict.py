@@ -80,8 +80,8 @@ def _tile_progress(bars: list):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tiles, device, threads = validate(args)
-    from interpretability.prediction import PredictOptions, Predictor, open_run, predict_slides
-    from interpretability.slide_inputs import InputResolver
+    from inference.prediction import PredictOptions, Predictor, open_run, predict_slides
+    from inference.slide_inputs import InputResolver
     from utils.locking import FolderLock, LockHeld
 
     run = open_run(args.run, args.folds)

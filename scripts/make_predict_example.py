@@ -5,7 +5,7 @@
 1. ``predict_attention_overlay.png``: a synthetic 40x pyramidal slide with a planted region
    (``tests/planted.py``), an ABMIL run whose attention is rigged to that region,
    ``predict.py --heatmaps`` on the raw slide: the 20x attention over the slide thumbnail.
-2. ``predict_hivemil_evidence.png``: a short demo HiVE-MIL run (:func:`interpretability.loading.ensure_demo_run`),
+2. ``predict_hivemil_evidence.png``: a short demo HiVE-MIL run (:func:`inference.demo_run.ensure_demo_run`),
    ``predict.py --heatmaps`` on one demo slide from its features: the 5x class evidence on the patch grid.
 
 Work files go to ``--work`` (default: a temporary folder).
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"), help="where the PNGs go")
     parser.add_argument("--work", default=None, help="work folder (default: temporary)")
     args = parser.parse_args(argv)
-    from interpretability.loading import ensure_demo_run
+    from inference.demo_run import ensure_demo_run
     from tests.planted import planted_slide, rigged_abmil_run
 
     out = Path(args.out)

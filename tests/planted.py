@@ -53,15 +53,16 @@ def _tile_features(slide: Path, tower, corners: list[tuple[int, int]]) -> torch.
 
 def rigged_abmil_run(results_dir: str | Path, slide: str | Path) -> Path:
     """Write an ABMIL run of the demo task whose attention is rigged to ``slide``'s planted tiles."""
-    from interpretability.loading import demo_config
     from models.checkpoint import model_identity, save_checkpoint
     from models.registry import build_model
     from models.towers import load_towers
-    from training.experiment import run_task
+    from preprocess.demo_tasks import task_defaults
+    from training.config import parse_config
     from training.results import checkpoint_path, write_run_config
 
-    config = demo_config(["--model_type", "ABMIL", "--results_dir", str(results_dir)])
-    task = run_task(config)
+    argv = ["--task", "demo", "--model_type", "ABMIL", "--results_dir", str(results_dir)]
+    config = parse_config(argv, task_defaults=task_defaults)
+    task = config.task_spec()
     spec = config.model_spec(task)
     tower = load_towers(config.feature_extractor, source=config.text_tower, sides=("image",)).image
     x0, _, y0, _ = PLANTED_TILES

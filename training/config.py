@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from datasets.slide_check import DEFAULT_MAX_ORPHAN_FRAC
-from datasets.tasks import TaskSpec
+from datasets.tasks import TaskSpec, get_task
 from models.hila.options import HiLaOptions
 from models.hivemil.options import SWITCHES, VARIANTS, HiveMILOptions, VariantSwitches
 from models.registry import ModelSpec, model_info
@@ -328,6 +328,15 @@ class RunConfig:
             low_mag=magnification_value(self.low_mag),
             high_mag=magnification_value(self.high_mag),
             switches=self.switches(),
+        )
+
+    def task_spec(self) -> TaskSpec:
+        """The task named by ``--task`` (its CSV and prompt folders from ``--csv_dir`` / ``--prompt_dir``)."""
+        return get_task(
+            self.task,
+            csv_dir=self.resolve_path(self.csv_dir),
+            prompt_dir=self.resolve_path(self.prompt_dir),
+            llm=self.LLM,
         )
 
     def model_spec(self, task: TaskSpec) -> ModelSpec:

@@ -1,9 +1,11 @@
 """The package layers import only downwards, with no cycles (README "Project layout").
 
-    utils < datasets < models < training | preprocess < interpretability < root CLIs, benchmarks, scripts
+    utils < datasets < models < training | preprocess < interpretability < inference < root CLIs, benchmarks, scripts
 
-``training`` and ``preprocess`` sit side by side and never import each other. Every import counts,
-including the ones inside functions: a lazy import is still a dependency.
+``training`` and ``preprocess`` sit side by side and never import each other. ``inference`` (a run's
+models applied to slides) stands beside ``interpretability`` (explanations of one model on one bag) one
+step above it: prediction draws its heatmaps with interpretability, which never reads a run folder. Every
+import counts, including the ones inside functions: a lazy import is still a dependency.
 """
 
 from __future__ import annotations
@@ -15,8 +17,16 @@ import pytest
 
 from tests.paths import PROJECT as ROOT
 
-LAYERS = {"utils": 0, "datasets": 1, "models": 2, "training": 3, "preprocess": 3, "interpretability": 4}
-TOP_LAYER = 5  # root CLIs, benchmarks/, scripts/
+LAYERS = {
+    "utils": 0,
+    "datasets": 1,
+    "models": 2,
+    "training": 3,
+    "preprocess": 3,
+    "interpretability": 4,
+    "inference": 5,
+}
+TOP_LAYER = 6  # root CLIs, benchmarks/, scripts/
 SIDE_BY_SIDE = {frozenset({"training", "preprocess"})}
 
 
@@ -122,3 +132,21 @@ def test_utils_is_a_leaf():
 @pytest.mark.parametrize("package", sorted(LAYERS))
 def test_every_package_is_found(package):
     assert any(name == package or name.startswith(package + ".") for name in project_modules())
+
+
+# What prediction and explanation may read of training: the run config and the run folder's file names.
+RUN_READERS = {"training.config", "training.results"}
+TRAINS = {"inference.demo_run"}  # trains a demo run through training.experiment.run_experiment
+
+
+def test_prediction_and_explain_import_no_training_internals():
+    graph = import_graph()
+    users = [m for m in graph if m.split(".")[0] == "inference" or m in {"predict", "explain"}]
+    bad = [
+        f"{m} -> {t}"
+        for m in users
+        if m not in TRAINS
+        for t in graph[m]
+        if t.split(".")[0] == "training" and t not in RUN_READERS
+    ]
+    assert users and not bad, "beyond training.config / training.results:\n" + "\n".join(sorted(bad))

@@ -23,7 +23,7 @@ CLASSES = ("solid", "glandular", "papillary")
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     """A one-epoch HiVE-MIL demo run, fold 0 only (trained in this process)."""
-    from interpretability.loading import demo_run_dir, train_demo
+    from inference.demo_run import demo_run_dir, train_demo
 
     results = tmp_path_factory.mktemp("predict_demo")
     train_demo(

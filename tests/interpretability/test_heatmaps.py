@@ -19,8 +19,7 @@ from interpretability.heatmaps import (
     save_heatmaps,
     scale_bar,
 )
-from tests.mini_run import CHILD_COUNTS, P5, P20, make_bag, make_mini_run
-from utils.errors import InputError
+from tests.mini_run import CHILD_COUNTS, P5, P20, make_bag
 
 # ------------------------------------------------------------------------------------------ rasters
 
@@ -137,104 +136,3 @@ def test_transmil_attention_is_the_package_matrix_row_of_the_class_token(n):
         assert torch.allclose(logits, model.classifier(model.norm(h2)[:, 0]), atol=1e-6)  # output unchanged
     assert extras["attention"].shape == (n,)
     assert torch.allclose(extras["attention"], reference, atol=1e-6)
-
-
-# ------------------------------------------------------------------------------------------ tensor bags
-
-
-def test_tensor_bag_forms(tmp_path):
-    from datasets.hierarchy import patch_px
-    from interpretability.slide_inputs import read_tensor_bag
-
-    bag = make_bag(seed=4)
-    path = tmp_path / "rows.pt"
-    torch.save({"x5": bag.x5, "x20": bag.x20, "coords5": bag.coords5, "coords20": bag.coords20}, path)
-    loaded = read_tensor_bag(path, "s", 64)
-    assert torch.equal(loaded.child_mask, bag.child_mask) and torch.equal(loaded.x20, bag.x20)
-    assert "level0_mag" not in loaded.meta and not loaded.meta.get("flat")
-
-    flat20 = bag.x20[bag.child_mask]
-    torch.save(
-        {"x5": bag.x5, "coords5": bag.coords5, "x20": flat20, "coords20": bag.coords20[bag.child_mask],
-         "level0_mag": 40},
-        tmp_path / "linked.pt",
-    )  # fmt: skip
-    linked = read_tensor_bag(tmp_path / "linked.pt", "s", 64)
-    assert torch.equal(linked.child_mask, bag.child_mask) and torch.equal(linked.x20, bag.x20)
-    assert torch.equal(linked.coords20, bag.coords20) and linked.meta["level0_mag"] == 40
-    assert patch_px(40, 5) == P5
-
-    torch.save(torch.randn(7, 64), tmp_path / "plain.pt")
-    plain = read_tensor_bag(tmp_path / "plain.pt", "p", 64, label=2)
-    assert plain.meta["flat"] and plain.num_5x == 7 and plain.num_20x == 7 and plain.label == 2
-
-    bad = {
-        "no_x20.pt": {"x5": bag.x5},
-        "dims.pt": {"features": torch.randn(3, 8)},
-        "nan.pt": {"features": torch.full((3, 64), float("nan"))},
-        "keys.pt": {"other": torch.zeros(1)},
-        "unlinkable.pt": {"x5": bag.x5, "x20": flat20},
-        "list.pt": [torch.zeros(2, 64)],
-    }
-    for name, obj in bad.items():
-        torch.save(obj, tmp_path / name)
-        with pytest.raises(InputError) as err:
-            read_tensor_bag(tmp_path / name, "b", 64)
-        assert "\n" not in str(err.value) and name in str(err.value)
-
-
-# ------------------------------------------------------------------------------------------ inputs
-
-
-def test_inputs_from_ids_folders_files_and_csv(tmp_path, tiny_clip_dir):
-    from interpretability.loading import read_run_config
-    from interpretability.slide_inputs import InputResolver
-    from training.experiment import run_task
-
-    run = make_mini_run(tmp_path / "project", tiny_clip_dir)
-    config = read_run_config(run / "config.json")
-    resolver = InputResolver(config, run_task(config))
-    features = tmp_path / "project" / "features" / "minitask_tiny"
-    (tmp_path / "slides").mkdir()
-    (tmp_path / "slides" / "scan.svs").write_bytes(b"x")
-    torch.save(torch.zeros(2, 64), tmp_path / "slides" / "t.pt")
-    csv = tmp_path / "list.csv"
-    csv.write_text(
-        "slide_id,path,label,level0_mag\nslide_1,,gamma,\nfromcsv,slides/t.pt,0,20\n"
-        "slide_2,project/features/minitask_tiny,,\n"
-    )
-    inputs = resolver.resolve(["slide_0", str(tmp_path / "slides"), str(csv)])
-    got = [(i.slide_id, i.kind, i.label, i.problem is None) for i in inputs]
-    assert got == [
-        ("slide_0", "task", 0, True), ("scan", "raw", None, True), ("t", "tensor", None, True),
-        ("slide_1", "task", 2, True), ("fromcsv", "tensor", 0, True), ("slide_2", "features", None, True),
-    ]  # fmt: skip
-    assert inputs[4].level0_mag == 20 and inputs[1].slide_file == tmp_path / "slides" / "scan.svs"
-    folder = resolver.resolve([str(features)])
-    assert [i.slide_id for i in folder] == ["slide_0", "slide_1", "slide_2"]
-    assert folder[0].input_files() == [
-        features / "tiny_5x" / "slide_0.h5",
-        features / "hierarchical_tiny_5x_20x" / "slide_0.h5",
-    ]
-    one = resolver.resolve([str(features / "tiny_5x" / "slide_1.h5")])
-    assert one[0].kind == "features" and one[0].problem is None
-    unknown = resolver.resolve(["slide_9", str(tmp_path / "gone.svs")])
-    assert all(i.problem for i in unknown)
-    for items, message in (
-        (["slide_0", "slide_0"], "named twice"),
-        ([str(tmp_path / "missing.csv")], "no such CSV"),
-        ([str(tmp_path / "project" / "csv")], "no feature folder"),
-    ):
-        with pytest.raises(InputError, match=message):
-            resolver.resolve(items)
-    raw = tmp_path / "raw" / "case"
-    raw.mkdir(parents=True)
-    (raw / "slide_0.ndpi").write_bytes(b"x")
-    with_slides = InputResolver(config, run_task(config), slide_dir=tmp_path / "raw").resolve(
-        ["slide_0", "slide_1"]
-    )
-    assert [i.slide_file for i in with_slides] == [raw / "slide_0.ndpi", None]  # thumbnails for heatmaps
-    wrong = tmp_path / "wrong"
-    (wrong / "conch_5x").mkdir(parents=True)
-    with pytest.raises(InputError, match="trained on tiny features"):
-        resolver.resolve([str(wrong)])

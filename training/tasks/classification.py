@@ -32,7 +32,7 @@ from datasets.bag_dataset import BagDataset
 from datasets.dataset_csv import read_dataset_csv
 from datasets.features import FeatureLayout, missing_feature_slides
 from datasets.splits import PARTS, Split, check_split_against_csv, read_split, split_csv_path, split_leakage
-from datasets.tasks import TaskSpec, get_task
+from datasets.tasks import TaskSpec
 from models.passes import forward_pass
 from models.registry import model_info
 from training import results as res
@@ -108,13 +108,8 @@ def _read_fold_splits(config: RunConfig, task: TaskSpec, df) -> dict[int, Split]
 
 
 def run_task(config: RunConfig) -> TaskSpec:
-    """The task named by ``config`` (its CSV and prompt folders from ``--csv_dir`` / ``--prompt_dir``)."""
-    return get_task(
-        config.task,
-        csv_dir=config.resolve_path(config.csv_dir),
-        prompt_dir=config.resolve_path(config.prompt_dir),
-        llm=config.LLM,
-    )
+    """The task named by ``config`` (:meth:`RunConfig.task_spec`)."""
+    return config.task_spec()
 
 
 def resolve_prompts(config: RunConfig) -> RunConfig:

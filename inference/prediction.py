@@ -1,6 +1,6 @@
 """Predicting new slides with a finished run's fold checkpoints (the work of ``predict.py``).
 
-For every slide (:mod:`interpretability.slide_inputs`) and every selected fold, the fold's model --
+For every slide (:mod:`inference.slide_inputs`) and every selected fold, the fold's model --
 rebuilt from the run's ``config.json`` as training built it, its checkpoint loaded with the identity
 check -- gives class probabilities exactly as the run's evaluation computes them (text features once
 per model, ``--amp`` as trained, softmax of float32 logits). The fold ensemble is the mean probability
@@ -37,14 +37,8 @@ from datasets.bag import SlideBag
 from datasets.features import FeatureLayout, hier_file_is_complete
 from datasets.fingerprint import content_record, json_digest, stat_record
 from datasets.hierarchy import patch_px
-from interpretability.slide_inputs import (
-    RAW,
-    TENSOR,
-    SlideInput,
-    read_feature_bag,
-    read_tensor_bag,
-    run_magnifications,
-)
+from datasets.tensor_bag import read_tensor_bag
+from inference.slide_inputs import RAW, TENSOR, SlideInput, read_feature_bag, run_magnifications
 from models.registry import model_info
 from preprocess.wsi.options import TileFlags
 from training.config import RunConfig
@@ -80,8 +74,7 @@ def open_run(run_dir: str | Path, folds: list[int] | None = None) -> RunFolds:
 
     ``folds`` None: every fold of the run whose checkpoint exists.
     """
-    from interpretability.loading import read_run_config
-    from training.experiment import run_task
+    from inference.runs import read_run_config
 
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
@@ -93,7 +86,7 @@ def open_run(run_dir: str | Path, folds: list[int] | None = None) -> RunFolds:
         raise InputError(
             f"--run {run_dir}: {config.model_type} predicts survival, predict.py predicts classes"
         )
-    task = run_task(config)
+    task = config.task_spec()
     if folds is None:
         folds = [k for k in range(config.k) if checkpoint_path(run_dir, k).is_file()]
         if not folds:
@@ -372,12 +365,12 @@ class Predictor:
                 self.cache.load_tower()
         self.load_models()
         if self.options.heatmaps and self.heatmap_source == "class evidence":
-            from interpretability.loading import load_prompts
+            from inference.runs import load_prompts
 
             self._prompts = load_prompts(self.config, self.task)
 
     def load_models(self) -> None:
-        from interpretability.loading import load_fold_model
+        from inference.runs import load_fold_model
 
         for k in self.run.folds:
             if k in self.models:

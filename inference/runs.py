@@ -4,28 +4,27 @@ A run folder (``results_dir/<task>/<extractor>/<shots>/<exp_code>_s<seed>/``) ho
 (the resolved run config under ``"config"``) and ``s_<fold>_checkpoint.pt`` per fold. The model is
 rebuilt from the config exactly as training built it (:func:`models.registry.build_model`: same text
 tower, prompts and variant switches) and the fold's learned state is loaded into it.
+
+Reads the run folder through :mod:`training.config` (``RunConfig``) and :mod:`training.results` (file
+names); imports nothing else of training. Used by ``predict.py`` (:mod:`inference.prediction`),
+``explain.py`` and the notebook.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from datasets.bag import SlideBag
 from datasets.prompt_file import HierarchicalPrompts, load_prompt_file
 from datasets.tasks import TaskSpec
-from training.config import RunConfig, parse_config
-from training.experiment import run_task
+from training.config import RunConfig
 from training.results import CONFIG_FILE, checkpoint_path
 from utils.errors import InputError
-from utils.paths import PROJECT_ROOT, cache_root
 
 SUPPORTED_MODEL = "HiVE_MIL"
-QUICK_DEMO_DIRNAME = "interpretability_demo"
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ def load_run(
     fold: int = 0,
     checkpoint: str | Path | None = None,
     config: str | Path | None = None,
-    device: str | torch.device = "cpu",
+    device="cpu",
     model_types: Collection[str] | None = None,
 ):
     """Rebuild a run's model and load fold ``fold``'s checkpoint; returns ``(model, task, config)``.
@@ -119,7 +118,7 @@ def load_run(
     """
     files = resolve_run_files(results_dir_or_config, fold, checkpoint, config)
     run_config = read_run_config(files.config, model_types)
-    task = run_task(run_config)
+    task = run_config.task_spec()
     model = load_fold_model(run_config, task, files.checkpoint, device)
     return model, task, run_config
 
@@ -187,66 +186,3 @@ def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
     bag = read_slide_bag(layout, str(slide_id), int(row["label_idx"]), expected_dim=config.feature_dim)
     bag.meta["level0_mag"] = int(row["level0_mag"])
     return bag
-
-
-# ------------------------------------------------------------------------------------------ demo run
-
-
-def demo_config(argv: list[str]) -> RunConfig:
-    """The config ``python main.py --task demo <argv>`` runs with (the CLI's demo expansion included)."""
-    from preprocess.demo_tasks import task_defaults
-
-    return parse_config(["--task", "demo", *argv], task_defaults=task_defaults)
-
-
-def demo_run_dir(results_dir: str | Path) -> Path:
-    """Where ``python main.py --task demo --results_dir results_dir`` puts its run."""
-    return demo_config(["--results_dir", str(results_dir)]).run_dir
-
-
-def train_demo(argv: list[str]) -> int:
-    """Train ``python main.py <argv>`` (a demo task's argv, ``--task demo`` included) in this process;
-    returns 0."""
-    from preprocess.demo_tasks import task_defaults
-    from training.experiment import run_experiment
-
-    run_experiment(parse_config(argv, task_defaults=task_defaults))
-    return 0
-
-
-def _has_fold(run_dir: Path, fold: int) -> bool:
-    return (Path(run_dir) / CONFIG_FILE).is_file() and checkpoint_path(run_dir, fold).is_file()
-
-
-def ensure_demo_run(
-    max_epochs: int = 3,
-    fold: int = 0,
-    results_dir: str | Path | None = None,
-    train: Callable[[list[str]], int | None] | None = None,
-) -> Path:
-    """A demo run folder with fold ``fold``: the one ``python main.py --task demo`` made, else a quick one.
-
-    The default run (``./results`` or ``<project>/results``) is used when it holds the fold. Otherwise
-    a short run (``max_epochs`` epochs, that fold only) is trained (:func:`train_demo`) into
-    ``results_dir`` (default ``<cache>/interpretability_demo/e<max_epochs>``, see
-    :func:`utils.paths.cache_root`), so the default results folder is never touched; a finished quick
-    run is reused.
-    """
-    for root in (Path.cwd() / "results", PROJECT_ROOT / "results"):
-        if _has_fold(demo_run_dir(root), fold):
-            return demo_run_dir(root)
-    if max_epochs < 1:
-        raise InputError(f"max_epochs must be >= 1, got {max_epochs}")
-    if results_dir is None:
-        results_dir = cache_root() / QUICK_DEMO_DIRNAME / f"e{max_epochs}"
-    run_dir = demo_run_dir(results_dir)
-    if _has_fold(run_dir, fold):
-        return run_dir
-    argv = [
-        "--max_epochs", str(max_epochs), "--k_start", str(fold), "--k_end", str(fold + 1),
-        "--results_dir", str(results_dir), "--quiet",
-    ]  # fmt: skip
-    code = (train or train_demo)(["--task", "demo", *argv])
-    if code not in (0, None) or not _has_fold(run_dir, fold):
-        raise InputError(f"demo training did not produce {checkpoint_path(run_dir, fold)} (exit code {code})")
-    return run_dir
