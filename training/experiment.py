@@ -22,6 +22,7 @@ Order of work (docs/method.md §8, docs/survival.md §7):
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,8 +44,12 @@ from utils.run_logging import RunLog
 from utils.seed import configure_determinism
 
 __all__ = [  # run_task, resolve_prompts and seeded_model are re-exported for the callers of this module
+    "OpenRunFolder",
     "PreparedRun",
+    "RunFolderLocked",
     "finish_run",
+    "lock_run_folder",
+    "open_run_folder",
     "prepare_run",
     "resolve_prompts",
     "reusable_fold_row",
@@ -120,6 +125,59 @@ def reusable_fold_row(run: PreparedRun, fold: int, log: RunLog) -> dict | None:
     return row
 
 
+class RunFolderLocked(InputError):
+    """Another process holds the run folder's lock (this run wrote nothing there)."""
+
+
+def lock_run_folder(run_dir: Path, label: str = "") -> FolderLock:
+    """Create ``run_dir`` and take its lock (:class:`utils.locking.FolderLock`); a folder held by another
+    process is one :class:`RunFolderLocked` line naming the holder (prefixed with ``label``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(run_dir)
+    try:
+        lock.acquire()
+    except LockHeld as err:
+        prefix = f"{label}: " if label else ""
+        raise RunFolderLocked(f"{prefix}{err}; wait for it to finish or use another --results_dir") from None
+    return lock
+
+
+@dataclass
+class OpenRunFolder:
+    """A run folder opened for writing: its lock, the folds reused from an earlier run and those to train."""
+
+    lock: FolderLock
+    reused: dict[int, dict] = field(default_factory=dict)  # fold -> its stored row
+    to_train: list[int] = field(default_factory=list)
+
+
+def open_run_folder(
+    run: PreparedRun, log: RunLog, lock: FolderLock | None = None, note: str | None = None
+) -> OpenRunFolder:
+    """Open ``run``'s folder for writing, the one step of ``main.py`` and the grid (``reproduce.py``):
+    lock it (unless the caller holds ``lock`` already), start its ``log.txt`` (``note`` first), write
+    ``config.json`` and the header, and sort the folds into reused (finished with unchanged inputs) and
+    to train. A lock taken here is released again when a later part of the step fails."""
+    own_lock = lock is None
+    opened = OpenRunFolder(lock_run_folder(run.run_dir) if own_lock else lock)
+    try:
+        log.attach(run.run_dir / "log.txt")
+        if note:
+            log.info(note, console=False)
+        resuming = write_run_header(run, log)
+        for fold in run.config.fold_range:
+            row = reusable_fold_row(run, fold, log) if resuming else None
+            if row is None:
+                opened.to_train.append(fold)
+            else:
+                opened.reused[fold] = row
+    except BaseException:
+        if own_lock:
+            opened.lock.release()
+        raise
+    return opened
+
+
 def train_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | None = None) -> dict:
     """Train fold ``fold`` under its own lock (``.fold_<k>.lock`` in the run folder): a fold is never
     trained twice at once, also when several workers share one run."""
@@ -149,25 +207,16 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
     """
     log = log or RunLog(quiet=config.quiet)
     run_dir: Path | None = None
-    lock: FolderLock | None = None
-    lock_refused = False
+    opened: OpenRunFolder | None = None
     try:
         run_dir = task_for(config).run_dir(config)
         run = prepare_run(config, log)
         # The first fold's model now, so model errors (type, tower, prompts) come before any output.
         first_model: SlideClassifier | None = seeded_model(run)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock = FolderLock(run_dir)
-        try:
-            lock.acquire()
-        except LockHeld as err:
-            lock, lock_refused = None, True
-            raise InputError(f"{err}; wait for it to finish or use another --results_dir") from None
-        log.attach(run_dir / "log.txt")
-        resuming = write_run_header(run, log)
+        opened = open_run_folder(run, log)
         rows = []
         for fold in run.config.fold_range:
-            row = reusable_fold_row(run, fold, log) if resuming else None
+            row = opened.reused.get(fold)
             if row is None:
                 row = train_fold(run, fold, log, model=first_model)
                 first_model = None
@@ -175,11 +224,12 @@ def run_experiment(config: RunConfig, log: RunLog | None = None) -> list[dict]:
         finish_run(run, rows, log)
         return rows
     except InputError as err:
+        lock_refused = isinstance(err, RunFolderLocked)
         if run_dir is not None and run_dir.is_dir() and not log.attached and not lock_refused:
             log.attach(run_dir / "log.txt")  # a rerun's error goes to its existing log too
         log.info(f"error: {err}", console=False)
         raise
     finally:
-        if lock is not None:
-            lock.release()
+        if opened is not None:
+            opened.lock.release()
         log.close()
