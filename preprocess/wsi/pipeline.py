@@ -23,14 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from datasets.features import FeatureLayout, write_patch_file
 from datasets.fingerprint import content_record, json_digest
-from models.towers.base import ImageTower
-from preprocess.wsi.encode import StageTimes, TileGroup, encode_tiles
 from preprocess.wsi.options import TileFlags
 from preprocess.wsi.reader import SlideError, open_slide, read_downsampled
 from preprocess.wsi.sources import SlideSource
@@ -39,6 +38,10 @@ from preprocess.wsi.tissue import TissueParams, segment_tissue
 from utils.atomic_io import atomic_path
 from utils.errors import InputError
 from utils.safe_names import check_name, contained
+
+if TYPE_CHECKING:  # torch comes with the encoder, when a slide is extracted
+    from models.towers.base import ImageTower
+    from preprocess.wsi.encode import StageTimes
 
 FORMAT_SOURCE = "extract_features.py"
 # Attributes naming the encoder of an output (besides ``extractor`` and ``weights``).
@@ -207,6 +210,8 @@ def extract_slide(
 ) -> SlideResult:
     """Extract one slide; any :class:`SlideError` (unreadable file, unknown magnification, no tissue)
     propagates with a one-line message. ``progress(total, description)`` returns a per-batch callback."""
+    from preprocess.wsi.encode import TileGroup, encode_tiles
+
     start = time.perf_counter()
     if source.path is None:
         raise SlideError("no slide file with this id was found (check --slides / --slide-dir)")

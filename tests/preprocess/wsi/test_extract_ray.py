@@ -1,4 +1,4 @@
-"""extract_features.py --ray: slides spread over Ray workers that hold the encoder once; same files as
+"""extract_features.py --ray (preprocess.wsi.batch): slides spread over Ray workers that hold the encoder once; same files as
 without Ray, a bad slide is one line, finished slides are skipped."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 
 import extract_features
 from datasets.features import FeatureLayout
+from preprocess.wsi.batch import SlideWorker
 from preprocess.wsi.pipeline import ExtractOptions
 from preprocess.wsi.sources import SlideSource
 from preprocess.wsi.synthetic import synthetic_image, write_pyramid_tiff
@@ -50,7 +51,7 @@ def test_slide_worker_without_ray(workspace, tmp_path):
     options = ExtractOptions(
         extractor=EXTRACTOR, weights=str(ws["tower"]), batch_size=8, workers=0, device="cpu"
     )
-    worker = extract_features.SlideWorker(options, threads=1)
+    worker = SlideWorker(options, threads=1)
     assert worker.ready() is None
     layout = FeatureLayout(tmp_path / "R", TASK, EXTRACTOR)
     done = worker.extract(SlideSource("s20", ws["slides"] / "s20.svs"), layout)
@@ -58,7 +59,7 @@ def test_slide_worker_without_ray(workspace, tmp_path):
     assert worker.extract(SlideSource("s20", ws["slides"] / "s20.svs"), layout).status == "skipped"
     bad = worker.extract(SlideSource("broken", ws["slides"] / "broken.svs"), layout)
     assert bad.status == "failed" and "broken.svs" in bad.summary_line() and "\n" not in bad.message
-    missing = extract_features.SlideWorker(
+    missing = SlideWorker(
         ExtractOptions(extractor=EXTRACTOR, weights=str(tmp_path / "none")), 1
     )
     assert "--text_tower" in missing.ready() and "\n" not in missing.ready()
