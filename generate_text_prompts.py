@@ -19,7 +19,6 @@ requirements-optional.txt), which also retries dropped connections, rate limits 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -28,14 +27,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from datasets.prompt_file import (
-    HierarchicalPrompts,
-    check_token_lengths,
-    clip_token_counter,
-    content_warnings,
-    load_prompt_file,
-    parse_prompt_text,
-)
+from datasets.prompt_file import HierarchicalPrompts, parse_prompt_text, validate_prompt_file
 from datasets.tasks import DEFAULT_PROMPT_DIR, builtin_task_names, get_task
 from utils.atomic_io import atomic_write_text
 from utils.errors import InputError, run_cli
@@ -287,54 +279,18 @@ def render_prompt_json(prompts: HierarchicalPrompts) -> str:
 # ----------------------------------------------------------------------------- checking
 
 
-def conch_token_counter() -> Callable[[str], int] | None:
-    """Token counter of CONCH's bundled tokenizer (``conch-fork``), or None when it is not installed.
-
-    Reads the tokenizer file directly, without importing the CONCH model code.
-    """
-    try:
-        spec = importlib.util.find_spec("conch")
-    except (ImportError, ValueError):
-        return None
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        tokenizer_file = (
-            Path(location) / "open_clip_custom" / "tokenizers" / "conch_byte_level_bpe_uncased.json"
-        )
-        if tokenizer_file.is_file():
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(tokenizer_file))
-            return lambda text: len(tokenizer.encode(text).ids)  # start and end tokens included
-    return None
-
-
-def tower_token_counters() -> list[tuple[str, Callable[[str], int], int]]:
-    """``(label, count_tokens, context_length)`` for each text-tower tokenizer that is installed."""
-    counters = []
-    try:
-        counters.append(("CLIP BPE: PLIP, QuiltNet", clip_token_counter(), 77))
-    except ImportError:
-        pass
-    conch = conch_token_counter()
-    if conch is not None:
-        counters.append(("CONCH", conch, 127))  # 128 positions, the last reserved for the cls token
-    return counters
-
-
 def check_prompt_file(
     path: Path, class_names: Sequence[str] | None, n_ctx: int
 ) -> tuple[HierarchicalPrompts, list[str], list[str]]:
-    """Validate ``path`` strictly; return the prompts, warning lines and the tokenizers checked."""
-    prompts = load_prompt_file(path, class_names, N_COARSE, N_FINE_PER_COARSE)
-    warnings = content_warnings(prompts)
-    checked = []
-    for label, count_tokens, context_length in tower_token_counters():
-        warnings += check_token_lengths(prompts, count_tokens, context_length, n_ctx, label=label)
-        checked.append(f"{label} ({context_length})")
-    if not checked:
-        warnings.append(f"{path}: token lengths not checked (neither open_clip nor conch-fork is installed)")
-    return prompts, warnings, checked
+    """Validate ``path`` strictly (:func:`datasets.prompt_file.validate_prompt_file`) against every
+    installed text-tower tokenizer; return the prompts, warning lines and the tokenizers checked."""
+    from models.towers.tokenizers import installed_prompt_tokenizers
+
+    tokenizers = installed_prompt_tokenizers()
+    prompts, warnings = validate_prompt_file(
+        path, class_names, N_COARSE, N_FINE_PER_COARSE, n_ctx=n_ctx, tokenizers=tokenizers
+    )
+    return prompts, warnings, [f"{label} ({length})" for label, _, length in tokenizers]
 
 
 # ----------------------------------------------------------------------------- CLI

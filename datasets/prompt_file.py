@@ -343,14 +343,25 @@ def validate_prompt_file(
     count_tokens: Callable[[str], int] | None = None,
     context_length: int = 77,
     n_ctx: int = 16,
+    tokenizers: Sequence[tuple[str, Callable[[str], int], int]] | None = None,
 ) -> tuple[HierarchicalPrompts, list[str]]:
     """Load ``path`` strictly and collect warnings (content duplicates and over-long prompts).
 
     ``count_tokens`` defaults to the CLIP BPE counter (:func:`clip_token_counter`) with
-    ``context_length`` 77, the text context of PLIP and QuiltNet.
+    ``context_length`` 77, the text context of PLIP and QuiltNet. ``tokenizers`` instead: check against
+    each ``(label, count_tokens, context_length)`` (e.g.
+    :func:`models.towers.tokenizers.installed_prompt_tokenizers`), each warning labelled.
     """
     prompts = load_prompt_file(path, class_names, n_coarse, n_fine_per_coarse)
     warnings = content_warnings(prompts)
+    if tokenizers is not None:
+        for label, count, length in tokenizers:
+            warnings += check_token_lengths(prompts, count, length, n_ctx, label=label)
+        if not tokenizers:
+            warnings.append(
+                f"{path}: token lengths not checked (neither open_clip nor conch-fork is installed)"
+            )
+        return prompts, warnings
     if count_tokens is None:
         try:
             count_tokens = clip_token_counter()

@@ -11,12 +11,15 @@
   the end as the placeholder that CoCa's ``encode_text`` drops to make room for its cls embedding.
 * :class:`OpenClipTokenizer` - whatever ``open_clip.get_tokenizer`` gives for a model when it works
   offline, else the bundled CLIP BPE.
+
+:func:`installed_prompt_tokenizers` lists the first two where installed, for checking prompt files
+(``generate_text_prompts.py``, :func:`datasets.prompt_file.validate_prompt_file`).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -97,3 +100,21 @@ class OpenClipTokenizer:
         if inner is not None:
             return len(inner(text, add_special_tokens=True)["input_ids"])
         return int((self(text) != 0).sum())  # last resort: non-pad tokens after truncation
+
+
+def installed_prompt_tokenizers() -> list[tuple[str, Callable[[str], int], int]]:
+    """``(label, count_tokens, context_length)`` of each text tower's tokenizer that is installed: the CLIP
+    BPE (PLIP, QuiltNet; 77 tokens) and CONCH's (127: its last position is the placeholder of CoCa's cls
+    token). ``count_tokens`` counts start and end tokens, before truncation."""
+    found = []
+    try:
+        found.append(("CLIP BPE: PLIP, QuiltNet", ClipBpeTokenizer().count_tokens, 77))
+    except ImportError:
+        pass
+    try:
+        conch = ConchTokenizer()
+    except ImportError:
+        pass
+    else:
+        found.append(("CONCH", conch.count_tokens, conch.context_length - 1))
+    return found

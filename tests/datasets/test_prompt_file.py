@@ -69,11 +69,10 @@ def test_curated_files_validate_against_builtin_tasks(task, count_clip):
 
 
 def test_curated_files_fit_conch_context():
-    import generate_text_prompts as gen
+    pytest.importorskip("conch", reason="conch-fork not installed")
+    from models.towers.tokenizers import ConchTokenizer
 
-    count = gen.conch_token_counter()
-    if count is None:
-        pytest.skip("conch-fork not installed")
+    count = ConchTokenizer().count_tokens
     for task in TCGA_TASKS:
         prompts = load_prompt_file(CURATED / f"{task}.json", get_task(task).class_names)
         assert check_token_lengths(prompts, count, 127, 16) == []
