@@ -18,12 +18,13 @@ import sys
 
 from preprocess.demo_tasks import task_defaults
 from training.config import parse_config
-from training.experiment import run_experiment
 from utils.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv, task_defaults=task_defaults)
+    from training.experiment import run_experiment  # torch and the rest only once the flags are fine
+
     run_experiment(config)
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from datasets.tasks import TaskSpec
 from models.hila.options import HiLaOptions
 from models.hivemil.options import HiveMILOptions
-from models.towers.loading import TowerSource
+from models.towers.source import TowerSource
 from utils.errors import InputError
 
 

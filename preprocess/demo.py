@@ -33,7 +33,6 @@ from datasets.features import FeatureLayout, write_patch_file
 from datasets.hierarchy import patch_px
 from datasets.splits import make_few_shot_splits, split_csv_path, write_split
 from datasets.tasks import TaskSpec
-from models.towers.tiny import ensure_demo_text_tower
 from preprocess.hierarchy import build_slide_hierarchy
 from utils.atomic_io import atomic_write_text
 from utils.paths import cache_root
@@ -79,6 +78,14 @@ class DemoData:
 def default_demo_root() -> Path:
     """``<cache>/demo`` (:func:`utils.paths.cache_root`: ``$HIVEMIL_CACHE`` or ``<project>/cache``)."""
     return cache_root() / "demo"
+
+
+def ensure_demo_text_tower() -> Path:
+    """The demo's tiny text tower (:func:`models.towers.tiny.ensure_demo_text_tower`), imported only when
+    a demo task is run: reading a config (``--help``, a bad flag) does not import torch."""
+    from models.towers import tiny
+
+    return tiny.ensure_demo_text_tower()
 
 
 def run_defaults(root: str | Path | None = None, seed: int = 0) -> dict:

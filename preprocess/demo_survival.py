@@ -40,11 +40,11 @@ from datasets.survival import (
     read_survival_csv,
     survival_split_path,
 )
-from models.towers.tiny import ensure_demo_text_tower
 from preprocess.demo import (
     EXTRACTOR,
     FEATURE_DIM,
     SIGNAL_20X,
+    ensure_demo_text_tower,
     ensure_generated_tree,
     slide_arrays,
     write_marker,

@@ -26,8 +26,7 @@ from datasets.tasks import TaskSpec, get_task
 from models.hila.options import HiLaOptions
 from models.hivemil.options import SWITCHES, VARIANTS, HiveMILOptions, VariantSwitches
 from models.registry import ModelSpec, model_info
-from models.towers.backbones import is_backbone
-from models.towers.loading import TowerSource
+from models.towers.source import TowerSource
 from training.early_stopping import ES_METRICS
 from utils.cli_flags import AmpFlags, DataRootFlags, DeviceFlags, ThreadFlags, TowerFlags
 from utils.device import resolve_device
@@ -453,6 +452,8 @@ def validate_config(config: RunConfig) -> None:
         if not ok:
             raise InputError(message)
     check_seed(config.seed)
+    from models.towers.backbones import is_backbone  # torch: only once the flags have parsed
+
     if is_backbone(config.feature_extractor) and model_info(config.model_type).text_tower:
         raise InputError(
             f"--model_type {config.model_type} compares patches with texts: --feature_extractor "

@@ -33,6 +33,7 @@ from models.towers.base import ImageTower, TextTower, freeze
 from models.towers.conch_tower import load_conch
 from models.towers.hf_clip import is_hf_clip_folder, load_hf_clip
 from models.towers.open_clip_tower import is_open_clip_folder, load_open_clip
+from models.towers.source import TowerSource
 from utils.errors import InputError, one_line
 from utils.paths import PROJECT_ROOT
 
@@ -43,14 +44,6 @@ SIDES = ("text", "image")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CHECKPOINT_SUFFIXES = {".bin", ".pt", ".pth", ".safetensors"}
 
-
-@dataclass(frozen=True)
-class TowerSource:
-    """Which tower a model uses: the feature extractor's name and, optionally, where its weights are
-    (``--text_tower``: a hub name, local folder, checkpoint file or open_clip spec)."""
-
-    extractor: str
-    weights: str | None = None
 
 
 def load_text_tower(source: TowerSource, device: str | torch.device = "cpu") -> TextTower:
