@@ -33,6 +33,7 @@ from preprocess.demo_tasks import task_defaults
 from training.grid import AXES, GridPoint, expand_grid, merge_grids, read_grid_file, validate_grid
 from utils.errors import InputError, run_cli
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reproduce.py",
