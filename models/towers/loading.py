@@ -45,7 +45,6 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CHECKPOINT_SUFFIXES = {".bin", ".pt", ".pth", ".safetensors"}
 
 
-
 def load_text_tower(source: TowerSource, device: str | torch.device = "cpu") -> TextTower:
     """The frozen text tower of ``source`` (the one way every model loads its text side)."""
     return load_towers(source.extractor, source=source.weights, sides=("text",), device=device).text

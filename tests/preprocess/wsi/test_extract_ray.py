@@ -59,9 +59,7 @@ def test_slide_worker_without_ray(workspace, tmp_path):
     assert worker.extract(SlideSource("s20", ws["slides"] / "s20.svs"), layout).status == "skipped"
     bad = worker.extract(SlideSource("broken", ws["slides"] / "broken.svs"), layout)
     assert bad.status == "failed" and "broken.svs" in bad.summary_line() and "\n" not in bad.message
-    missing = SlideWorker(
-        ExtractOptions(extractor=EXTRACTOR, weights=str(tmp_path / "none")), 1
-    )
+    missing = SlideWorker(ExtractOptions(extractor=EXTRACTOR, weights=str(tmp_path / "none")), 1)
     assert "--text_tower" in missing.ready() and "\n" not in missing.ready()
 
 
