@@ -22,7 +22,6 @@ import math
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,9 +30,6 @@ from training.config import RunConfig
 from training.fingerprints import INPUTS_FILE
 from utils.atomic_io import atomic_path, atomic_write_text
 from utils.errors import InputError
-
-if TYPE_CHECKING:  # an annotation only: reading a run folder does not import torch
-    from training.evaluation import EvalResult
 
 METRIC_COLUMNS = ("test_acc", "test_auc", "test_f1", "val_acc", "val_auc", "val_f1")
 CONFIG_FILE = "config.json"
