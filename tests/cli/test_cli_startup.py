@@ -25,6 +25,7 @@ CLIS = (
     "create_hierarchical_features.py",
     "check_hierarchical_consistency.py",
     "generate_text_prompts.py",
+    "evaluate_survival.py",
 )
 HEAVY = ("torch", "transformers", "torch_geometric", "sklearn", "ray", "open_clip")
 _IMPORT_LINE = re.compile(r"^import time:\s*\d+\s*\|\s*\d+\s*\|\s*(\S+)\s*$")
