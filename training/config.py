@@ -44,7 +44,6 @@ from utils.flags import (
 from utils.flags import both_spellings as _both  # a project-added flag with _ and - spellings
 from utils.magnification import magnification_arg, magnification_label, magnification_value
 from utils.paths import resolve_project_path
-from utils.seed import check_seed
 
 GROUPS = {
     "published": "published flags",
@@ -451,8 +450,10 @@ def validate_config(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise InputError(message)
-    check_seed(config.seed)
     from models.towers.backbones import is_backbone  # torch: only once the flags have parsed
+    from utils.seed import check_seed
+
+    check_seed(config.seed)
 
     if is_backbone(config.feature_extractor) and model_info(config.model_type).text_tower:
         raise InputError(
