@@ -8,10 +8,12 @@ prompt file's keys when there is one, else the CSV's labels.
     python create_splits.py --task tcga_brca --few_shot_num 16 --k 5 --seed 1
 
 ``--survival``: case-level k-fold cross-validation for a survival task (docs/survival.md §4), stratified
-by survival bin and censorship, written to ``<splits_root>/<task>/<task>_survival/splits_<i>.csv``
-holding case ids (fold i tests group i and validates on group i + 1)::
+by censorship and survival bin, written to ``<splits_root>/<task>/<task>_survival/splits_<i>.csv``
+holding case ids in the survival field's ``,train,val`` layout (fold i validates on group i and trains
+on the rest; ``--test_part`` adds a test part: fold i tests group i, validates on group i + 1)::
 
-    python create_splits.py --task tcga_brca_surv --survival --k 5 --seed 1
+    python create_splits.py --task demo_survival --csv cache/demo_survival/dataset_csv/demo_survival.csv \
+        --survival --splits_root my_splits
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import sys
 from pathlib import Path
 
 from datasets.dataset_csv import read_dataset_csv
-from datasets.splits import make_few_shot_splits, split_csv_path, write_split
+from datasets.splits import PARTS, make_few_shot_splits, split_csv_path, write_split
 from datasets.survival import (
     DEFAULT_BINS,
+    SPLIT_PARTS,
     bin_cuts,
     make_survival_splits,
     read_survival_csv,
+    split_warnings,
     survival_split_path,
 )
 from datasets.tasks import DEFAULT_CSV_DIR, get_task
@@ -55,6 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--n_bins", type=int, default=DEFAULT_BINS, help="survival bins used for stratification (--survival)"
+    )
+    parser.add_argument(
+        "--test_part",
+        action="store_true",
+        help="--survival: also a test part (train/val/test, k >= 3); default the field's train/val (k >= 2)",
     )
     parser.add_argument("--k", type=int, default=5, help="number of splits (default 5)")
     parser.add_argument("--val_frac", type=float, default=0.3, help="fraction of the remaining cases for val")
@@ -89,10 +98,14 @@ def survival_main(args: argparse.Namespace) -> int:
     ]
     _existing_check(targets, args.overwrite)
     table = read_survival_csv(csv_path)
-    splits, _ = make_survival_splits(table, bin_cuts(table, args.n_bins), args.k, args.seed)
+    splits, _ = make_survival_splits(table, bin_cuts(table, args.n_bins), args.k, args.seed, args.test_part)
+    parts = PARTS if args.test_part else SPLIT_PARTS
     for path, split in zip(targets, splits):
-        write_split(path, split)
-        print(f"{path}: cases train {len(split.train)}, val {len(split.val)}, test {len(split.test)}")
+        write_split(path, split, parts)
+        sizes = ", ".join(f"{p} {len(split.part(p))}" for p in parts)
+        print(f"{path}: cases {sizes}")
+    for line in split_warnings(splits, table.by_id()):
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

@@ -21,8 +21,15 @@ from training.config import parse_config
 from utils.errors import run_cli
 
 
+def _kind_defaults(config):
+    """The task kind's defaults (the published survival settings); imported once the flags parsed."""
+    from training.tasks import kind_defaults
+
+    return kind_defaults(config)
+
+
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(argv, task_defaults=task_defaults)
+    config = parse_config(argv, task_defaults=task_defaults, kind_defaults=_kind_defaults)
     from training.experiment import run_experiment  # torch and the rest only once the flags are fine
 
     run_experiment(config)

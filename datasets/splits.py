@@ -54,10 +54,12 @@ def split_csv_path(splits_root: str | Path, task: str, few_shot_num: int, fold: 
     return Path(splits_root) / task / f"{task}_{few_shot_num}" / f"splits_{fold}.csv"
 
 
-def read_split(path: str | Path, item: str = "slide") -> Split:
+def read_split(path: str | Path, item: str = "slide", require_test: bool = True) -> Split:
     """Parse a split CSV (published format). One-line :class:`InputError` on any format problem.
 
     ``item`` names what the cells hold in messages (``"case"`` for survival splits, docs/survival.md §4).
+    ``require_test=False`` also accepts the survival field's ``,train,val`` files (MCAT, Patch-GCN): a
+    file without a ``test`` column gives an empty test part.
     """
     path = Path(path)
     if not path.is_file():
@@ -69,12 +71,12 @@ def read_split(path: str | Path, item: str = "slide") -> Split:
     if not rows:
         raise InputError(f"{path}: empty split file (expected header ',train,val,test')")
     header = [h.strip() for h in rows[0]]
-    missing = [p for p in PARTS if p not in header]
+    needed = PARTS if require_test else PARTS[:2]
+    missing = [p for p in needed if p not in header]
     if missing:
-        raise InputError(
-            f"{path}: missing column(s) {', '.join(missing)} (expected header ',train,val,test')"
-        )
-    columns = {p: header.index(p) for p in PARTS}
+        expected = "',train,val,test'" if require_test else "',train,val' or ',train,val,test'"
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (expected header {expected})")
+    columns = {p: header.index(p) for p in PARTS if p in header}
     parts: dict[str, list[str]] = {p: [] for p in PARTS}
     for number, row in enumerate(rows[1:], start=1):
         if not any(cell.strip() for cell in row):
@@ -95,20 +97,21 @@ def read_split(path: str | Path, item: str = "slide") -> Split:
     return Split(**parts)
 
 
-def format_split(split: Split) -> str:
-    """The CSV text of ``split`` in the published format."""
+def format_split(split: Split, parts: tuple[str, ...] = PARTS) -> str:
+    """The CSV text of ``split`` in the published format (columns ``parts``: all three by default, or
+    ``("train", "val")`` for the survival field's ``,train,val`` files)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["", *PARTS])
-    length = max(len(split.part(p)) for p in PARTS)
+    writer.writerow(["", *parts])
+    length = max(len(split.part(p)) for p in parts)
     for i in range(length):
-        writer.writerow([i, *(split.part(p)[i] if i < len(split.part(p)) else "" for p in PARTS)])
+        writer.writerow([i, *(split.part(p)[i] if i < len(split.part(p)) else "" for p in parts)])
     return buffer.getvalue()
 
 
-def write_split(path: str | Path, split: Split) -> None:
-    """Write ``split`` to ``path`` atomically in the published format."""
-    atomic_write_text(path, format_split(split))
+def write_split(path: str | Path, split: Split, parts: tuple[str, ...] = PARTS) -> None:
+    """Write ``split`` to ``path`` atomically in the published format (:func:`format_split`)."""
+    atomic_write_text(path, format_split(split, parts))
 
 
 def check_split_against_csv(split: Split, df: pd.DataFrame) -> list[str]:

@@ -10,8 +10,9 @@ Labels are discrete survival bins: the uncensored cases' times are cut at their 
 starts at 0, the last is open-ended), so censored cases beyond the largest uncensored time land in the
 last bin.
 
-Splits are case-level k-fold cross-validation (:func:`make_survival_splits`), written in the published
-split layout (``,train,val,test``) holding **case ids** under ``splits/<task>/<task>_survival/``.
+Splits are case-level k-fold cross-validation (:func:`make_survival_splits`), written in the survival
+field's split layout (``,train,val``, MCAT / Patch-GCN; ``,train,val,test`` on request) holding **case
+ids** under ``splits/<task>/<task>_survival/``.
 """
 
 from __future__ import annotations
@@ -219,26 +220,42 @@ def survival_split_path(splits_root: str | Path, task: str, fold: int) -> Path:
     return split_csv_path(splits_root, task, SURVIVAL_SPLIT_LABEL, fold)
 
 
-def make_survival_splits(
-    table: SurvivalTable, cuts, k: int = 5, seed: int = 1
-) -> tuple[list[Split], np.ndarray]:
-    """Case-level k-fold cross-validation, stratified by (survival bin, censorship); docs/survival.md §4.
+SPLIT_PARTS = ("train", "val")  # the field's layout (MCAT, Patch-GCN); ``--test_part`` adds "test"
 
-    Cases are grouped by stratum (strata in sorted order, cases sorted by id, then shuffled with
-    ``numpy.random.default_rng((seed, 0))``) and dealt round-robin into k groups, the counter running
-    on across strata: every stratum's count per group differs by at most one, and so do the group sizes.
-    Fold i tests group i, validates on group (i + 1) mod k and trains on the other k - 2 groups, so every
-    case is tested exactly once. Returns the k splits (case ids) and the group of every case (table order).
+
+def make_survival_splits(
+    table: SurvivalTable, cuts, k: int = 5, seed: int = 1, test_part: bool = False
+) -> tuple[list[Split], np.ndarray]:
+    """Case-level k-fold cross-validation, stratified by (censorship, survival bin); docs/survival.md §4.
+
+    Cases are grouped by stratum -- the event strata (censorship 0, by bin) first, then the censored
+    ones -- each stratum's cases sorted by id and shuffled with ``numpy.random.default_rng((seed, 0))``,
+    and dealt round-robin into k groups, the counter running on across strata: every stratum's count per
+    group differs by at most one, and so do the group sizes and the groups' event counts (so with at
+    least k events every group holds one).
+
+    Default (the field's protocol): fold i validates on group i and trains on the other k - 1 groups
+    (80/20 % for k = 5); the val part is the fold's evaluation set. ``test_part``: fold i tests group i,
+    validates on group (i + 1) mod k and trains on the other k - 2. Either way every case is evaluated
+    exactly once. Returns the k splits (case ids) and the group of every case (table order).
     """
-    if k < 3:
-        raise InputError(f"--k must be >= 3 for survival cross-validation (train/val/test groups), got {k}")
+    least = 3 if test_part else 2
+    if k < least:
+        layout = "train/val/test" if test_part else "train/val"
+        raise InputError(f"--k must be >= {least} for survival cross-validation ({layout} groups), got {k}")
     if len(table.cases) < k:
         raise InputError(f"{table.path}: {len(table.cases)} case(s), too few for {k} folds")
+    events = sum(c.event for c in table.cases)
+    if events < k:
+        raise InputError(
+            f"{table.path}: {events} event(s) (censorship 0) among {len(table.cases)} cases, fewer than the "
+            f"{k} folds: some fold would be evaluated without an event (c-index undefined); use a smaller --k"
+        )
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0]))
     bins = bin_index(table.months, cuts)
     strata: dict[tuple[int, int], list[int]] = {}
     for i, case in enumerate(table.cases):
-        strata.setdefault((int(bins[i]), case.censorship), []).append(i)
+        strata.setdefault((case.censorship, int(bins[i])), []).append(i)
     group = np.zeros(len(table.cases), dtype=np.int64)
     counter = 0
     for key in sorted(strata):
@@ -249,12 +266,50 @@ def make_survival_splits(
     ids = [c.case_id for c in table.cases]
     splits = []
     for fold in range(k):
-        val_group = (fold + 1) % k
+        evaluated = (fold + 1) % k if test_part else fold
+        tested = [c for c, g in zip(ids, group) if g == fold] if test_part else []
         splits.append(
             Split(
-                train=[c for c, g in zip(ids, group) if g not in (fold, val_group)],
-                val=[c for c, g in zip(ids, group) if g == val_group],
-                test=[c for c, g in zip(ids, group) if g == fold],
+                train=[c for c, g in zip(ids, group) if g not in (fold, evaluated)],
+                val=[c for c, g in zip(ids, group) if g == evaluated],
+                test=tested,
             )
         )
     return splits, group
+
+
+def comparable_pairs(months, censorship) -> int:
+    """Harrell's comparable pairs: (i, j) with i an event and t_i < t_j, or t_i = t_j and j censored."""
+    months = np.asarray(months, dtype=np.float64)
+    event = np.asarray(censorship).astype(int) == 0
+    later = months[None, :] > months[:, None]
+    tied_censored = (months[None, :] == months[:, None]) & ~event[None, :]
+    return int(((later | tied_censored) & event[:, None]).sum())
+
+
+def undefined_reason(months, censorship) -> str | None:
+    """Why Harrell's c-index of these cases is undefined (no event, or no comparable pair), else None."""
+    n = len(months)
+    if not any(int(c) == 0 for c in censorship):
+        return f"no event among its {n} case(s)"
+    if comparable_pairs(months, censorship) == 0:
+        return f"no comparable pair among its {n} case(s) (no time after an event)"
+    return None
+
+
+def split_warnings(splits: dict[int, Split] | list[Split], by_id: dict[str, SurvivalCase]) -> list[str]:
+    """One line per fold part whose c-index cannot be defined (val and test parts) or whose training
+    part has no event, e.g. ``fold 3: val part has no event among its 20 case(s) (c-index undefined)``."""
+    items = splits.items() if isinstance(splits, dict) else enumerate(splits)
+    lines = []
+    for fold, split in items:
+        if split.train and not any(by_id[c].event for c in split.train):
+            lines.append(f"fold {fold}: train part has no event; the survival loss learns little")
+        for part in ("val", "test"):
+            ids = split.part(part)
+            if not ids:
+                continue
+            reason = undefined_reason([by_id[c].months for c in ids], [by_id[c].censorship for c in ids])
+            if reason:
+                lines.append(f"fold {fold}: {part} part has {reason} (c-index undefined)")
+    return lines

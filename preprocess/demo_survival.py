@@ -16,7 +16,8 @@ patches, level0_mag 40 or 20), with the signal planted only in 20x children:
 The hazard thus depends only on the feature direction in the 20x children; the load itself reaches a
 c-index of about 0.8. Written with the project's own writers and code paths: features and hierarchy files as the
 classification demo, the survival CSV read back with :func:`datasets.survival.read_survival_csv`, bins
-and five case-level splits from :func:`datasets.survival.make_survival_splits`, the attribute prompts
+and five case-level ``,train,val`` splits (the field's layout) from
+:func:`datasets.survival.make_survival_splits`, the attribute prompts
 ``text_prompt/HiLa/demo_survival.json``. Deterministic in ``seed``; generated into a temporary folder and
 renamed into place (:func:`preprocess.demo.ensure_generated_tree`).
 """
@@ -35,6 +36,7 @@ from datasets.splits import write_split
 from datasets.survival import (
     DEFAULT_BINS,
     PROMPT_FOLDER,
+    SPLIT_PARTS,
     bin_cuts,
     make_survival_splits,
     read_survival_csv,
@@ -53,7 +55,8 @@ from preprocess.hierarchy import build_slide_hierarchy
 from utils.atomic_io import atomic_write_text
 from utils.paths import cache_root
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the field's train/val split files (the cohort itself is that of version 1)
+COHORT_VERSION = 1  # seeds the cohort: unchanged since version 1
 TASK_NAME = "demo_survival"
 NUM_CASES = 100
 TWO_SLIDE_CASES = 15
@@ -158,7 +161,7 @@ def generate_demo_survival_data(root: Path, seed: int = 0) -> DemoSurvivalData:
     """Write the whole survival demo tree under ``root`` (which should be empty); deterministic in ``seed``."""
     root = Path(root)
     demo = _data_at(root)
-    rng = np.random.default_rng(np.random.SeedSequence([7919, GENERATOR_VERSION, int(seed) & 0xFFFFFFFF]))
+    rng = np.random.default_rng(np.random.SeedSequence([7919, COHORT_VERSION, int(seed) & 0xFFFFFFFF]))
     table = _cases(rng)
     latent = rng.standard_normal(NUM_CASES)
     direction = rng.standard_normal(FEATURE_DIM)
@@ -186,7 +189,7 @@ def generate_demo_survival_data(root: Path, seed: int = 0) -> DemoSurvivalData:
     survival = read_survival_csv(demo.csv_path)
     splits, _ = make_survival_splits(survival, bin_cuts(survival, DEFAULT_BINS), k=NUM_FOLDS, seed=seed)
     for fold, split in enumerate(splits):
-        write_split(survival_split_path(demo.splits_root, TASK_NAME, fold), split)
+        write_split(survival_split_path(demo.splits_root, TASK_NAME, fold), split, SPLIT_PARTS)
     atomic_write_text(demo.prompt_file, json.dumps(DEMO_SURVIVAL_PROMPTS, indent=2) + "\n")
     write_marker(root, seed, GENERATOR_VERSION)
     return demo

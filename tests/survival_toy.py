@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from datasets.features import FeatureLayout
-from datasets.splits import write_split
-from datasets.survival import bin_cuts, make_survival_splits, read_survival_csv, survival_split_path
+from datasets.splits import PARTS, write_split
+from datasets.survival import SPLIT_PARTS, bin_cuts, make_survival_splits, read_survival_csv, survival_split_path
 from tests.toy_task import DIM, write_slide
 
 TASK = "toysurv"
@@ -21,8 +21,11 @@ PROMPTS = {
 }
 
 
-def make_survival_toy_data(root, k: int = 3, n_cases: int = 24, seed: int = 0, dim: int = DIM) -> dict:
-    """Dataset CSV, features, k case-level split files and HiLa prompts for the survival task ``toysurv``."""
+def make_survival_toy_data(
+    root, k: int = 3, n_cases: int = 24, seed: int = 0, dim: int = DIM, test_part: bool = True
+) -> dict:
+    """Dataset CSV, features, k case-level split files and HiLa prompts for the survival task ``toysurv``:
+    ``,train,val,test`` files, or the field's ``,train,val`` files with ``test_part=False``."""
     rng = np.random.default_rng(seed)
     risk = rng.standard_normal(n_cases)
     months = np.round(rng.exponential(20.0 * np.exp(-risk)) + 0.5, 2)
@@ -39,9 +42,9 @@ def make_survival_toy_data(root, k: int = 3, n_cases: int = 24, seed: int = 0, d
     columns = ["case_id", "slide_id", "survival_months", "censorship", "level0_mag"]
     pd.DataFrame(rows, columns=columns).to_csv(csv_path, index=False)
     table = read_survival_csv(csv_path)
-    splits, _ = make_survival_splits(table, bin_cuts(table, 4), k=k, seed=seed)
+    splits, _ = make_survival_splits(table, bin_cuts(table, 4), k=k, seed=seed, test_part=test_part)
     for fold, split in enumerate(splits):
-        write_split(survival_split_path(root / "splits", TASK, fold), split)
+        write_split(survival_split_path(root / "splits", TASK, fold), split, PARTS if test_part else SPLIT_PARTS)
     prompt = root / "prompts" / "HiLa" / f"{TASK}.json"
     prompt.parent.mkdir(parents=True, exist_ok=True)
     prompt.write_text(json.dumps(PROMPTS))

@@ -127,8 +127,9 @@ class RunConfig:
         "--mode", default="transformer", choices=("transformer",), group="published", help="unused"
     )
     weighted_sample: bool = flag(
-        "--weighted_sample", default=False, group="published", help="class-balanced sampling"
-    )
+        "--weighted_sample", default=False, action=argparse.BooleanOptionalAction, group="published",
+        help="class-balanced sampling (survival: over the bin x censorship groups, on by default there)",
+    )  # fmt: skip
     reg: float = flag("--reg", default=1e-5, group="published", help="weight decay")
     bag_loss: str = flag(
         "--bag_loss", default="ce", choices=("svm", "ce", "focal"), group="published", help="slide-level loss"
@@ -242,9 +243,19 @@ class RunConfig:
         *_both("surv_loss"), default="nll", choices=SURVIVAL_LOSS_NAMES, group="survival",
         help="discrete-time NLL (Zadeh & Schmid 2020) or Cox partial likelihood",
     )  # fmt: skip
-    surv_alpha: float = flag(
-        *_both("surv_alpha"), default=0.15, group="survival", help="NLL weight of the uncensored term"
-    )
+    alpha_surv: float = flag(
+        *_both("alpha_surv"), *_both("surv_alpha"), default=0.0, group="survival",
+        help="NLL extra weight of the uncensored term (MCAT/Patch-GCN's --alpha_surv; --surv_alpha is an alias)",
+    )  # fmt: skip
+    gc: int = flag(
+        "--gc", default=1, group="survival",
+        help="gradient accumulation: loss batches (--surv_batch cases each) per optimiser step "
+        "(MCAT/Patch-GCN's --gc; survival runs: 32 for nll, 1 for cox unless given)",
+    )  # fmt: skip
+    ibs_horizon: float = flag(
+        *_both("ibs_horizon"), default=0.0, group="survival",
+        help="end of the IBS time grid in months (0: the last survival bin cut)",
+    )  # fmt: skip
     n_bins: int = flag(
         *_both("n_bins"), default=4, group="survival",
         help="survival bins, cut at quantiles of the uncensored times (4: quartiles)",
@@ -386,13 +397,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TaskDefaults = Callable[[str], dict]
+KindDefaults = Callable[[RunConfig], dict]
 
 
-def parse_config(argv: list[str] | None = None, task_defaults: TaskDefaults | None = None) -> RunConfig:
+def parse_config(
+    argv: list[str] | None = None,
+    task_defaults: TaskDefaults | None = None,
+    kind_defaults: KindDefaults | None = None,
+) -> RunConfig:
     """Parse ``argv`` (default ``sys.argv[1:]``) into a :class:`RunConfig`.
 
     ``task_defaults(task)`` (given by the CLI) returns defaults for flags the user did not give, e.g.
-    the generated demo task's data paths and training settings; explicit flags always win.
+    the generated demo task's data paths and training settings. ``kind_defaults(config)`` (given by the
+    CLI: :func:`training.tasks.kind_defaults`) returns the task kind's defaults, e.g. the published
+    survival settings (docs/survival.md §7.2); a demo's own settings beat them and explicit flags beat
+    both. The field defaults here are the classification (published HiVE-MIL) ones.
     """
     given = given_values(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     values = dict(task_defaults(given["task"])) if task_defaults and given.get("task") else {}
@@ -400,7 +419,14 @@ def parse_config(argv: list[str] | None = None, task_defaults: TaskDefaults | No
     if unknown:
         raise ValueError(f"task defaults name unknown settings: {sorted(unknown)}")
     values.update(given)
-    return with_flag_values(RunConfig(), values)
+    config = with_flag_values(RunConfig(), values)
+    if kind_defaults is None:
+        return config
+    extra = kind_defaults(config)
+    unknown = set(extra) - set(flag_keys(RunConfig))
+    if unknown:
+        raise ValueError(f"task-kind defaults name unknown settings: {sorted(unknown)}")
+    return with_flag_values(config, {k: v for k, v in extra.items() if k not in values})
 
 
 def with_values(config: RunConfig, **changes) -> RunConfig:
@@ -432,7 +458,9 @@ def validate_config(config: RunConfig) -> None:
         (config.threads >= 0, "--threads must be >= 0"),
         (config.hivemil.max_children >= 0, "--max-children must be >= 0"),
         (config.hivemil.attention_chunk >= 0, "--attention-chunk must be >= 0"),
-        (0 <= config.surv_alpha <= 1, "--surv_alpha must be in [0, 1]"),
+        (0 <= config.alpha_surv <= 1, "--alpha_surv must be in [0, 1]"),
+        (config.gc >= 1, "--gc must be >= 1"),
+        (config.ibs_horizon >= 0 and math.isfinite(config.ibs_horizon), "--ibs_horizon must be >= 0"),
         (config.n_bins >= 2, "--n_bins must be >= 2"),
         (config.surv_batch >= 0, "--surv_batch must be >= 0"),
         (

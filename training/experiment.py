@@ -113,7 +113,7 @@ def write_run_header(run: PreparedRun, log: RunLog) -> bool:
 
 def reusable_fold_row(run: PreparedRun, fold: int, log: RunLog) -> dict | None:
     """The stored row of a finished fold whose inputs are unchanged, else None (saying why, when it changed)."""
-    row = res.finished_fold_row(run.run_dir, fold, run.task.metric_columns, run.task.prediction_parts)
+    row = res.finished_fold_row(run.run_dir, fold, run.task.metric_columns, run.task.prediction_parts(fold))
     if row is None:
         return None
     inputs = run.task.fold_inputs(fold, run.tower)

@@ -4,10 +4,11 @@ docs/survival.md §7.2).
 :func:`run_fold` is the fold body of every kind, given the :class:`PreparedRun` and the fold: seed reset
 and model (:func:`seeded_model`), the task's loss, an optimiser over the model's trainable parameters (a
 training-free model is evaluated as it is), :func:`training.loop.fit` with the task's epoch and
-validation every epoch, early stopping, best state restored, checkpoint with its identity, test
-evaluation, the fold's row (``test_*`` / ``val_*`` metrics and losses, ``best_epoch``, ``epochs_run``;
-``final/*`` scalars), the predictions of the task's parts (val and test; survival also train, with the
-restored model), the fold's input record, and the row last (marking the
+validation every epoch, early stopping, best state restored, checkpoint with its identity, the task's
+final passes (test; survival: also the training cases with the restored model, and no test without a
+test part), the fold's row (``test_*`` / ``val_*`` metrics and losses, ``best_epoch``, ``epochs_run``;
+``final/*`` scalars and the task's extra entries), the predictions of those passes, the fold's input
+record, and the row last (marking the
 fold finished). What differs between kinds comes from ``run.task`` (:mod:`training.tasks`).
 """
 
@@ -91,9 +92,13 @@ def run_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | 
     def run_eval(indices: list[int], desc: str):
         return task.evaluate(model, fold, indices, loss_fn, device, options, desc=desc)
 
+    def run_test(indices: list[int]):
+        """The test pass, in the released test loader's order."""
+        return run_eval(EvalLoaderDraws(shuffle).pass_order(indices), "test")
+
     # Loader draws and evaluation orders of the released run (--testing shuffles val/test, reference only).
     shuffle = config.shuffles_evaluation
-    train_labels = [dataset.labels[i] for i in idx.train]
+    train_labels = task.sampling_labels(idx.train)  # the groups --weighted_sample balances
     draws = ReleasedLoaderDraws(train_labels, config.weighted_sample, shuffle_validation=shuffle)
     try:
         if optimizer is None:
@@ -127,8 +132,9 @@ def run_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | 
             model.state_dict(),
             model_identity(config.model_type, run.spec),
         )
-        val = fitted.best_val
-        test = run_eval(EvalLoaderDraws(shuffle).pass_order(idx.test), "test")
+        passes = task.final_passes(fold, fitted.best_val, run_eval, run_test)  # part -> result, in writing order
+        val = passes["val"]
+        test = passes.get("test", val)  # no test part (survival train/val folds): val is evaluated
         row = {
             "fold": fold,
             **{f"test_{k}": v for k, v in test.metrics.items()},
@@ -141,13 +147,11 @@ def run_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | 
         for name, value in row.items():
             if name not in ("fold", "best_epoch", "epochs_run"):
                 scalars.add(f"final/{name}", value, fitted.best_epoch)
+        row.update(task.row_extra(fold, passes))
     finally:
         scalars.close()
-    predicted = {"val": val, "test": test}
-    if "train" in task.prediction_parts:  # the restored model on its own training cases (survival)
-        predicted["train"] = run_eval(idx.train, "train")
-    for part in task.prediction_parts:
-        task.write_predictions(res.predictions_path(run_dir, fold, part), predicted[part])
+    for part, result in passes.items():
+        task.write_predictions(res.predictions_path(run_dir, fold, part), result)
     write_fold_inputs(res.fold_inputs_path(run_dir, fold), inputs)
     res.write_fold_row(run_dir, fold, row)  # last: marks the fold finished
     log.info(f"fold {fold}: best epoch {fitted.best_epoch} of {fitted.epochs_run}; {task.test_summary(row)}")

@@ -175,15 +175,25 @@ def summary_frames(
 
 
 def write_summaries(
-    run_dir: Path, rows: list[dict], folds: range, k: int, metric_columns: tuple[str, ...] = METRIC_COLUMNS
+    run_dir: Path,
+    rows: list[dict],
+    folds: range,
+    k: int,
+    metric_columns: tuple[str, ...] = METRIC_COLUMNS,
+    na_rep: str = "",
+    summary_extra: dict[str, list] | None = None,
 ) -> tuple[Path, Path]:
-    """Write the per-fold summary and the mean/std results CSVs; return their paths."""
+    """Write the per-fold summary and the mean/std results CSVs; return their paths. ``na_rep`` writes
+    an undefined value (survival: ``NaN``, never a blank cell); ``summary_extra`` adds columns to the
+    summary (survival: ``note``)."""
     summary, results = summary_frames(rows, metric_columns)
+    for name, values in (summary_extra or {}).items():
+        summary[name] = values
     summary_name, results_name = summary_names(folds, k)
     paths = (Path(run_dir) / summary_name, Path(run_dir) / results_name)
     for frame, path in zip((summary, results), paths):
         with atomic_path(path, suffix=".csv") as tmp:
-            frame.to_csv(tmp, index=False)
+            frame.to_csv(tmp, index=False, na_rep=na_rep)
     return paths
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 import create_splits as splits_cli
@@ -24,7 +26,11 @@ def test_demo_survival_short_run(tmp_path):
     assert table.loc["mean", "test_cindex"] > 0.6  # the planted signal is found within two epochs
     assert 0.0 < table.loc["mean", "test_ibs"] < 0.5
     assert len(pd.read_csv(run_dir / "summary.csv")) == 5
-    assert (run_dir / "km_test.png").is_file() and (run_dir / "fold_4" / "predictions_test.csv").is_file()
+    assert (run_dir / "km_test.png").is_file() and (run_dir / "fold_4" / "predictions_val.csv").is_file()
+    assert not (run_dir / "fold_4" / "predictions_test.csv").exists()  # train/val folds: val is evaluated
+    saved = json.loads((run_dir / "config.json").read_text())["config"]
+    # the published survival settings, but the demo's own lr and the flag's epochs
+    assert (saved["gc"], saved["weighted_sample"], saved["alpha_surv"], saved["lr"]) == (32, True, 0.0, 1e-3)
 
 
 def test_demo_task_defaults_cover_both_demos():
@@ -45,10 +51,10 @@ def test_demo_survival_generation_is_deterministic(tmp_path):
     table = pd.read_csv(a.csv_path)
     assert table["case_id"].nunique() == demo_survival.NUM_CASES
     assert 0.15 < table.drop_duplicates("case_id")["censorship"].mean() < 0.45
-    split = read_split(
-        a.splits_root / "demo_survival" / "demo_survival_survival" / "splits_0.csv", item="case"
-    )
-    assert len(split.test) == 20 and len(split.val) == 20 and len(split.train) == 60
+    path = a.splits_root / "demo_survival" / "demo_survival_survival" / "splits_0.csv"
+    assert path.read_text().startswith(",train,val\n")  # the field's layout
+    split = read_split(path, item="case", require_test=False)
+    assert len(split.test) == 0 and len(split.val) == 20 and len(split.train) == 80
 
 
 def test_create_splits_survival(tmp_path, capsys):
@@ -71,10 +77,30 @@ def test_create_splits_survival(tmp_path, capsys):
     assert run_cli(splits_cli.main, flags) == 0, capsys.readouterr().err
     files = sorted((tmp_path / "sp" / "mysurv" / "mysurv_survival").glob("splits_*.csv"))
     assert [p.name for p in files] == [f"splits_{i}.csv" for i in range(5)]
-    tested = [c for p in files for c in read_split(p, item="case").test]
-    assert sorted(tested) == sorted(r[0] for r in rows)
+    assert all(p.read_text().startswith(",train,val\n") for p in files)
+    evaluated = [c for p in files for c in read_split(p, item="case", require_test=False).val]
+    assert sorted(evaluated) == sorted(r[0] for r in rows)
     assert run_cli(splits_cli.main, flags) == 2
     assert "already exists (5 of 5 files); use --overwrite" in capsys.readouterr().err
+    assert run_cli(splits_cli.main, [*flags, "--test_part", "--overwrite"]) == 0
+    assert "cases train 18, val 6, test 6" in capsys.readouterr().out
+    tested = [c for p in files for c in read_split(p, item="case").test]
+    assert sorted(tested) == sorted(r[0] for r in rows)
+    few = tmp_path / "few.csv"  # censored at 1..6 months, events at 7..10: 4 events
+    few.write_text(
+        "case_id,slide_id,survival_months,censorship,level0_mag\n"
+        + "".join(f"c{i},s{i},{i + 1},{int(i < 6)},40\n" for i in range(10))
+    )
+    few_flags = ["--task", "f", "--csv", str(few), "--survival", "--n_bins", "2", "--splits_root", str(tmp_path / "sp")]
+    assert run_cli(splits_cli.main, few_flags) == 2
+    assert "4 event(s) (censorship 0) among 10 cases, fewer than the 5 folds" in capsys.readouterr().err
+    # 4 folds: one event per val part, every censored time before it -> no comparable pair, said per fold
+    assert run_cli(splits_cli.main, [*few_flags, "--k", "4"]) == 0
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 4 and all(
+        w.startswith(f"warning: fold {i}: val part has no comparable pair") and w.endswith("(c-index undefined)")
+        for i, w in enumerate(warnings)
+    )
     bad = tmp_path / "bad.csv"
     bad.write_text("case_id,slide_id,survival_months,censorship,level0_mag\nc,s,-1,0,40\n")
     assert run_cli(splits_cli.main, ["--task", "x", "--csv", str(bad), "--survival"]) == 2

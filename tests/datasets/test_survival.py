@@ -11,9 +11,13 @@ import torch
 
 from datasets.bag import SlideBag
 from datasets.case_bag import concat_case_bag
-from datasets.splits import read_split, write_split
+from datasets.splits import Split, read_split, write_split
 from datasets.survival import (
+    SPLIT_PARTS,
     SurvivalCase,
+    comparable_pairs,
+    split_warnings,
+    undefined_reason,
     bin_cuts,
     bin_index,
     bin_labels,
@@ -115,18 +119,23 @@ def _cohort(tmp_path, n=83, seed=0):
     return _table(tmp_path, months, censor)
 
 
-def test_survival_splits_are_stratified_and_test_every_case_once(tmp_path):
+@pytest.mark.parametrize("test_part", [False, True])
+def test_survival_splits_are_stratified_and_evaluate_every_case_once(tmp_path, test_part):
     table = _cohort(tmp_path)
     cuts = bin_cuts(table, 4)
-    splits, group = make_survival_splits(table, cuts, k=5, seed=3)
+    splits, group = make_survival_splits(table, cuts, k=5, seed=3, test_part=test_part)
     ids = [c.case_id for c in table.cases]
-    tested = Counter(c for s in splits for c in s.test)
-    assert set(tested) == set(ids) and set(tested.values()) == {1}
+    evaluated = Counter(c for s in splits for c in (s.test if test_part else s.val))
+    assert set(evaluated) == set(ids) and set(evaluated.values()) == {1}
     for fold, split in enumerate(splits):
         parts = [set(split.train), set(split.val), set(split.test)]
         assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
         assert len(split.train) + len(split.val) + len(split.test) == len(ids)
-        assert set(split.val) == set(splits[(fold + 1) % 5].test)
+        if test_part:
+            assert set(split.val) == set(splits[(fold + 1) % 5].test)
+            assert set(split.test) == {c for c, g in zip(ids, group) if g == fold}
+        else:  # the field's layout: train on 4 of 5 groups, evaluate on the fifth
+            assert split.test == [] and set(split.val) == {c for c, g in zip(ids, group) if g == fold}
     bins = bin_index(table.months, cuts)
     strata = {(int(b), int(c)) for b, c in zip(bins, table.censorship)}
     assert len(strata) > 4
@@ -136,6 +145,8 @@ def test_survival_splits_are_stratified_and_test_every_case_once(tmp_path):
         assert counts.max() - counts.min() <= 1, stratum
     sizes = np.bincount(group, minlength=5)
     assert sizes.max() - sizes.min() <= 1
+    events = np.bincount(group[table.censorship == 0], minlength=5)
+    assert events.max() - events.min() <= 1  # event strata are dealt first
 
 
 def test_survival_splits_are_seeded_and_order_independent(tmp_path):
@@ -144,29 +155,90 @@ def test_survival_splits_are_seeded_and_order_independent(tmp_path):
     first, _ = make_survival_splits(table, cuts, k=5, seed=3)
     again, _ = make_survival_splits(table, cuts, k=5, seed=3)
     other, _ = make_survival_splits(table, cuts, k=5, seed=4)
-    assert [s.test for s in first] == [s.test for s in again] and [s.test for s in first] != [
-        s.test for s in other
+    assert [s.val for s in first] == [s.val for s in again] and [s.val for s in first] != [
+        s.val for s in other
     ]
     shuffled = type(table)(table.path, list(reversed(table.cases)), table.rows)
     reordered, _ = make_survival_splits(shuffled, cuts, k=5, seed=3)
-    assert [set(s.test) for s in reordered] == [set(s.test) for s in first]
+    assert [set(s.val) for s in reordered] == [set(s.val) for s in first]
 
 
-def test_survival_split_files_hold_case_ids_in_the_published_layout(tmp_path):
+def test_survival_split_files_hold_case_ids_in_the_published_layouts(tmp_path):
     table = _cohort(tmp_path, n=20)
-    splits, _ = make_survival_splits(table, bin_cuts(table, 4), k=4, seed=1)
+    splits, _ = make_survival_splits(table, bin_cuts(table, 4), k=4, seed=1, test_part=True)
     path = survival_split_path(tmp_path / "splits", "t", 2)
     assert path == tmp_path / "splits" / "t" / "t_survival" / "splits_2.csv"
     write_split(path, splits[2])
     assert path.read_text().splitlines()[0] == ",train,val,test"
     back = read_split(path, item="case")
     assert (back.train, back.val, back.test) == (splits[2].train, splits[2].val, splits[2].test)
+    field_splits, _ = make_survival_splits(table, bin_cuts(table, 4), k=4, seed=1)
+    write_split(path, field_splits[2], SPLIT_PARTS)
+    assert path.read_text().splitlines()[0] == ",train,val"
+    back = read_split(path, item="case", require_test=False)
+    assert (back.train, back.val, back.test) == (field_splits[2].train, field_splits[2].val, [])
+    with pytest.raises(InputError, match=r"missing column\(s\) test"):
+        read_split(path, item="case")  # classification splits still need their test part
 
 
-def test_survival_splits_need_three_folds(tmp_path):
+def test_mcat_split_file_is_read_unchanged(tmp_path):
+    """A split file as MCAT / Patch-GCN ship them (``splits/5foldcv/<study>/splits_<k>.csv``): header
+    ``,train,val``, the shorter val column padded with empty cells."""
+    path = tmp_path / "splits_0.csv"
+    path.write_text(",train,val\n0,TCGA-2F-A9KO,TCGA-4Z-AA7M\n1,TCGA-2F-A9KP,TCGA-4Z-AA7N\n2,TCGA-2F-A9KQ,\n")
+    split = read_split(path, item="case", require_test=False)
+    assert split.train == ["TCGA-2F-A9KO", "TCGA-2F-A9KP", "TCGA-2F-A9KQ"]
+    assert split.val == ["TCGA-4Z-AA7M", "TCGA-4Z-AA7N"] and split.test == []
+
+
+def test_survival_split_fold_counts(tmp_path):
     table = _cohort(tmp_path, n=20)
-    with pytest.raises(InputError, match="--k must be >= 3"):
-        make_survival_splits(table, bin_cuts(table, 4), k=2)
+    cuts = bin_cuts(table, 4)
+    with pytest.raises(InputError, match=r"--k must be >= 2 .*train/val"):
+        make_survival_splits(table, cuts, k=1)
+    with pytest.raises(InputError, match=r"--k must be >= 3 .*train/val/test"):
+        make_survival_splits(table, cuts, k=2, test_part=True)
+    splits, _ = make_survival_splits(table, cuts, k=2)
+    assert [len(s.train) + len(s.val) for s in splits] == [20, 20]
+
+
+def test_fewer_events_than_folds_is_refused(tmp_path):
+    table = _table(tmp_path, [1, 2, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 1, 1, 1, 1])
+    with pytest.raises(InputError, match="4 event\\(s\\) .* among 8 cases, fewer than the 5 folds"):
+        make_survival_splits(table, bin_cuts(table, 2), k=5)
+    splits, _ = make_survival_splits(table, bin_cuts(table, 2), k=4)
+    assert all({"c0", "c1", "c2", "c3"} & set(s.val) for s in splits)  # every val part holds an event
+
+
+def test_comparable_pairs_by_hand():
+    # times 2 (event), 3 (censored), 3 (event), 5 (censored), 5 (event). The event at 2 precedes the
+    # four others (4); the event at 3 precedes both 5s (2) and ties the censored 3 (1); the event at 5
+    # ties the censored 5 (1): 8 pairs.
+    assert comparable_pairs([2, 3, 3, 5, 5], [0, 1, 0, 1, 0]) == 8
+    assert comparable_pairs([4, 1, 2], [0, 1, 1]) == 0  # the only event is the last time
+    assert undefined_reason([1, 2], [1, 1]) == "no event among its 2 case(s)"
+    assert undefined_reason([4, 1, 2], [0, 1, 1]).startswith("no comparable pair among its 3 case(s)")
+    assert undefined_reason([1, 2], [0, 1]) is None
+
+
+def test_split_warnings_name_the_fold_part_and_reason():
+    cases = {
+        "a": SurvivalCase("a", ("a",), 1.0, 0),
+        "b": SurvivalCase("b", ("b",), 2.0, 1),
+        "c": SurvivalCase("c", ("c",), 3.0, 1),
+        "d": SurvivalCase("d", ("d",), 9.0, 0),
+        "e": SurvivalCase("e", ("e",), 4.0, 1),
+    }
+    splits = {
+        0: Split(train=["a", "d"], val=["b", "c"]),  # val: no event
+        1: Split(train=["b", "c"], val=["a", "d"], test=["d", "e"]),  # train: no event; test: d after e
+        2: Split(train=["b", "d"], val=["a", "c"]),  # fine
+    }
+    assert split_warnings(splits, cases) == [
+        "fold 0: val part has no event among its 2 case(s) (c-index undefined)",
+        "fold 1: train part has no event; the survival loss learns little",
+        "fold 1: test part has no comparable pair among its 2 case(s) (no time after an event) (c-index undefined)",
+    ]
 
 
 # ------------------------------------------------------------------------------------------- case bags

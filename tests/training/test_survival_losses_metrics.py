@@ -19,10 +19,16 @@ from training.survival.losses import (
     make_targets,
 )
 from training.survival.metrics import (
-    brier_time_grid,
+    GRID_POINTS,
+    IBSReference,
+    breslow_survival,
+    censoring_survival,
     concordance_index,
+    ibs_time_grid,
     integrated_brier,
+    kaplan_meier,
     survival_at_times,
+    survival_metrics,
 )
 from utils.errors import InputError
 
@@ -170,24 +176,106 @@ def test_survival_curve_is_a_step_at_the_bin_ends():
     assert at.tolist() == [[1.0, 1.0, 0.9, 0.72, 0.36, 0.36]]
 
 
-def test_brier_grid_stays_inside_the_follow_up():
-    months = np.arange(1.0, 101.0)
-    grid = brier_time_grid(months)
-    assert grid.min() >= np.percentile(months, 10) and grid.max() <= np.percentile(months, 90)
-    assert grid.max() < months.max() and len(grid) == 20
-    assert brier_time_grid([5.0]).size == 0
+def test_ibs_grid_is_one_per_run_from_the_cohort_to_the_last_cut():
+    cohort = np.arange(0.0, 101.0)  # 10th / 90th percentiles: 10 and 90
+    grid = ibs_time_grid(cohort, (5.0, 10.0, 40.0), points=4)
+    assert grid.tolist() == [10.0, 20.0, 30.0, 40.0]  # ends at the last bin cut
+    assert ibs_time_grid(cohort, (5.0, 10.0, 400.0), points=5).tolist() == [10.0, 30.0, 50.0, 70.0, 90.0]
+    assert ibs_time_grid(cohort, (5.0, 10.0, 40.0), horizon=30.0, points=3).tolist() == [10.0, 20.0, 30.0]
+    assert ibs_time_grid(cohort, (5.0, 10.0, 40.0), horizon=5.0).size == 0
+    assert len(ibs_time_grid(cohort, (5.0, 10.0, 40.0))) == GRID_POINTS
 
 
-def test_ibs_rewards_good_curves_and_is_nan_when_undefined():
+def test_kaplan_meier_by_hand():
+    # times 1, 2, 2, 3, 4; observed 1, 1, 0, 1, 0: S = 4/5 after 1, x 3/4 after 2, x 1/2 after 3
+    km = kaplan_meier([1, 2, 2, 3, 4], [1, 1, 0, 1, 0], [0.5, 1, 2.5, 3, 10])
+    assert km == pytest.approx([1, 4 / 5, 3 / 5, 3 / 10, 3 / 10])
+    # censoring distribution of the same cases (censorship 0, 0, 1, 0, 1): at 2 one event and one
+    # censoring tie -- the event leaves first, so G drops by 1 / (4 - 1); at 4 the last case is censored
+    g = censoring_survival([1, 2, 2, 3, 4], [0, 0, 1, 0, 1], [1, 2, 3.5, 4])
+    assert g == pytest.approx([1, 2 / 3, 2 / 3, 0])
+
+
+# Training cases: times 1, 2, 3, 4 with 2 and 4 censored -> censoring KM G = 1 before 2, 2/3 on [2, 4), 0 from 4.
+TRAIN_MONTHS, TRAIN_CENSORSHIP = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0, 1, 0, 1])
+# Evaluated: A dies at 1.5, B is censored at 2.5, C dies at 3.5; their curves on the grid 1, 2, 3.
+EVAL_MONTHS, EVAL_CENSORSHIP = np.array([1.5, 2.5, 3.5]), np.array([0, 1, 0])
+CURVES = np.array([[0.9, 0.6, 0.3], [0.8, 0.7, 0.5], [1.0, 0.8, 0.6]])
+
+
+def test_ibs_by_hand_with_training_only_censoring_weights():
+    reference = IBSReference(np.array([1.0, 2.0, 3.0]), TRAIN_MONTHS, TRAIN_CENSORSHIP)
+    assert reference.censoring([1.0, 1.5, 2.0, 3.5, 4.0]) == pytest.approx([1, 1, 2 / 3, 2 / 3, 0])
+    # t = 1: everyone still alive, weight 1/G(1) = 1
+    bs1 = ((1 - 0.9) ** 2 + (1 - 0.8) ** 2 + (1 - 1.0) ** 2) / 3
+    # t = 2: A died at 1.5 (weight 1/G(1.5) = 1); B and C alive (weight 1/G(2) = 3/2)
+    bs2 = (0.6**2 / 1 + (1 - 0.7) ** 2 * 1.5 + (1 - 0.8) ** 2 * 1.5) / 3
+    # t = 3: A died; B censored before 3 (no term); C alive (3/2)
+    bs3 = (0.3**2 / 1 + 0 + (1 - 0.6) ** 2 * 1.5) / 3
+    expected = ((bs1 + bs2) / 2 + (bs2 + bs3) / 2) / (3 - 1)
+    value, why = integrated_brier(reference, EVAL_MONTHS, EVAL_CENSORSHIP, CURVES)
+    assert why is None and value == pytest.approx(expected)
+
+
+def test_ibs_needs_only_the_weights_it_uses_and_says_why_when_undefined():
+    # grid to 4: G(4) = 0, but at t = 4 nobody evaluated is still alive -> defined
+    grid = np.array([1.0, 2.0, 3.0, 4.0])
+    reference = IBSReference(grid, TRAIN_MONTHS, TRAIN_CENSORSHIP)
+    curves = np.concatenate([CURVES, CURVES[:, -1:]], axis=1)
+    value, why = integrated_brier(reference, EVAL_MONTHS, EVAL_CENSORSHIP, curves)
+    assert why is None and 0 < value < 1
+    # a case still alive at 4 needs 1/G(4) = 1/0
+    value, why = integrated_brier(reference, [1.5, 5.0], [0, 1], curves[:2])
+    assert math.isnan(value) and why.startswith("censoring weights undefined")
+
+
+def test_ibs_equals_scikit_survival_when_the_training_cases_are_the_evaluated_ones():
+    from sksurv.metrics import integrated_brier_score
+    from sksurv.util import Surv
+
     rng = np.random.default_rng(0)
-    n = 60
+    months = np.round(rng.exponential(10, 40), 3) + 0.01
+    censorship = (rng.random(40) < 0.3).astype(int)
+    grid = np.linspace(np.sort(months)[1], np.sort(months)[-3], 30)
+    curves = np.exp(-np.outer(rng.uniform(0.05, 0.2, 40), grid))
+    value, _ = integrated_brier(IBSReference(grid, months, censorship), months, censorship, curves)
+    both = Surv.from_arrays(censorship == 0, months)
+    assert value == pytest.approx(integrated_brier_score(both, both, curves, grid), rel=1e-12)
+
+
+def test_training_km_reference_and_model_curves():
+    rng = np.random.default_rng(1)
+    n = 80
     months = rng.exponential(20, n) + 0.1
     censorship = (rng.random(n) < 0.3).astype(int)
     cuts = tuple(np.quantile(months[censorship == 0], [0.25, 0.5, 0.75]))
     bins = np.searchsorted(cuts, months, "right")
     good = np.array([[1.0 if b < t else 0.05 for b in range(4)] for t in bins])  # dies in its own bin
-    bad = 1.0 - good
-    ibs_good = integrated_brier(months, censorship, months, censorship, good, cuts)
-    ibs_bad = integrated_brier(months, censorship, months, censorship, bad, cuts)
-    assert 0 <= ibs_good < ibs_bad <= 1
-    assert math.isnan(integrated_brier(months, censorship, [3.0], [0], good[:1], cuts))
+    reference = IBSReference(ibs_time_grid(months, cuts), months[:60], censorship[:60])
+    metrics, notes = survival_metrics(
+        months[60:], censorship[60:], -good[60:].sum(1), survival_at_times(good[60:], cuts, reference.grid),
+        reference,
+    )  # fmt: skip
+    null, _ = integrated_brier(reference, months[60:], censorship[60:], reference.km_null(20))
+    assert notes == {} and metrics["ibs_km"] == null
+    assert reference.km_null(2)[0] == pytest.approx(kaplan_meier(months[:60], censorship[:60] == 0, reference.grid))
+    assert 0 <= metrics["ibs"] < metrics["ibs_km"] < 0.5  # curves that know the bin beat the KM curve
+
+
+def test_undefined_metrics_carry_their_reason():
+    reference = IBSReference(np.array([1.0, 2.0, 3.0]), TRAIN_MONTHS, TRAIN_CENSORSHIP)
+    metrics, notes = survival_metrics([1.5, 2.5], [1, 1], [0.1, 0.2], None, reference)
+    assert math.isnan(metrics["cindex"]) and notes["cindex"] == "no event among its 2 case(s)"
+    assert math.isnan(metrics["ibs"]) and "Breslow" in notes["ibs"]
+    assert not math.isnan(metrics["ibs_km"]) and "ibs_km" not in notes
+
+
+def test_breslow_survival_by_hand():
+    # training: events at 1 and 2, censored at 3; exp(risk) = 1, 2, 1
+    # H0 = 1/(1+2+1) after 1, + 1/(2+1) after 2; S(t | r) = exp(-H0(t) e^r)
+    train_risk = np.log([1.0, 2.0, 1.0])
+    curves = breslow_survival([1, 2, 3], [0, 0, 1], train_risk, [np.log(3.0), 0.0], [0.5, 1.5, 2.5, 9.0])
+    h0 = np.array([0.0, 1 / 4, 1 / 4 + 1 / 3, 1 / 4 + 1 / 3])
+    assert curves == pytest.approx(np.stack([np.exp(-3 * h0), np.exp(-h0)]))
+    shifted = breslow_survival([1, 2, 3], [0, 0, 1], train_risk + 5, [np.log(3.0) + 5, 5.0], [0.5, 1.5, 2.5, 9.0])
+    assert shifted == pytest.approx(curves)  # a common shift of the risks changes nothing

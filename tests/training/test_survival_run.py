@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pandas as pd
 import pytest
+import torch
 
 import training.experiment as experiment
 from datasets.splits import Split, write_split
 from datasets.survival import survival_split_path
+from models.base import ModelOutput
 from models.towers.tiny import ensure_demo_text_tower
 from tests.survival_toy import TASK, make_survival_toy_data
 from tests.toy_task import make_toy_data
 from training.config import parse_config
-from training.tasks import task_for
+from training.loop import LoopOptions
+from training.survival.losses import build_survival_loss, make_targets
+from training.survival.metrics import concordance_index
+from training.tasks import kind_defaults, task_for
+from training.tasks.survival import train_one_epoch
 from utils.errors import InputError
 from utils.run_logging import RunLog
 
@@ -221,3 +228,149 @@ def test_hila_run_on_the_toy_task(tmp_path):
     assert "prompts:" in log and "HiLa" in log and len(rows) == 1
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["prompt_file"].endswith(f"HiLa/{TASK}.json") and saved["config"]["mcl_lambda"] == 0.1
+
+
+# ------------------------------------------------------------------------------------------- the field's protocol
+def test_field_train_val_splits_train_and_report(tmp_path):
+    """The field's ``,train,val`` files: 2 of 3 groups train, the val part is the evaluation set (last
+    epoch), no test predictions; the training cases' risks are written for a KM threshold."""
+    data = make_survival_toy_data(tmp_path / "in", test_part=False)
+    header = (tmp_path / "in" / "splits" / TASK / f"{TASK}_survival" / "splits_0.csv").read_text().splitlines()[0]
+    assert header == ",train,val"
+    config = _config(data, tmp_path / "r")
+    rows = _run(config)
+    run_dir = task_for(config).run_dir(config)
+    results = pd.read_csv(run_dir / "results.csv")
+    assert list(results.columns) == ["metric", "test_cindex", "test_ibs", "val_cindex", "val_ibs"]
+    for fold, (row, split) in enumerate(zip(rows, data["splits"])):
+        assert row["evaluated"] == "val" and row["best_epoch"] == row["epochs_run"] - 1 == 1
+        assert row["test_cindex"] == row["val_cindex"] and row["test_ibs_km"] == row["val_ibs_km"]
+        assert len(split.train) == 16 and len(split.val) == 8 and split.test == []
+        assert not (run_dir / f"fold_{fold}" / "predictions_test.csv").exists()
+        val = pd.read_csv(run_dir / f"fold_{fold}" / "predictions_val.csv")
+        train = pd.read_csv(run_dir / f"fold_{fold}" / "predictions_train.csv")
+        assert sorted(val["case_id"]) == sorted(split.val) and sorted(train["case_id"]) == sorted(split.train)
+        assert row["val_cindex"] == pytest.approx(
+            concordance_index(val["survival_months"], val["censorship"], val["risk"])
+        )
+    evaluated = [c for s in data["splits"] for c in s.val]
+    assert sorted(evaluated) == [f"case_{i:02d}" for i in range(24)]
+    assert "note" in pd.read_csv(run_dir / "summary.csv").columns
+    log = (run_dir / "log.txt").read_text()
+    assert "val c-index" in log and "IBS of train KM" in log
+    saved = json.loads((run_dir / "config.json").read_text())
+    grid = saved["survival"]["ibs_grid_months"]
+    assert grid[0] < grid[1] <= saved["survival"]["bin_cuts_months"][-1] and grid[2] == 20
+
+
+def test_survival_runs_default_to_the_published_settings(toy):
+    argv = [*toy["argv"], "--results_dir", "r"]
+    drop = {"--max_epochs", "--lr"}
+    argv = [a for i, a in enumerate(argv) if a not in drop and argv[i - 1] not in drop]
+    config = parse_config(argv, kind_defaults=kind_defaults)
+    assert (config.lr, config.reg, config.max_epochs, config.gc) == (2e-4, 1e-5, 20, 32)
+    assert config.weighted_sample and config.alpha_surv == 0.0 and not config.early_stopping
+    given = parse_config(
+        [*argv, "--gc", "4", "--no-weighted_sample", "--surv_alpha", "0.15", "--lr", "1e-3"],
+        kind_defaults=kind_defaults,
+    )
+    assert (given.gc, given.weighted_sample, given.alpha_surv, given.lr) == (4, False, 0.15, 1e-3)
+    assert parse_config([*argv, "--surv_loss", "cox"], kind_defaults=kind_defaults).gc == 1
+    classification = make_toy_data(toy["tmp"] / "cls")
+    plain = parse_config(classification["argv"], kind_defaults=kind_defaults)
+    assert plain == parse_config(classification["argv"])  # classification defaults unchanged
+
+
+def test_weighted_sampling_balances_bin_and_censorship_groups(toy):
+    config = _config(toy, toy["tmp"] / "w")
+    task = task_for(config).prepare(config, RunLog(quiet=True))
+    idx = task.data.folds[0].train
+    labels = task.sampling_labels(idx)
+    cases = [task.data.cases[i] for i in idx]
+    bins = [task.data.dataset.labels[i] for i in idx]
+    assert labels == [2 * b + c.censorship for b, c in zip(bins, cases)]
+
+
+class _Bag:
+    def __init__(self, x, label, months, censorship):
+        self.x, self.label, self.months, self.censorship = x, label, months, censorship
+
+    def to(self, device):
+        return self
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 4)
+
+    def forward(self, bag):
+        return ModelOutput(self.layer(bag.x.reshape(1, 3)), torch.zeros(()))
+
+
+@pytest.mark.parametrize("loss_name, batch, gc", [("nll", 1, 2), ("nll", 1, 3), ("cox", 2, 2)])
+def test_gradient_accumulation_by_hand(loss_name, batch, gc):
+    """``batch`` cases per loss, ``gc`` losses per step: each step follows the mean loss of its cases
+    (NLL) or of its loss batches (Cox); the shorter last step is averaged over its own cases."""
+    g = torch.Generator().manual_seed(0)
+    bags = [
+        _Bag(torch.randn(3, generator=g), b, m, c)
+        for b, m, c in [(0, 1.0, 0), (2, 7.0, 1), (1, 4.0, 0), (3, 9.0, 0), (1, 3.0, 1)]
+    ]
+    model = _Linear()
+    manual = copy.deepcopy(model)
+    loss_fn = build_survival_loss(loss_name, 0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    train_one_epoch(
+        model, bags.__getitem__, range(5), optimizer, loss_fn, torch.device("cpu"), LoopOptions(prefetch_depth=0),
+        batch, gc=gc,
+    )
+    step = batch * gc
+    for start in range(0, 5, step):
+        group = bags[start : start + step]
+        losses = []
+        for b in range(0, len(group), batch):
+            part = group[b : b + batch]
+            logits = torch.cat([manual(bag).logits for bag in part])
+            targets = make_targets([x.label for x in part], [x.months for x in part], [x.censorship for x in part])
+            losses.append(loss_fn(logits, targets) * (len(part) if loss_name == "nll" else 1))
+        total = sum(losses) / (len(group) if loss_name == "nll" else len(losses))
+        grads = torch.autograd.grad(total, list(manual.parameters()), allow_unused=True)
+        with torch.no_grad():
+            for p, grad in zip(manual.parameters(), grads):
+                if grad is not None:
+                    p -= 0.5 * grad
+    for got, want in zip(model.parameters(), manual.parameters()):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_a_fold_without_events_is_said_at_split_time_and_in_the_results(tmp_path):
+    data = make_survival_toy_data(tmp_path / "in", test_part=False)
+    table = pd.read_csv(data["csv"]).drop_duplicates("case_id")
+    censored = sorted(table.loc[table["censorship"] == 1, "case_id"])[:3]
+    train = sorted(set(table["case_id"]) - set(censored))
+    write_split(survival_split_path(tmp_path / "in" / "splits", TASK, 1), Split(train, censored), ("train", "val"))
+    config = _config(data, tmp_path / "r", "--max_epochs", "1")
+    rows = _run(config)
+    run_dir = task_for(config).run_dir(config)
+    reason = "no event among its 3 case(s)"
+    assert rows[1]["notes"] == [f"val c-index undefined: {reason}"] and rows[0]["notes"] == []
+    summary = pd.read_csv(run_dir / "summary.csv", keep_default_na=False)
+    assert summary.loc[1, "note"] == f"val c-index undefined: {reason}" and summary.loc[0, "note"] == ""
+    assert summary.loc[1, "test_cindex"] == summary.loc[1, "val_cindex"] == "NaN"  # said, not a blank cell
+    results = pd.read_csv(run_dir / "results.csv").set_index("metric")
+    defined = [rows[0]["test_cindex"], rows[2]["test_cindex"]]
+    assert results.loc["mean", "test_cindex"] == pytest.approx(sum(defined) / 2)  # over the defined folds
+    log = (run_dir / "log.txt").read_text()
+    assert f"fold 1: val part has {reason} (c-index undefined)" in log  # when the splits are read
+    assert f"fold 1: val c-index undefined: {reason}" in log  # under the final table
+
+
+def test_cox_runs_score_breslow_curves(toy):
+    config = _config(toy, toy["tmp"] / "cox2", "--surv_loss", "cox", "--surv_batch", "4", "--k_end", "1")
+    (row,) = _run(config)
+    assert 0.0 < row["test_ibs"] < 1.0 and 0.0 < row["val_ibs"] < 1.0  # Breslow curves from the training pass
+    assert row["notes"] == []
+    log = (task_for(config).run_dir(config) / "log.txt").read_text()
+    epoch_lines = [line for line in log.splitlines() if line.lstrip().startswith("epoch")]
+    assert epoch_lines and not any(" ibs " in line for line in epoch_lines)  # no baseline during training

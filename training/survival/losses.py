@@ -10,7 +10,9 @@ Both map hazard logits [B, n_bins] and the cases' targets to a scalar.
       censored   = -c * log S_y                             alive at the end of bin y
       loss       = (1 - alpha) * (uncensored + censored) + alpha * uncensored
 
-  alpha = 0.15 by default (``--surv_alpha``) up-weights uncensored cases. A censored case never
+  alpha (``--alpha_surv``, alias ``--surv_alpha``) up-weights uncensored cases; default 0.0, the value
+  of the published MCAT / Patch-GCN command lines (0.15 is only the class default of MCAT's
+  ``NLLSurvLoss``, which their training scripts override). A censored case never
   contributes log h_y: it is never counted as an event. Computed in log space (log h = log sigmoid(l),
   log(1 - h) = log sigmoid(-l)), so no clamping is needed. The batch loss is the mean over cases.
 * ``cox`` -- negative Cox partial log-likelihood (Breslow ties) of the risk scores r = -sum_b S_b over
@@ -34,7 +36,7 @@ from models.survival import risk_from_logits
 from utils.errors import InputError
 
 SURVIVAL_LOSSES = ("nll", "cox")
-DEFAULT_ALPHA = 0.15
+DEFAULT_ALPHA = 0.0  # --alpha_surv of the published command lines
 COX_DEFAULT_BATCH = 16  # cases per optimiser step for --surv_loss cox when --surv_batch is 0 (auto)
 
 

@@ -5,23 +5,34 @@
   comparable when case i had the event and t_i < t_j (or t_i = t_j and j is censored); it is concordant
   when r_i > r_j and counts 1/2 when the risks tie. A censored case is never the earlier event of a pair.
   NaN when no pair is comparable.
-* IBS: scikit-survival's ``integrated_brier_score`` of the predicted survival curves. The curve of a case
-  is the step function S(t) = prod of (1 - h_b) over the bins b that end at or before t (1 in the first
-  bin), evaluated on a grid of :data:`GRID_POINTS` times evenly spaced between the 10th and 90th
-  percentile of the evaluated cases' observed times, kept strictly inside their follow-up range. The
-  censoring distribution (inverse-probability-of-censoring weights) is the Kaplan-Meier estimate of the
-  training cases together with the evaluated ones (so every evaluated time lies within it). NaN when
-  fewer than two distinct grid times remain or the weights are undefined.
+* IBS (Graf et al. 1999), computed here on **one time grid per run** (:func:`ibs_time_grid`:
+  :data:`GRID_POINTS` times evenly spaced from the 10th to the 90th percentile of the whole cohort's
+  observed times, ending at the last survival bin cut or ``--ibs_horizon`` when that comes first). At
+  grid time t the Brier score of the evaluated cases is
+
+      BS(t) = 1/n sum_i [ S_i(t)^2 1(T_i <= t, event_i) / G(T_i) + (1 - S_i(t))^2 1(T_i > t) / G(t) ]
+
+  with G the Kaplan-Meier estimate of the censoring distribution of the fold's **training cases only**
+  (:class:`IBSReference`; at a tied time events leave before censorings); IBS = trapezoid integral of BS over the grid / (grid end - grid start)
+  (scikit-survival's ``integrated_brier_score`` formula). Undefined (NaN, with a reason) when a weight
+  needed is 1/0 (every training case still followed had been censored by then).
+* Curves: per-bin survival from the hazards is the step S(t) = prod (1 - h_b) over the bins ending at or
+  before t (:func:`survival_at_times`); under the Cox loss the risk only fixes a ranking, so a case's curve
+  is the Breslow estimate from the fold's training cases, S_i(t) = exp(-H_0(t) exp(r_i))
+  (:func:`breslow_survival`). The null reference is the training Kaplan-Meier curve given to every case
+  (``ibs_km``): a model worth its curves scores below it.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
-from sksurv.metrics import concordance_index_censored, integrated_brier_score
-from sksurv.util import Surv
+from sksurv.metrics import concordance_index_censored
+
+from datasets.survival import undefined_reason
 
 GRID_POINTS = 20
 GRID_PERCENTILES = (10.0, 90.0)
@@ -35,7 +46,9 @@ def concordance_index(months, censorship, risk) -> float:
     if months.size < 2 or not event.any():
         return math.nan
     try:
-        return float(concordance_index_censored(event, months, risk)[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(concordance_index_censored(event, months, risk)[0])
     except (ValueError, ZeroDivisionError):
         return math.nan  # no comparable pair
 
@@ -49,44 +62,116 @@ def survival_at_times(survival_bins: np.ndarray, cuts, times: np.ndarray) -> np.
     return padded[:, bins]
 
 
-def brier_time_grid(months) -> np.ndarray:
-    """The IBS time grid of the evaluated cases' times ``months`` (module docstring); may be empty."""
-    months = np.asarray(months, dtype=np.float64)
-    if months.size < 2:
+def ibs_time_grid(cohort_months, cuts, horizon: float = 0.0, points: int = GRID_POINTS) -> np.ndarray:
+    """The run's IBS grid: ``points`` times evenly spaced from the 10th to the 90th percentile of the
+    observed times of the whole cohort, ending at the last bin cut (beyond it every per-bin curve is
+    flat) or at ``horizon`` (> 0) when that comes first. Empty when the end is not after the start."""
+    low, high = np.percentile(np.asarray(cohort_months, dtype=np.float64), GRID_PERCENTILES)
+    end = min(float(high), float(horizon) if horizon > 0 else float(cuts[-1]))
+    if not end > low:
         return np.zeros(0)
-    low, high = np.percentile(months, GRID_PERCENTILES)
-    grid = np.unique(np.linspace(low, high, GRID_POINTS))
-    return grid[(grid >= months.min()) & (grid < months.max())]
+    return np.linspace(float(low), end, points)
 
 
-def integrated_brier(
-    train_months, train_censorship, months, censorship, survival_bins: np.ndarray, cuts
-) -> float:
-    """IBS of the evaluated cases' predicted per-bin survival (module docstring); NaN where undefined."""
+def kaplan_meier(months, observed, times) -> np.ndarray:
+    """Product-limit estimate at ``times`` (right-continuous): prod over the distinct times s <= t with an
+    observation of (1 - d_s / n_s), d_s = observations at s, n_s = cases with time >= s."""
+    months = np.asarray(months, dtype=np.float64)
+    observed = np.asarray(observed, dtype=bool)
+    at = np.unique(months[observed])
+    d = np.array([np.sum(observed & (months == s)) for s in at], dtype=np.float64)
+    n = np.array([np.sum(months >= s) for s in at], dtype=np.float64)
+    steps = np.concatenate([[1.0], np.cumprod(1.0 - d / n)]) if at.size else np.ones(1)
+    return steps[np.searchsorted(at, np.asarray(times, dtype=np.float64), "right")]
+
+
+def censoring_survival(months, censorship, times) -> np.ndarray:
+    """G at ``times``: the Kaplan-Meier estimate of the censoring distribution, where at a time with both
+    events and censorings the events leave first: prod over censoring times s <= t of
+    (1 - c_s / (n_s - d_s)), c_s censored and d_s events at s, n_s cases with time >= s."""
+    months = np.asarray(months, dtype=np.float64)
+    censored = np.asarray(censorship).astype(int) == 1
+    at = np.unique(months[censored])
+    c = np.array([np.sum(censored & (months == s)) for s in at], dtype=np.float64)
+    d = np.array([np.sum(~censored & (months == s)) for s in at], dtype=np.float64)
+    n = np.array([np.sum(months >= s) for s in at], dtype=np.float64)
+    steps = np.concatenate([[1.0], np.cumprod(1.0 - c / (n - d))]) if at.size else np.ones(1)
+    return steps[np.searchsorted(at, np.asarray(times, dtype=np.float64), "right")]
+
+
+def breslow_survival(train_months, train_censorship, train_risk, risk, times) -> np.ndarray:
+    """[n, T] Breslow survival S_i(t) = exp(-H_0(t) exp(r_i)), H_0(t) = sum over the training event
+    times s <= t of d_s / sum_{j: T_j >= s} exp(r_j) (training cases; ties: Breslow)."""
+    train_months = np.asarray(train_months, dtype=np.float64)
+    event = np.asarray(train_censorship).astype(int) == 0
+    train_risk = np.asarray(train_risk, dtype=np.float64)
+    shift = float(train_risk.max()) if train_risk.size else 0.0  # exp() range; S does not depend on it
+    weight = np.exp(train_risk - shift)
+    at = np.unique(train_months[event])
+    d = np.array([np.sum(event & (train_months == s)) for s in at], dtype=np.float64)
+    at_risk = np.array([weight[train_months >= s].sum() for s in at], dtype=np.float64)
+    cumulative = np.concatenate([[0.0], np.cumsum(d / at_risk)])
+    h0 = cumulative[np.searchsorted(at, np.asarray(times, dtype=np.float64), "right")]
+    scale = np.exp(np.asarray(risk, dtype=np.float64) - shift)
+    return np.exp(-np.outer(scale, h0))
+
+
+@dataclass
+class IBSReference:
+    """One fold's IBS setting: the run's grid and the fold's training cases (censoring weights and the
+    Kaplan-Meier null curve)."""
+
+    grid: np.ndarray
+    train_months: np.ndarray
+    train_censorship: np.ndarray
+
+    def censoring(self, times) -> np.ndarray:
+        """G(t): Kaplan-Meier estimate of the censoring distribution of the training cases."""
+        return censoring_survival(self.train_months, self.train_censorship, times)
+
+    def km_null(self, n: int) -> np.ndarray:
+        """[n, T] the training cases' Kaplan-Meier survival curve, for every one of ``n`` cases."""
+        curve = kaplan_meier(self.train_months, np.asarray(self.train_censorship).astype(int) == 0, self.grid)
+        return np.tile(curve, (n, 1))
+
+
+def integrated_brier(reference: IBSReference, months, censorship, curves: np.ndarray) -> tuple[float, str | None]:
+    """(IBS, None) of ``curves`` [n, T] (survival of each evaluated case at ``reference.grid``), or
+    (NaN, why) when it is undefined (module docstring)."""
+    grid = reference.grid
     months = np.asarray(months, dtype=np.float64)
     event = np.asarray(censorship).astype(int) == 0
-    grid = brier_time_grid(months)
     if grid.size < 2:
-        return math.nan
-    all_months = np.concatenate([np.asarray(train_months, dtype=np.float64), months])
-    all_event = np.concatenate([np.asarray(train_censorship).astype(int) == 0, event])
-    estimate = survival_at_times(survival_bins, cuts, grid)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value = integrated_brier_score(
-                Surv.from_arrays(all_event, all_months), Surv.from_arrays(event, months), estimate, grid
-            )
-    except (ValueError, ZeroDivisionError):
-        return math.nan
-    return float(value) if np.isfinite(value) else math.nan
+        return math.nan, "empty time grid (the horizon is not after the earliest time)"
+    if months.size == 0:
+        return math.nan, "no case"
+    curves = np.asarray(curves, dtype=np.float64)
+    died = event[:, None] & (months[:, None] <= grid[None, :])
+    alive = months[:, None] > grid[None, :]
+    g_case = reference.censoring(months)[:, None]
+    g_grid = reference.censoring(grid)[None, :]
+    if (died & (g_case <= 0)).any() or (alive & (g_grid <= 0)).any():
+        return math.nan, "censoring weights undefined (every training case followed that long was censored)"
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(died, curves**2 / g_case, 0.0) + np.where(alive, (1.0 - curves) ** 2 / g_grid, 0.0)
+    scores = terms.mean(axis=0)
+    return float(np.trapezoid(scores, grid) / (grid[-1] - grid[0])), None
 
 
-def survival_metrics(
-    months, censorship, risk, survival_bins, cuts, train_months, train_censorship
-) -> dict[str, float]:
-    """``{"cindex", "ibs"}`` of one evaluation pass."""
-    return {
-        "cindex": concordance_index(months, censorship, risk),
-        "ibs": integrated_brier(train_months, train_censorship, months, censorship, survival_bins, cuts),
-    }
+def survival_metrics(months, censorship, risk, curves: np.ndarray | None, reference: IBSReference) -> tuple[dict[str, float], dict[str, str]]:
+    """``({"cindex", "ibs", "ibs_km"}, {metric: why undefined})`` of one evaluation pass; ``curves``
+    None (a Cox pass before its Breslow baseline) leaves the IBS undefined."""
+    notes: dict[str, str] = {}
+    cindex = concordance_index(months, censorship, risk)
+    if math.isnan(cindex):
+        notes["cindex"] = undefined_reason(months, censorship) or "undefined"
+    if curves is None:
+        ibs, why = math.nan, "no survival curves (Cox: the Breslow baseline comes after training)"
+    else:
+        ibs, why = integrated_brier(reference, months, censorship, curves)
+    if why:
+        notes["ibs"] = why
+    ibs_km, why_km = integrated_brier(reference, months, censorship, reference.km_null(len(np.atleast_1d(months))))
+    if why_km:
+        notes["ibs_km"] = why_km
+    return {"cindex": cindex, "ibs": ibs, "ibs_km": ibs_km}, notes

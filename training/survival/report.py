@@ -18,7 +18,8 @@ SURVIVAL_METRIC_COLUMNS = ("test_cindex", "test_ibs", "val_cindex", "val_ibs")
 
 def write_survival_predictions(path: Path, result, slides_of: dict[str, tuple[str, ...]]) -> None:
     """One row per case: ``case_id, slides, survival_months, censorship, bin, risk, hazard_<b>...,
-    survival_<b>...`` (``result``: :class:`training.tasks.survival.SurvivalEvalResult`)."""
+    survival_<b>...`` (``result``: :class:`training.tasks.survival.SurvivalEvalResult`). Under the Cox
+    loss the per-bin columns are the network's outputs; the IBS uses Breslow curves instead."""
     frame = pd.DataFrame(
         {
             "case_id": result.case_ids,
@@ -43,18 +44,30 @@ def _cell(value: float) -> str:
 
 
 def format_survival_table(
-    summary: pd.DataFrame, results: pd.DataFrame, logrank_p: float | None = None
+    summary: pd.DataFrame,
+    results: pd.DataFrame,
+    logrank_p: float | None = None,
+    km_null: list[float] | None = None,
+    parts: list[str] | None = None,
 ) -> str:
-    """Per-fold test c-index and IBS, then mean ± std (and the KM log-rank p-value)."""
-    lines = [f"{'fold':>11}  {'test c-index':>17}  {'test IBS':>17}"]
-    for _, r in summary.iterrows():
-        lines.append(f"{int(r['folds']):>11}  {_cell(r['test_cindex']):>17}  {_cell(r['test_ibs']):>17}")
+    """Per-fold c-index and IBS of the evaluated part (``parts``: test, or val in the field's train/val
+    folds) and the IBS of the training KM curve beside it (``km_null``), then mean ± std (and the KM
+    log-rank p-value)."""
+    name = "/".join(parts or ["test"])
+    km_null = km_null if km_null is not None else [math.nan] * len(summary)
+    lines = [f"{'fold':>11}  {name + ' c-index':>17}  {name + ' IBS':>17}  {'IBS of train KM':>17}"]
+    for (_, r), null in zip(summary.iterrows(), km_null):
+        lines.append(
+            f"{int(r['folds']):>11}  {_cell(r['test_cindex']):>17}  {_cell(r['test_ibs']):>17}  {_cell(null):>17}"
+        )
     mean, std = results.iloc[0], results.iloc[1]
     cells = [f"{_cell(mean[c])} ± {_cell(std[c])}" for c in ("test_cindex", "test_ibs")]
-    lines.append(f"{'mean ± std':>11}  {cells[0]:>17}  {cells[1]:>17}")
+    nulls = np.asarray(km_null, dtype=np.float64)
+    cells.append(f"{_cell(float(np.mean(nulls)))} ± {_cell(float(np.std(nulls)))}")
+    lines.append(f"{'mean ± std':>11}  {cells[0]:>17}  {cells[1]:>17}  {cells[2]:>17}")
     if logrank_p is not None:
         lines.append(
-            f"Kaplan-Meier, test cases of all folds split at the median risk: log-rank p = {logrank_p:.3g}"
+            f"Kaplan-Meier, {name} cases of all folds split at the median risk: log-rank p = {logrank_p:.3g}"
         )
     return "\n".join(lines)
 

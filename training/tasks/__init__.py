@@ -35,13 +35,14 @@ class Task(Protocol):
     name: str
     metric_columns: tuple[str, ...]  # columns a finished fold's row must hold
     items: str  # what the dataset holds, for the log: "slides" or "cases"
-    prediction_parts: tuple[str, ...]  # parts a fold writes predictions_<part>.csv of
     watched: dict[str, str]  # --es-metric -> what the early-stop line says did not improve
     nan_is_worst: bool  # a NaN monitored value counts as +inf (never beats a defined one)
     config: RunConfig
     data: Any  # .task, .dataset, .folds, .layout, .fold_split(fold)
 
     # ---- the run (before data)
+    @staticmethod
+    def defaults(config: RunConfig) -> dict: ...  # the kind's defaults for flags not given
     @staticmethod
     def run_dir(config: RunConfig) -> Path: ...
     @staticmethod
@@ -59,8 +60,12 @@ class Task(Protocol):
     # ---- one fold
     def loss(self) -> nn.Module: ...
     def start_note(self) -> str: ...
+    def prediction_parts(self, fold: int) -> tuple[str, ...]: ...  # the fold's predictions_<part>.csv files
+    def sampling_labels(self, indices) -> list[int]: ...  # groups --weighted_sample balances
     def train_epoch(self, model, load, order, optimizer, loss_fn, device, options, desc: str = "train"): ...
     def evaluate(self, model, fold: int, indices, loss_fn, device, options, desc: str = "eval"): ...
+    def final_passes(self, fold: int, best_val, run_eval, run_test) -> dict: ...  # part -> result after training
+    def row_extra(self, fold: int, passes: dict) -> dict: ...  # non-metric entries of the fold's row
     def epoch_line(self, epoch: int, stats, val, seconds: float) -> str: ...
     def val_scalars(self, val) -> list[tuple[str, float]]: ...
     def write_predictions(self, path: Path, result) -> None: ...
@@ -78,6 +83,12 @@ def detect_task_kind(config: RunConfig) -> str:
         return CLASSIFICATION
     csv_dir = config.resolve_path(config.csv_dir)
     return SURVIVAL if is_survival_csv(Path(csv_dir) / f"{config.task}.csv") else CLASSIFICATION
+
+
+def kind_defaults(config: RunConfig) -> dict:
+    """The defaults of ``config``'s task kind for flags not given (:func:`training.config.parse_config`):
+    none for classification, the published MCAT / Patch-GCN settings for survival."""
+    return task_for(config).defaults(config)
 
 
 def task_for(config: RunConfig) -> type[ClassificationTask] | type[SurvivalTask]:

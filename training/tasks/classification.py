@@ -319,7 +319,6 @@ class ClassificationTask:
     name = "classification"
     metric_columns = res.METRIC_COLUMNS
     items = "slides"
-    prediction_parts = ("val", "test")
     watched = {"error": "validation-error", "loss": "validation-loss"}
     nan_is_worst = False
 
@@ -328,6 +327,10 @@ class ClassificationTask:
         self.data = data
 
     # ---- the run (before data)
+    @staticmethod
+    def defaults(config: RunConfig) -> dict:
+        return {}  # the RunConfig field defaults are the published classification ones
+
     @staticmethod
     def run_dir(config: RunConfig) -> Path:
         return config.run_dir
@@ -380,6 +383,13 @@ class ClassificationTask:
     def start_note(self) -> str:
         return ""
 
+    def prediction_parts(self, fold: int) -> tuple[str, ...]:
+        return ("val", "test")
+
+    def sampling_labels(self, indices) -> list[int]:
+        """The class of each slide (``--weighted_sample`` balances the classes, as released)."""
+        return [self.data.dataset.labels[i] for i in indices]
+
     def train_epoch(self, model, load, order, optimizer, loss_fn, device, options, desc: str = "train"):
         return train_one_epoch(model, load, order, optimizer, loss_fn, device, options, desc=desc)
 
@@ -389,6 +399,13 @@ class ClassificationTask:
             prefetch_depth=options.prefetch_depth, workers=options.workers, progress=options.progress,
             desc=desc, amp=options.amp,
         )  # fmt: skip
+
+    def final_passes(self, fold: int, best_val: EvalResult, run_eval, run_test) -> dict[str, EvalResult]:
+        """The kept validation pass and the test pass."""
+        return {"val": best_val, "test": run_test(self.data.folds[fold].test)}
+
+    def row_extra(self, fold: int, passes: dict) -> dict:
+        return {}
 
     def epoch_line(self, epoch: int, stats: EpochStats, val: EvalResult, seconds: float) -> str:
         return (

@@ -51,6 +51,7 @@ from datasets.survival import (
     bin_index,
     bin_labels,
     read_survival_csv,
+    split_warnings,
     survival_split_path,
     survival_task,
 )
@@ -70,7 +71,14 @@ from training.survival.evaluation import (
     write_evaluation,
 )
 from training.survival.losses import SurvivalTargets, build_survival_loss, cases_per_step, make_targets
-from training.survival.metrics import concordance_index, survival_metrics
+from training.survival.metrics import (
+    IBSReference,
+    breslow_survival,
+    concordance_index,
+    ibs_time_grid,
+    survival_at_times,
+    survival_metrics,
+)
 from training.survival.report import (
     SURVIVAL_METRIC_COLUMNS,
     format_survival_table,
@@ -89,7 +97,12 @@ class CaseFold:
 
     train: list[int]
     val: list[int]
-    test: list[int]
+    test: list[int]  # empty in the field's train/val layout: the val part is then the evaluation set
+
+    @property
+    def evaluated(self) -> str:
+        """The part the fold is evaluated on: ``test``, or ``val`` without a test part."""
+        return "test" if self.test else "val"
 
 
 @dataclass
@@ -102,6 +115,7 @@ class SurvivalData:
     folds: dict[int, CaseFold]
     dropped: list[str] = field(default_factory=list)
     csv_rows: dict[str, list] = field(default_factory=dict)  # slide -> [case_id, months, censorship, mag]
+    grid: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the run's IBS time grid (months)
 
     @property
     def layout(self) -> FeatureLayout:
@@ -138,39 +152,7 @@ def _read_case_splits(config: RunConfig, task: SurvivalTaskSpec, table: Survival
                 f"split file not found: {path} (fold {fold} of --k {config.k}; make it with "
                 "create_splits.py --survival)"
             )
-        split = read_split(path, item="case")
-        unknown = list(dict.fromkeys(c for c in split.all_ids() if c not in known))
-        if unknown:
-            raise InputError(
-                f"{path}: {len(unknown)} case id(s) not in {table.path}: {listed(unknown)} "
-                "(survival splits list case ids, docs/survival.md §4)"
-            )
-        both = sorted(set(split.val) & set(split.test))
-        if both:
-            raise InputError(f"{path}: case(s) {listed(both)} in both val and test")
-        splits[fold] = split
-    return splits
-
-
-def _read_case_splits(config: RunConfig, task: SurvivalTaskSpec, table: SurvivalTable) -> dict[int, Split]:
-    """Read and check the case-level split file of every fold to run."""
-    root = config.resolve_path(config.splits_root)
-    folder = survival_split_path(root, task.name, 0).parent
-    if not folder.is_dir():
-        raise InputError(
-            f"split folder not found: {folder} (make it with create_splits.py --survival --task {task.name}, "
-            "or point --splits_root at one)"
-        )
-    known = set(table.by_id())
-    splits = {}
-    for fold in config.fold_range:
-        path = survival_split_path(root, task.name, fold)
-        if not path.is_file():
-            raise InputError(
-                f"split file not found: {path} (fold {fold} of --k {config.k}; make it with "
-                "create_splits.py --survival)"
-            )
-        split = read_split(path, item="case")
+        split = read_split(path, item="case", require_test=False)
         unknown = list(dict.fromkeys(c for c in split.all_ids() if c not in known))
         if unknown:
             raise InputError(
@@ -226,11 +208,17 @@ def prepare_data(config: RunConfig, log: RunLog) -> SurvivalData:
     bins = bin_index([cases[c].months for c in used_ids], task.bin_cuts)
     bin_of = dict(zip(used_ids, bins.tolist()))
     for fold, split in splits.items():
-        empty = [p for p in PARTS if not split.part(p)]
+        empty = [p for p in ("train", "val") if not split.part(p)]
         if empty:
             raise InputError(f"fold {fold}: no cases in {', '.join(empty)}")
-        if not any(cases[c].event for c in split.train):
-            log.warning(f"fold {fold}: no uncensored training case; the survival loss learns little")
+    for line in split_warnings(splits, cases):
+        log.warning(line)
+    grid = ibs_time_grid(table.months, task.bin_cuts, config.ibs_horizon)
+    if grid.size == 0:
+        raise InputError(
+            f"--ibs_horizon {config.ibs_horizon:g} must be after the cohort's earliest observed time "
+            f"({table.months.min():g} months)"
+        )
 
     check_feature_dim(config, layout, slides[0])
 
@@ -254,6 +242,7 @@ def prepare_data(config: RunConfig, log: RunLog) -> SurvivalData:
         folds=folds,
         dropped=missing if config.skip_missing else [],
         csv_rows={s: table.rows[s] for s in slides},
+        grid=grid,
     )
 
 
@@ -265,7 +254,8 @@ def case_targets(bag: SlideBag, device: torch.device | str = "cpu") -> SurvivalT
 
 @dataclass
 class SurvivalEvalResult:
-    """Per-case outputs of one pass and their metrics (``cindex``, ``ibs``)."""
+    """Per-case outputs of one pass and their metrics (``cindex``, ``ibs``, ``ibs_km``), with the reason of
+    every undefined metric in ``notes``."""
 
     case_ids: list[str]
     months: np.ndarray  # [n]
@@ -276,6 +266,7 @@ class SurvivalEvalResult:
     risk: np.ndarray  # [n]
     loss: float
     metrics: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # metric -> why it is undefined
 
     @property
     def error(self) -> float:
@@ -290,9 +281,7 @@ def evaluate(
     indices: Sequence[int],
     loss_fn: nn.Module,
     device: torch.device,
-    cuts: Sequence[float],
-    train_months: np.ndarray,
-    train_censorship: np.ndarray,
+    n_bins: int,
     *,
     prefetch_depth: int = 2,
     workers: int = 1,
@@ -300,11 +289,12 @@ def evaluate(
     desc: str = "eval",
     amp: str = "off",
 ) -> SurvivalEvalResult:
-    """Evaluate on the case bags ``load(i)`` (:func:`models.passes.forward_pass`).
+    """Forward the case bags ``load(i)`` (:func:`models.passes.forward_pass`); metrics are left to
+    :func:`score`.
 
     The loss is the training objective over the pass: the survival loss of all cases together (for NLL
     the mean of the per-case losses; for Cox the partial likelihood over the whole set) plus the mean
-    auxiliary loss. ``train_*`` (the fold's training cases) enter the IBS censoring weights.
+    auxiliary loss.
     """
     ids, months, censor, bins, logits, aux = [], [], [], [], [], []
 
@@ -320,7 +310,6 @@ def evaluate(
         model, load, indices, device, visit, prefetch_depth=prefetch_depth, workers=workers,
         progress=progress, desc=desc, amp=amp,
     )  # fmt: skip
-    n_bins = len(cuts) + 1
     if not ids:
         empty = np.zeros((0, n_bins))
         return SurvivalEvalResult(
@@ -329,20 +318,35 @@ def evaluate(
     all_logits = torch.cat(logits)
     targets = make_targets(bins, months, censor)
     loss = float(loss_fn(all_logits, targets)) + float(np.mean(aux))
-    survival = survival_from_logits(all_logits).numpy().astype(np.float64)
-    risk = risk_from_logits(all_logits).numpy().astype(np.float64)
-    result = SurvivalEvalResult(
+    return SurvivalEvalResult(
         case_ids=ids,
         months=np.asarray(months, dtype=np.float64),
         censorship=np.asarray(censor, dtype=np.int64),
         bins=np.asarray(bins, dtype=np.int64),
         hazards=hazards_from_logits(all_logits).numpy().astype(np.float64),
-        survival=survival,
-        risk=risk,
+        survival=survival_from_logits(all_logits).numpy().astype(np.float64),
+        risk=risk_from_logits(all_logits).numpy().astype(np.float64),
         loss=loss,
     )
-    result.metrics = survival_metrics(
-        result.months, result.censorship, risk, survival, cuts, train_months, train_censorship
+
+
+def score(
+    result: SurvivalEvalResult, reference: IBSReference, cuts: Sequence[float], baseline: SurvivalEvalResult | None = None,
+    cox: bool = False,
+) -> SurvivalEvalResult:
+    """Fill ``result.metrics`` and ``result.notes`` (docs/survival.md §6). The curves on the run's grid
+    are the per-bin survival steps, or under the Cox loss the Breslow curves from ``baseline`` (the
+    fold's training pass; none yet during training: no IBS)."""
+    if cox:
+        curves = (
+            None
+            if baseline is None
+            else breslow_survival(baseline.months, baseline.censorship, baseline.risk, result.risk, reference.grid)
+        )
+    else:
+        curves = survival_at_times(result.survival, cuts, reference.grid)
+    result.metrics, result.notes = survival_metrics(
+        result.months, result.censorship, result.risk, curves, reference
     )
     return result
 
@@ -363,12 +367,16 @@ def train_one_epoch(
     options: LoopOptions,
     batch: int = 1,
     desc: str = "train",
+    gc: int = 1,
 ) -> SurvivalEpochStats:
-    """One pass over ``indices`` (in visiting order), ``batch`` cases per optimiser step."""
+    """One pass over ``indices`` (in visiting order): loss batches of ``batch`` cases, ``gc`` loss batches
+    (gradient accumulation) per optimiser step, so ``batch * gc`` cases per step (the last step of the
+    epoch may be shorter: it is averaged over its own cases and taken)."""
     model.train()
     scaler = grad_scaler(options.amp, device)
     per_case = bool(getattr(loss_fn, "per_case", True))
     n = len(indices)
+    step = batch * gc
     total, risks, months, censor = 0.0, [], [], []
     kept_logits: list[torch.Tensor] = []
     kept_targets: list[SurvivalTargets] = []
@@ -376,8 +384,10 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
     bags = prefetch(load, indices, depth=options.prefetch_depth, workers=options.workers)
     for position, bag in enumerate(bar(bags, total=n, desc=desc, enabled=options.progress, leave=False)):
-        step_start = position - position % batch
-        step_size = min(batch, n - step_start)
+        step_start = position - position % step
+        step_size = min(step, n - step_start)
+        batch_start = position - position % batch
+        batch_size = min(batch, n - batch_start)
         bag = bag.to(device)
         with autocast(options.amp, device):
             out = model(bag)
@@ -386,7 +396,7 @@ def train_one_epoch(
         risks.append(float(risk_from_logits(logits.detach())[0]))
         months.append(float(bag.months))
         censor.append(int(bag.censorship))
-        if per_case:
+        if per_case:  # the step's loss is the mean over its cases
             loss = loss_fn(logits, target) + out.aux_loss.float()
             scaler.scale(loss / step_size).backward()
             total += float(loss.detach())
@@ -394,17 +404,18 @@ def train_one_epoch(
             kept_logits.append(logits)
             kept_targets.append(target)
             kept_aux.append(out.aux_loss.float())
-        if position - step_start + 1 == step_size:  # last case of the step
-            if not per_case:
+            if position - batch_start + 1 == batch_size:  # last case of the loss batch
                 targets = SurvivalTargets(
                     torch.cat([t.bins for t in kept_targets]),
                     torch.cat([t.months for t in kept_targets]),
                     torch.cat([t.censorship for t in kept_targets]),
                 )
                 loss = loss_fn(torch.cat(kept_logits), targets) + torch.stack(kept_aux).mean()
-                scaler.scale(loss).backward()
-                total += float(loss.detach()) * step_size
+                batches_in_step = -(-step_size // batch)  # the step's loss is the mean over its batches
+                scaler.scale(loss / batches_in_step).backward()
+                total += float(loss.detach()) * batch_size
                 kept_logits, kept_targets, kept_aux = [], [], []
+        if position - step_start + 1 == step_size:  # last case of the step
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -415,7 +426,23 @@ def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.4f}"
 
 
+METRIC_NAMES = {"cindex": "c-index", "ibs": "IBS", "ibs_km": "IBS of the training KM curve"}
+
+
 # ---------------------------------------------------------------------------------------- the task
+# The MCAT / Patch-GCN published training settings (their main.py defaults and command lines): the
+# defaults of a survival run wherever a flag (or a demo's own settings) does not say otherwise.
+PUBLISHED_SURVIVAL_SETTINGS = {
+    "lr": 2e-4,
+    "reg": 1e-5,
+    "max_epochs": 20,
+    "weighted_sample": True,
+    "alpha_surv": 0.0,
+    "early_stopping": False,  # the last epoch is evaluated
+}
+PUBLISHED_GC = 32  # --gc under the NLL loss; under Cox a step is already --surv_batch cases (gc 1)
+
+
 class SurvivalTask:
     """Survival runs (see the module docstring); an instance holds the resolved config and the checked
     :class:`SurvivalData` of one run."""
@@ -423,16 +450,22 @@ class SurvivalTask:
     name = "survival"
     metric_columns = SURVIVAL_METRIC_COLUMNS
     items = "cases"
-    prediction_parts = ("train", "val", "test")  # training risks: censoring weights, KM threshold (§6.5)
     watched = {"error": "validation 1 - c-index", "loss": "validation loss"}
     nan_is_worst = True  # an undefined c-index never improves (docs/survival.md §7.2)
 
     def __init__(self, config: RunConfig, data: SurvivalData):
         self.config = config
         self.data = data
-        self.batch = cases_per_step(config.surv_loss, config.surv_batch)  # cases per optimiser step
+        self.batch = cases_per_step(config.surv_loss, config.surv_batch)  # cases per loss batch
+        self._baseline: dict[int, SurvivalEvalResult] = {}  # fold -> its training pass (Cox: Breslow)
 
     # ---- the run (before data)
+    @staticmethod
+    def defaults(config: RunConfig) -> dict:
+        """The published MCAT / Patch-GCN settings (docs/survival.md §7.2): lr 2e-4, reg 1e-5, 20 epochs,
+        weighted sampling, alpha 0, the last epoch evaluated, ``--gc 32`` (Cox: 1)."""
+        return {**PUBLISHED_SURVIVAL_SETTINGS, "gc": PUBLISHED_GC if config.surv_loss == "nll" else 1}
+
     @staticmethod
     def run_dir(config: RunConfig) -> Path:
         """``results_dir/<task>/<extractor>/survival/<task>_<extractor>_<model>_survival_s<seed>``."""
@@ -461,12 +494,13 @@ class SurvivalTask:
         return (
             f"task {data.task.name} (survival): {len(data.cases)} cases ({events} events), "
             f"{data.task.n_bins} bins {', '.join(bin_labels(data.task.bin_cuts))} months; loss {config.surv_loss}; "
+            f"{self.batch * config.gc} case(s) per step; IBS grid {data.grid[0]:g}-{data.grid[-1]:g} months; "
             f"model {config.model_type}; device {device}"
         )
 
     def config_extra(self) -> dict:
-        """The survival bins and loss, stored in ``config.json`` (docs/survival.md §3)."""
-        task, config = self.data.task, self.config
+        """The survival bins, loss and IBS grid, stored in ``config.json`` (docs/survival.md §3, §6.3)."""
+        task, config, grid = self.data.task, self.config, self.data.grid
         return {
             "task_kind": self.name,
             "survival": {
@@ -474,8 +508,9 @@ class SurvivalTask:
                 "bin_cuts_months": list(task.bin_cuts),
                 "bins": bin_labels(task.bin_cuts),
                 "loss": config.surv_loss,
-                "alpha": config.surv_alpha,
-                "cases_per_step": self.batch,
+                "alpha": config.alpha_surv,
+                "cases_per_step": self.batch * config.gc,
+                "ibs_grid_months": [float(grid[0]), float(grid[-1]), int(grid.size)],
             },
         }
 
@@ -488,30 +523,85 @@ class SurvivalTask:
 
     # ---- one fold
     def loss(self) -> nn.Module:
-        return build_survival_loss(self.config.surv_loss, self.config.surv_alpha)
+        return build_survival_loss(self.config.surv_loss, self.config.alpha_surv)
 
     def start_note(self) -> str:
-        return f", {self.batch} case(s) per step"
+        steps = f"{self.batch} x {self.config.gc}" if self.config.gc > 1 else f"{self.batch}"
+        return f", {steps} case(s) per step"
+
+    def prediction_parts(self, fold: int) -> tuple[str, ...]:
+        """train (its risks: censoring weights, a training KM threshold, §6.5), val, and test when the
+        fold has a test part."""
+        return ("train", "val", "test") if self.data.folds[fold].test else ("train", "val")
+
+    def sampling_labels(self, indices) -> list[int]:
+        """The (bin x censorship) group of each case: ``--weighted_sample`` balances them (MCAT)."""
+        cases, bins = self.data.cases, self.data.dataset.labels
+        return [2 * int(bins[i]) + cases[i].censorship for i in indices]
 
     def train_epoch(self, model, load, order, optimizer, loss_fn, device, options, desc: str = "train"):
-        return train_one_epoch(model, load, order, optimizer, loss_fn, device, options, self.batch, desc=desc)
+        return train_one_epoch(
+            model, load, order, optimizer, loss_fn, device, options, self.batch, desc=desc, gc=self.config.gc
+        )
+
+    def _reference(self, fold: int) -> IBSReference:
+        train_cases = [self.data.cases[i] for i in self.data.folds[fold].train]
+        return IBSReference(
+            self.data.grid,
+            np.array([c.months for c in train_cases], dtype=np.float64),
+            np.array([c.censorship for c in train_cases], dtype=np.int64),
+        )
+
+    def _score(self, fold: int, result: SurvivalEvalResult) -> SurvivalEvalResult:
+        return score(
+            result, self._reference(fold), self.data.task.bin_cuts, self._baseline.get(fold),
+            cox=self.config.surv_loss == "cox",
+        )  # fmt: skip
 
     def evaluate(self, model, fold: int, indices, loss_fn, device, options: LoopOptions, desc: str = "eval"):
-        """``indices`` of the dataset; the fold's training cases enter the IBS censoring weights."""
-        train_cases = [self.data.cases[i] for i in self.data.folds[fold].train]
-        return evaluate(
-            model, self.data.dataset.__getitem__, indices, loss_fn, device, self.data.task.bin_cuts,
-            np.array([c.months for c in train_cases]), np.array([c.censorship for c in train_cases]),
+        """``indices`` of the dataset, scored against the fold's training cases (IBS weights)."""
+        result = evaluate(
+            model, self.data.dataset.__getitem__, indices, loss_fn, device, self.data.task.n_bins,
             prefetch_depth=options.prefetch_depth, workers=options.workers, progress=options.progress,
             desc=desc, amp=options.amp,
         )  # fmt: skip
+        return self._score(fold, result)
+
+    def final_passes(
+        self, fold: int, best_val: SurvivalEvalResult, run_eval, run_test
+    ) -> dict[str, SurvivalEvalResult]:
+        """After training: the training cases' pass (their risks; the Cox runs' Breslow baseline), the
+        kept validation pass (rescored with that baseline) and the test pass when the fold has a test
+        part; without one the val part is the evaluation set (docs/survival.md §4)."""
+        idx = self.data.folds[fold]
+        self._baseline.pop(fold, None)
+        train = run_eval(idx.train, "train")
+        if self.config.surv_loss == "cox":
+            self._baseline[fold] = train
+            self._score(fold, train)
+            self._score(fold, best_val)
+        passes = {"train": train, "val": best_val}
+        if idx.test:
+            passes["test"] = run_test(idx.test)
+        return passes
+
+    def row_extra(self, fold: int, passes: dict) -> dict:
+        """The evaluated part and one note per undefined metric, e.g. ``val c-index: no event among ...``."""
+        part = self.data.folds[fold].evaluated
+        notes = [
+            f"{name} {METRIC_NAMES.get(metric, metric)} undefined: {why}"
+            for name in dict.fromkeys(("val", part))
+            for metric, why in passes[name].notes.items()
+        ]
+        return {"evaluated": part, "notes": notes}
 
     def epoch_line(
         self, epoch: int, stats: SurvivalEpochStats, val: SurvivalEvalResult, seconds: float
     ) -> str:
+        ibs = "" if self.config.surv_loss == "cox" else f" ibs {_fmt(val.metrics['ibs'])}"
         return (
             f"epoch {epoch:3d}  train loss {stats.loss:.4f} c-index {_fmt(stats.cindex)}  "
-            f"val loss {val.loss:.4f} c-index {_fmt(val.metrics['cindex'])} ibs {_fmt(val.metrics['ibs'])} "
+            f"val loss {val.loss:.4f} c-index {_fmt(val.metrics['cindex'])}{ibs} "
             f"({seconds:.1f} s)"
         )
 
@@ -522,15 +612,21 @@ class SurvivalTask:
         write_survival_predictions(path, result, {c.case_id: c.slides for c in self.data.cases})
 
     def test_summary(self, row: dict) -> str:
-        return f"test c-index {row['test_cindex']:.4f} ibs {row['test_ibs']:.4f}"
+        part = row.get("evaluated", "test")
+        return (
+            f"{part} c-index {_fmt(row['test_cindex'])} ibs {_fmt(row['test_ibs'])} "
+            f"(training KM {_fmt(row.get('test_ibs_km', math.nan))})"
+        )
 
     # ---- the run's summary
     def finish(self, run_dir: Path, rows: list[dict], log: RunLog) -> Path:
-        """Summary CSVs, the Kaplan-Meier plot of the pooled test cases and the one-screen table."""
+        """Summary CSVs, the Kaplan-Meier plot of the pooled evaluated cases and the one-screen table."""
         config = self.config
-        summary_path, results_path = res.write_summaries(
-            run_dir, rows, config.fold_range, config.k, metric_columns=SURVIVAL_METRIC_COLUMNS
-        )
+        notes = ["; ".join(r.get("notes", [])) for r in rows]
+        _, results_path = res.write_summaries(
+            run_dir, rows, config.fold_range, config.k, metric_columns=SURVIVAL_METRIC_COLUMNS,
+            na_rep="NaN", summary_extra={"note": notes},
+        )  # fmt: skip
         summary, results = res.summary_frames(rows, SURVIVAL_METRIC_COLUMNS)
         folds = [int(r["fold"]) for r in rows]
         evaluation = evaluate_predictions(run_predictions(run_dir, folds))
@@ -547,9 +643,14 @@ class SurvivalTask:
             km_path,
             f"{config.task} {config.model_type}: {evaluation.part} cases of folds {', '.join(map(str, folds))}",
         )
+        km_null = [float(r.get("test_ibs_km", math.nan)) for r in rows]
+        parts = sorted({r.get("evaluated", "test") for r in rows})
         log.info("")
-        log.info(format_survival_table(summary, results, evaluation.split.p_value))
+        log.info(format_survival_table(summary, results, evaluation.split.p_value, km_null, parts))
         log.info(format_metrics_table(evaluation))
+        for fold, note in zip(folds, notes):
+            if note:
+                log.warning(f"fold {fold}: {note}")
         log.info(
             f"results: {results_path}  (field's metrics: {metrics_path.name}; Kaplan-Meier: {km_path.name})"
         )
