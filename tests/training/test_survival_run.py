@@ -261,6 +261,14 @@ def test_field_train_val_splits_train_and_report(tmp_path):
     saved = json.loads((run_dir / "config.json").read_text())
     grid = saved["survival"]["ibs_grid_months"]
     assert grid[0] < grid[1] <= saved["survival"]["bin_cuts_months"][-1] and grid[2] == 20
+    # the field's table of the run (training/survival/evaluation.py) scores the val parts on the same grid
+    table = pd.read_csv(run_dir / "survival_metrics.csv").set_index("fold")
+    for fold, row in enumerate(rows):
+        assert table.loc[str(fold), "c_index"] == pytest.approx(row["test_cindex"])
+        assert table.loc[str(fold), "ibs"] == pytest.approx(row["test_ibs"])
+        assert table.loc[str(fold), "ibs_km"] == pytest.approx(row["test_ibs_km"])
+    _run(config)  # a rerun reuses the train/val folds (no test predictions needed)
+    assert "fold 2: finished in an earlier run with the same inputs" in (run_dir / "log.txt").read_text()
 
 
 def test_survival_runs_default_to_the_published_settings(toy):
