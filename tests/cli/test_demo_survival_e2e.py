@@ -11,6 +11,8 @@ import main as main_module
 from datasets.splits import read_split
 from preprocess import demo, demo_survival
 from preprocess.demo_tasks import task_defaults
+from training.config import parse_config
+from training.tasks import kind_defaults
 from utils.errors import run_cli
 
 
@@ -18,6 +20,7 @@ def test_demo_survival_short_run(tmp_path):
     results = tmp_path / "results"
     argv = ["--task", "demo_survival", "--results_dir", str(results), "--quiet", "--max_epochs", "2"]
     argv += ["--num-context-tokens", "4"]  # shorter prompts: a faster text pass
+    argv += ["--gc", "4"]  # two epochs of 32-case steps are 6 steps: too few to find the signal
     assert main_module.main(argv) == 0
     (run_dir,) = [p.parent for p in results.rglob("results.csv")]
     assert run_dir.name == "demo_survival_demo_HiLa_survival_s1"
@@ -29,8 +32,13 @@ def test_demo_survival_short_run(tmp_path):
     assert (run_dir / "km_test.png").is_file() and (run_dir / "fold_4" / "predictions_val.csv").is_file()
     assert not (run_dir / "fold_4" / "predictions_test.csv").exists()  # train/val folds: val is evaluated
     saved = json.loads((run_dir / "config.json").read_text())["config"]
-    # the published survival settings, but the demo's own lr and the flag's epochs
-    assert (saved["gc"], saved["weighted_sample"], saved["alpha_surv"], saved["lr"]) == (32, True, 0.0, 1e-3)
+    assert (saved["gc"], saved["weighted_sample"], saved["alpha_surv"], saved["lr"]) == (4, True, 0.0, 1e-3)
+
+
+def test_demo_survival_runs_on_the_published_settings_but_its_own_lr_and_epochs():
+    config = parse_config(["--task", "demo_survival"], task_defaults=task_defaults, kind_defaults=kind_defaults)
+    assert (config.gc, config.weighted_sample, config.alpha_surv, config.early_stopping) == (32, True, 0.0, False)
+    assert (config.lr, config.max_epochs, config.reg) == (1e-3, 10, 1e-5)
 
 
 def test_demo_task_defaults_cover_both_demos():
