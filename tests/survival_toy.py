@@ -9,7 +9,13 @@ import pandas as pd
 
 from datasets.features import FeatureLayout
 from datasets.splits import PARTS, write_split
-from datasets.survival import SPLIT_PARTS, bin_cuts, make_survival_splits, read_survival_csv, survival_split_path
+from datasets.survival import (
+    SPLIT_PARTS,
+    bin_cuts,
+    make_survival_splits,
+    read_survival_csv,
+    survival_split_path,
+)
 from tests.toy_task import DIM, write_slide
 
 TASK = "toysurv"
@@ -44,7 +50,9 @@ def make_survival_toy_data(
     table = read_survival_csv(csv_path)
     splits, _ = make_survival_splits(table, bin_cuts(table, 4), k=k, seed=seed, test_part=test_part)
     for fold, split in enumerate(splits):
-        write_split(survival_split_path(root / "splits", TASK, fold), split, PARTS if test_part else SPLIT_PARTS)
+        write_split(
+            survival_split_path(root / "splits", TASK, fold), split, PARTS if test_part else SPLIT_PARTS
+        )
     prompt = root / "prompts" / "HiLa" / f"{TASK}.json"
     prompt.parent.mkdir(parents=True, exist_ok=True)
     prompt.write_text(json.dumps(PROMPTS))

@@ -36,8 +36,15 @@ def test_demo_survival_short_run(tmp_path):
 
 
 def test_demo_survival_runs_on_the_published_settings_but_its_own_lr_and_epochs():
-    config = parse_config(["--task", "demo_survival"], task_defaults=task_defaults, kind_defaults=kind_defaults)
-    assert (config.gc, config.weighted_sample, config.alpha_surv, config.early_stopping) == (32, True, 0.0, False)
+    config = parse_config(
+        ["--task", "demo_survival"], task_defaults=task_defaults, kind_defaults=kind_defaults
+    )
+    assert (config.gc, config.weighted_sample, config.alpha_surv, config.early_stopping) == (
+        32,
+        True,
+        0.0,
+        False,
+    )
     assert (config.lr, config.max_epochs, config.reg) == (1e-3, 10, 1e-5)
 
 
@@ -99,14 +106,25 @@ def test_create_splits_survival(tmp_path, capsys):
         "case_id,slide_id,survival_months,censorship,level0_mag\n"
         + "".join(f"c{i},s{i},{i + 1},{int(i < 6)},40\n" for i in range(10))
     )
-    few_flags = ["--task", "f", "--csv", str(few), "--survival", "--n_bins", "2", "--splits_root", str(tmp_path / "sp")]
+    few_flags = [
+        "--task",
+        "f",
+        "--csv",
+        str(few),
+        "--survival",
+        "--n_bins",
+        "2",
+        "--splits_root",
+        str(tmp_path / "sp"),
+    ]
     assert run_cli(splits_cli.main, few_flags) == 2
     assert "4 event(s) (censorship 0) among 10 cases, fewer than the 5 folds" in capsys.readouterr().err
     # 4 folds: one event per val part, every censored time before it -> no comparable pair, said per fold
     assert run_cli(splits_cli.main, [*few_flags, "--k", "4"]) == 0
     warnings = capsys.readouterr().err.splitlines()
     assert len(warnings) == 4 and all(
-        w.startswith(f"warning: fold {i}: val part has no comparable pair") and w.endswith("(c-index undefined)")
+        w.startswith(f"warning: fold {i}: val part has no comparable pair")
+        and w.endswith("(c-index undefined)")
         for i, w in enumerate(warnings)
     )
     bad = tmp_path / "bad.csv"

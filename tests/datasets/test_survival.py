@@ -15,16 +15,16 @@ from datasets.splits import Split, read_split, write_split
 from datasets.survival import (
     SPLIT_PARTS,
     SurvivalCase,
-    comparable_pairs,
-    split_warnings,
-    undefined_reason,
     bin_cuts,
     bin_index,
     bin_labels,
+    comparable_pairs,
     is_survival_csv,
     make_survival_splits,
     read_survival_csv,
+    split_warnings,
     survival_split_path,
+    undefined_reason,
 )
 from datasets.survival_prompts import load_survival_prompts, parse_survival_prompts
 from utils.errors import InputError

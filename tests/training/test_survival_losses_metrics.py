@@ -258,7 +258,9 @@ def test_training_km_reference_and_model_curves():
     )  # fmt: skip
     null, _ = integrated_brier(reference, months[60:], censorship[60:], reference.km_null(20))
     assert notes == {} and metrics["ibs_km"] == null
-    assert reference.km_null(2)[0] == pytest.approx(kaplan_meier(months[:60], censorship[:60] == 0, reference.grid))
+    assert reference.km_null(2)[0] == pytest.approx(
+        kaplan_meier(months[:60], censorship[:60] == 0, reference.grid)
+    )
     assert 0 <= metrics["ibs"] < metrics["ibs_km"] < 0.5  # curves that know the bin beat the KM curve
 
 
@@ -277,5 +279,7 @@ def test_breslow_survival_by_hand():
     curves = breslow_survival([1, 2, 3], [0, 0, 1], train_risk, [np.log(3.0), 0.0], [0.5, 1.5, 2.5, 9.0])
     h0 = np.array([0.0, 1 / 4, 1 / 4 + 1 / 3, 1 / 4 + 1 / 3])
     assert curves == pytest.approx(np.stack([np.exp(-3 * h0), np.exp(-h0)]))
-    shifted = breslow_survival([1, 2, 3], [0, 0, 1], train_risk + 5, [np.log(3.0) + 5, 5.0], [0.5, 1.5, 2.5, 9.0])
+    shifted = breslow_survival(
+        [1, 2, 3], [0, 0, 1], train_risk + 5, [np.log(3.0) + 5, 5.0], [0.5, 1.5, 2.5, 9.0]
+    )
     assert shifted == pytest.approx(curves)  # a common shift of the risks changes nothing

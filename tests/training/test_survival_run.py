@@ -235,7 +235,9 @@ def test_field_train_val_splits_train_and_report(tmp_path):
     """The field's ``,train,val`` files: 2 of 3 groups train, the val part is the evaluation set (last
     epoch), no test predictions; the training cases' risks are written for a KM threshold."""
     data = make_survival_toy_data(tmp_path / "in", test_part=False)
-    header = (tmp_path / "in" / "splits" / TASK / f"{TASK}_survival" / "splits_0.csv").read_text().splitlines()[0]
+    header = (
+        (tmp_path / "in" / "splits" / TASK / f"{TASK}_survival" / "splits_0.csv").read_text().splitlines()[0]
+    )
     assert header == ",train,val"
     config = _config(data, tmp_path / "r")
     rows = _run(config)
@@ -330,8 +332,15 @@ def test_gradient_accumulation_by_hand(loss_name, batch, gc):
     loss_fn = build_survival_loss(loss_name, 0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     train_one_epoch(
-        model, bags.__getitem__, range(5), optimizer, loss_fn, torch.device("cpu"), LoopOptions(prefetch_depth=0),
-        batch, gc=gc,
+        model,
+        bags.__getitem__,
+        range(5),
+        optimizer,
+        loss_fn,
+        torch.device("cpu"),
+        LoopOptions(prefetch_depth=0),
+        batch,
+        gc=gc,
     )
     step = batch * gc
     for start in range(0, 5, step):
@@ -340,7 +349,9 @@ def test_gradient_accumulation_by_hand(loss_name, batch, gc):
         for b in range(0, len(group), batch):
             part = group[b : b + batch]
             logits = torch.cat([manual(bag).logits for bag in part])
-            targets = make_targets([x.label for x in part], [x.months for x in part], [x.censorship for x in part])
+            targets = make_targets(
+                [x.label for x in part], [x.months for x in part], [x.censorship for x in part]
+            )
             losses.append(loss_fn(logits, targets) * (len(part) if loss_name == "nll" else 1))
         total = sum(losses) / (len(group) if loss_name == "nll" else len(losses))
         grads = torch.autograd.grad(total, list(manual.parameters()), allow_unused=True)
@@ -357,7 +368,9 @@ def test_a_fold_without_events_is_said_at_split_time_and_in_the_results(tmp_path
     table = pd.read_csv(data["csv"]).drop_duplicates("case_id")
     censored = sorted(table.loc[table["censorship"] == 1, "case_id"])[:3]
     train = sorted(set(table["case_id"]) - set(censored))
-    write_split(survival_split_path(tmp_path / "in" / "splits", TASK, 1), Split(train, censored), ("train", "val"))
+    write_split(
+        survival_split_path(tmp_path / "in" / "splits", TASK, 1), Split(train, censored), ("train", "val")
+    )
     config = _config(data, tmp_path / "r", "--max_epochs", "1")
     rows = _run(config)
     run_dir = task_for(config).run_dir(config)

@@ -135,7 +135,9 @@ class IBSReference:
         return np.tile(curve, (n, 1))
 
 
-def integrated_brier(reference: IBSReference, months, censorship, curves: np.ndarray) -> tuple[float, str | None]:
+def integrated_brier(
+    reference: IBSReference, months, censorship, curves: np.ndarray
+) -> tuple[float, str | None]:
     """(IBS, None) of ``curves`` [n, T] (survival of each evaluated case at ``reference.grid``), or
     (NaN, why) when it is undefined (module docstring)."""
     grid = reference.grid
@@ -158,7 +160,9 @@ def integrated_brier(reference: IBSReference, months, censorship, curves: np.nda
     return float(np.trapezoid(scores, grid) / (grid[-1] - grid[0])), None
 
 
-def survival_metrics(months, censorship, risk, curves: np.ndarray | None, reference: IBSReference) -> tuple[dict[str, float], dict[str, str]]:
+def survival_metrics(
+    months, censorship, risk, curves: np.ndarray | None, reference: IBSReference
+) -> tuple[dict[str, float], dict[str, str]]:
     """``({"cindex", "ibs", "ibs_km"}, {metric: why undefined})`` of one evaluation pass; ``curves``
     None (a Cox pass before its Breslow baseline) leaves the IBS undefined."""
     notes: dict[str, str] = {}
@@ -171,7 +175,9 @@ def survival_metrics(months, censorship, risk, curves: np.ndarray | None, refere
         ibs, why = integrated_brier(reference, months, censorship, curves)
     if why:
         notes["ibs"] = why
-    ibs_km, why_km = integrated_brier(reference, months, censorship, reference.km_null(len(np.atleast_1d(months))))
+    ibs_km, why_km = integrated_brier(
+        reference, months, censorship, reference.km_null(len(np.atleast_1d(months)))
+    )
     if why_km:
         notes["ibs_km"] = why_km
     return {"cindex": cindex, "ibs": ibs, "ibs_km": ibs_km}, notes

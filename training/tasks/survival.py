@@ -331,7 +331,10 @@ def evaluate(
 
 
 def score(
-    result: SurvivalEvalResult, reference: IBSReference, cuts: Sequence[float], baseline: SurvivalEvalResult | None = None,
+    result: SurvivalEvalResult,
+    reference: IBSReference,
+    cuts: Sequence[float],
+    baseline: SurvivalEvalResult | None = None,
     cox: bool = False,
 ) -> SurvivalEvalResult:
     """Fill ``result.metrics`` and ``result.notes`` (docs/survival.md §6). The curves on the run's grid
@@ -341,7 +344,9 @@ def score(
         curves = (
             None
             if baseline is None
-            else breslow_survival(baseline.months, baseline.censorship, baseline.risk, result.risk, reference.grid)
+            else breslow_survival(
+                baseline.months, baseline.censorship, baseline.risk, result.risk, reference.grid
+            )
         )
     else:
         curves = survival_at_times(result.survival, cuts, reference.grid)
