@@ -132,7 +132,9 @@ def run_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | 
             model.state_dict(),
             model_identity(config.model_type, run.spec),
         )
-        passes = task.final_passes(fold, fitted.best_val, run_eval, run_test)  # part -> result, in writing order
+        passes = task.final_passes(
+            fold, fitted.best_val, run_eval, run_test
+        )  # part -> result, in writing order
         val = passes["val"]
         test = passes.get("test", val)  # no test part (survival train/val folds): val is evaluated
         row = {
