@@ -243,9 +243,11 @@ class RunConfig:
         *_both("surv_loss"), default="nll", choices=SURVIVAL_LOSS_NAMES, group="survival",
         help="discrete-time NLL (Zadeh & Schmid 2020) or Cox partial likelihood",
     )  # fmt: skip
-    alpha_surv: float = flag(
-        *_both("alpha_surv"), *_both("surv_alpha"), default=0.0, group="survival",
+    surv_alpha: float = flag(
+        *_both("alpha_surv"), *_both("surv_alpha"), default=0.15, group="survival",
         help="NLL extra weight of the uncensored term (MCAT/Patch-GCN's --alpha_surv; --surv_alpha is an alias)",
+        default_text="0.0 in survival runs, the published value; the stored field default 0.15 keeps the "
+        "config.json of earlier runs resumable",
     )  # fmt: skip
     gc: int = flag(
         "--gc", default=1, group="survival",
@@ -458,7 +460,7 @@ def validate_config(config: RunConfig) -> None:
         (config.threads >= 0, "--threads must be >= 0"),
         (config.hivemil.max_children >= 0, "--max-children must be >= 0"),
         (config.hivemil.attention_chunk >= 0, "--attention-chunk must be >= 0"),
-        (0 <= config.alpha_surv <= 1, "--alpha_surv must be in [0, 1]"),
+        (0 <= config.surv_alpha <= 1, "--alpha_surv must be in [0, 1]"),
         (config.gc >= 1, "--gc must be >= 1"),
         (config.ibs_horizon >= 0 and math.isfinite(config.ibs_horizon), "--ibs_horizon must be >= 0"),
         (config.n_bins >= 2, "--n_bins must be >= 2"),

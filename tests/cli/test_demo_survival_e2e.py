@@ -32,14 +32,14 @@ def test_demo_survival_short_run(tmp_path):
     assert (run_dir / "km_test.png").is_file() and (run_dir / "fold_4" / "predictions_val.csv").is_file()
     assert not (run_dir / "fold_4" / "predictions_test.csv").exists()  # train/val folds: val is evaluated
     saved = json.loads((run_dir / "config.json").read_text())["config"]
-    assert (saved["gc"], saved["weighted_sample"], saved["alpha_surv"], saved["lr"]) == (4, True, 0.0, 1e-3)
+    assert (saved["gc"], saved["weighted_sample"], saved["surv_alpha"], saved["lr"]) == (4, True, 0.0, 1e-3)
 
 
 def test_demo_survival_runs_on_the_published_settings_but_its_own_lr_and_epochs():
     config = parse_config(
         ["--task", "demo_survival"], task_defaults=task_defaults, kind_defaults=kind_defaults
     )
-    assert (config.gc, config.weighted_sample, config.alpha_surv, config.early_stopping) == (
+    assert (config.gc, config.weighted_sample, config.surv_alpha, config.early_stopping) == (
         32,
         True,
         0.0,

@@ -279,12 +279,12 @@ def test_survival_runs_default_to_the_published_settings(toy):
     argv = [a for i, a in enumerate(argv) if a not in drop and argv[i - 1] not in drop]
     config = parse_config(argv, kind_defaults=kind_defaults)
     assert (config.lr, config.reg, config.max_epochs, config.gc) == (2e-4, 1e-5, 20, 32)
-    assert config.weighted_sample and config.alpha_surv == 0.0 and not config.early_stopping
+    assert config.weighted_sample and config.surv_alpha == 0.0 and not config.early_stopping
     given = parse_config(
         [*argv, "--gc", "4", "--no-weighted_sample", "--surv_alpha", "0.15", "--lr", "1e-3"],
         kind_defaults=kind_defaults,
     )
-    assert (given.gc, given.weighted_sample, given.alpha_surv, given.lr) == (4, False, 0.15, 1e-3)
+    assert (given.gc, given.weighted_sample, given.surv_alpha, given.lr) == (4, False, 0.15, 1e-3)
     assert parse_config([*argv, "--surv_loss", "cox"], kind_defaults=kind_defaults).gc == 1
     classification = make_toy_data(toy["tmp"] / "cls")
     plain = parse_config(classification["argv"], kind_defaults=kind_defaults)

@@ -442,7 +442,7 @@ PUBLISHED_SURVIVAL_SETTINGS = {
     "reg": 1e-5,
     "max_epochs": 20,
     "weighted_sample": True,
-    "alpha_surv": 0.0,
+    "surv_alpha": 0.0,
     "early_stopping": False,  # the last epoch is evaluated
 }
 PUBLISHED_GC = 32  # --gc under the NLL loss; under Cox a step is already --surv_batch cases (gc 1)
@@ -513,7 +513,7 @@ class SurvivalTask:
                 "bin_cuts_months": list(task.bin_cuts),
                 "bins": bin_labels(task.bin_cuts),
                 "loss": config.surv_loss,
-                "alpha": config.alpha_surv,
+                "alpha": config.surv_alpha,
                 "cases_per_step": self.batch * config.gc,
                 "ibs_grid_months": [float(grid[0]), float(grid[-1]), int(grid.size)],
             },
@@ -528,7 +528,7 @@ class SurvivalTask:
 
     # ---- one fold
     def loss(self) -> nn.Module:
-        return build_survival_loss(self.config.surv_loss, self.config.alpha_surv)
+        return build_survival_loss(self.config.surv_loss, self.config.surv_alpha)
 
     def start_note(self) -> str:
         steps = f"{self.batch} x {self.config.gc}" if self.config.gc > 1 else f"{self.batch}"
