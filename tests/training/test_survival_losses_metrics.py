@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -22,11 +23,9 @@ from training.survival.metrics import (
     GRID_POINTS,
     IBSReference,
     breslow_survival,
-    censoring_survival,
     concordance_index,
     ibs_time_grid,
     integrated_brier,
-    kaplan_meier,
     survival_at_times,
     survival_metrics,
 )
@@ -186,47 +185,44 @@ def test_ibs_grid_is_one_per_run_from_the_cohort_to_the_last_cut():
     assert len(ibs_time_grid(cohort, (5.0, 10.0, 40.0))) == GRID_POINTS
 
 
-def test_kaplan_meier_by_hand():
-    # times 1, 2, 2, 3, 4; observed 1, 1, 0, 1, 0: S = 4/5 after 1, x 3/4 after 2, x 1/2 after 3
-    km = kaplan_meier([1, 2, 2, 3, 4], [1, 1, 0, 1, 0], [0.5, 1, 2.5, 3, 10])
-    assert km == pytest.approx([1, 4 / 5, 3 / 5, 3 / 10, 3 / 10])
-    # censoring distribution of the same cases (censorship 0, 0, 1, 0, 1): at 2 one event and one
-    # censoring tie -- the event leaves first, so G drops by 1 / (4 - 1); at 4 the last case is censored
-    g = censoring_survival([1, 2, 2, 3, 4], [0, 0, 1, 0, 1], [1, 2, 3.5, 4])
-    assert g == pytest.approx([1, 2 / 3, 2 / 3, 0])
-
-
 # Training cases: times 1, 2, 3, 4 with 2 and 4 censored -> censoring KM G = 1 before 2, 2/3 on [2, 4), 0 from 4.
 TRAIN_MONTHS, TRAIN_CENSORSHIP = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0, 1, 0, 1])
-# Evaluated: A dies at 1.5, B is censored at 2.5, C dies at 3.5; their curves on the grid 1, 2, 3.
-EVAL_MONTHS, EVAL_CENSORSHIP = np.array([1.5, 2.5, 3.5]), np.array([0, 1, 0])
+# Evaluated: A dies at 0.5, B is censored at 2.5, C dies at 3.5; their curves on the grid 1, 2, 3.
+EVAL_MONTHS, EVAL_CENSORSHIP = np.array([0.5, 2.5, 3.5]), np.array([0, 1, 0])
 CURVES = np.array([[0.9, 0.6, 0.3], [0.8, 0.7, 0.5], [1.0, 0.8, 0.6]])
+
+
+def _given(curves):
+    """Curves known at the grid times 1, 2, 3 (and 4: the value at 3) as a function of the times."""
+    at = {1.0: 0, 2.0: 1, 3.0: 2, 4.0: 2}
+    return lambda times: curves[:, [at[float(t)] for t in times]]
 
 
 def test_ibs_by_hand_with_training_only_censoring_weights():
     reference = IBSReference(np.array([1.0, 2.0, 3.0]), TRAIN_MONTHS, TRAIN_CENSORSHIP)
-    assert reference.censoring([1.0, 1.5, 2.0, 3.5, 4.0]) == pytest.approx([1, 1, 2 / 3, 2 / 3, 0])
-    # t = 1: everyone still alive, weight 1/G(1) = 1
-    bs1 = ((1 - 0.9) ** 2 + (1 - 0.8) ** 2 + (1 - 1.0) ** 2) / 3
-    # t = 2: A died at 1.5 (weight 1/G(1.5) = 1); B and C alive (weight 1/G(2) = 3/2)
+    # t = 1: A died at 0.5 (weight 1/G(0.5) = 1); B and C alive (weight 1/G(1) = 1)
+    bs1 = (0.9**2 / 1 + (1 - 0.8) ** 2 + (1 - 1.0) ** 2) / 3
+    # t = 2: A died (weight 1); B and C alive (weight 1/G(2) = 3/2)
     bs2 = (0.6**2 / 1 + (1 - 0.7) ** 2 * 1.5 + (1 - 0.8) ** 2 * 1.5) / 3
     # t = 3: A died; B censored before 3 (no term); C alive (3/2)
     bs3 = (0.3**2 / 1 + 0 + (1 - 0.6) ** 2 * 1.5) / 3
     expected = ((bs1 + bs2) / 2 + (bs2 + bs3) / 2) / (3 - 1)
-    value, why = integrated_brier(reference, EVAL_MONTHS, EVAL_CENSORSHIP, CURVES)
+    value, why = integrated_brier(reference, EVAL_MONTHS, EVAL_CENSORSHIP, _given(CURVES))
     assert why is None and value == pytest.approx(expected)
+    # with the evaluated cases' own censoring (B censored at 2.5) the weights, and the value, differ
+    own = IBSReference(reference.grid, EVAL_MONTHS, EVAL_CENSORSHIP)
+    assert integrated_brier(own, EVAL_MONTHS, EVAL_CENSORSHIP, _given(CURVES))[0] != pytest.approx(expected)
 
 
-def test_ibs_needs_only_the_weights_it_uses_and_says_why_when_undefined():
-    # grid to 4: G(4) = 0, but at t = 4 nobody evaluated is still alive -> defined
-    grid = np.array([1.0, 2.0, 3.0, 4.0])
-    reference = IBSReference(grid, TRAIN_MONTHS, TRAIN_CENSORSHIP)
-    curves = np.concatenate([CURVES, CURVES[:, -1:]], axis=1)
-    value, why = integrated_brier(reference, EVAL_MONTHS, EVAL_CENSORSHIP, curves)
-    assert why is None and 0 < value < 1
-    # a case still alive at 4 needs 1/G(4) = 1/0
-    value, why = integrated_brier(reference, [1.5, 5.0], [0, 1], curves[:2])
-    assert math.isnan(value) and why.startswith("censoring weights undefined")
+def test_ibs_grid_times_without_weights_are_cut_and_said():
+    # grid to 4: G(4) = 0 (the last training case, at 4, is censored), so t = 4 is cut and said
+    reference = IBSReference(np.array([1.0, 2.0, 3.0, 4.0]), TRAIN_MONTHS, TRAIN_CENSORSHIP)
+    value, why = integrated_brier(reference, [0.5, 2.5, 5.0], [0, 1, 1], _given(CURVES))
+    on_three, _ = integrated_brier(
+        IBSReference(np.array([1.0, 2.0, 3.0]), TRAIN_MONTHS, TRAIN_CENSORSHIP), [0.5, 2.5, 5.0], [0, 1, 1],
+        _given(CURVES),
+    )  # fmt: skip
+    assert value == pytest.approx(on_three) and "3 of 4 grid times kept" in why
 
 
 def test_ibs_equals_scikit_survival_when_the_training_cases_are_the_evaluated_ones():
@@ -238,7 +234,7 @@ def test_ibs_equals_scikit_survival_when_the_training_cases_are_the_evaluated_on
     censorship = (rng.random(40) < 0.3).astype(int)
     grid = np.linspace(np.sort(months)[1], np.sort(months)[-3], 30)
     curves = np.exp(-np.outer(rng.uniform(0.05, 0.2, 40), grid))
-    value, _ = integrated_brier(IBSReference(grid, months, censorship), months, censorship, curves)
+    value, _ = integrated_brier(IBSReference(grid, months, censorship), months, censorship, lambda t: curves)
     both = Surv.from_arrays(censorship == 0, months)
     assert value == pytest.approx(integrated_brier_score(both, both, curves, grid), rel=1e-12)
 
@@ -252,21 +248,24 @@ def test_training_km_reference_and_model_curves():
     bins = np.searchsorted(cuts, months, "right")
     good = np.array([[1.0 if b < t else 0.05 for b in range(4)] for t in bins])  # dies in its own bin
     reference = IBSReference(ibs_time_grid(months, cuts), months[:60], censorship[:60])
-    metrics, notes = survival_metrics(
-        months[60:], censorship[60:], -good[60:].sum(1), survival_at_times(good[60:], cuts, reference.grid),
-        reference,
-    )  # fmt: skip
+    curves = partial(survival_at_times, good[60:], cuts)
+    metrics, notes = survival_metrics(months[60:], censorship[60:], -good[60:].sum(1), curves, reference)
     null, _ = integrated_brier(reference, months[60:], censorship[60:], reference.km_null(20))
     assert notes == {} and metrics["ibs_km"] == null
-    assert reference.km_null(2)[0] == pytest.approx(
-        kaplan_meier(months[:60], censorship[:60] == 0, reference.grid)
-    )
+    # the null curve is the product-limit estimate of the 60 training cases at every grid time
+    train_months, train_event = months[:60], censorship[:60] == 0
+    by_hand = [
+        np.prod([1 - np.sum(train_event & (train_months == s)) / np.sum(train_months >= s)
+                 for s in np.unique(train_months[train_event]) if s <= t])
+        for t in reference.grid
+    ]  # fmt: skip
+    assert reference.km_null(2)(reference.grid)[1] == pytest.approx(by_hand)
     assert 0 <= metrics["ibs"] < metrics["ibs_km"] < 0.5  # curves that know the bin beat the KM curve
 
 
 def test_undefined_metrics_carry_their_reason():
     reference = IBSReference(np.array([1.0, 2.0, 3.0]), TRAIN_MONTHS, TRAIN_CENSORSHIP)
-    metrics, notes = survival_metrics([1.5, 2.5], [1, 1], [0.1, 0.2], None, reference)
+    metrics, notes = survival_metrics([0.5, 3.5], [1, 1], [0.1, 0.2], None, reference)
     assert math.isnan(metrics["cindex"]) and notes["cindex"] == "no event among its 2 case(s)"
     assert math.isnan(metrics["ibs"]) and "Breslow" in notes["ibs"]
     assert not math.isnan(metrics["ibs_km"]) and "ibs_km" not in notes

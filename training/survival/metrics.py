@@ -5,17 +5,11 @@
   comparable when case i had the event and t_i < t_j (or t_i = t_j and j is censored); it is concordant
   when r_i > r_j and counts 1/2 when the risks tie. A censored case is never the earlier event of a pair.
   NaN when no pair is comparable.
-* IBS (Graf et al. 1999), computed here on **one time grid per run** (:func:`ibs_time_grid`:
-  :data:`GRID_POINTS` times evenly spaced from the 10th to the 90th percentile of the whole cohort's
-  observed times, ending at the last survival bin cut or ``--ibs_horizon`` when that comes first). At
-  grid time t the Brier score of the evaluated cases is
-
-      BS(t) = 1/n sum_i [ S_i(t)^2 1(T_i <= t, event_i) / G(T_i) + (1 - S_i(t))^2 1(T_i > t) / G(t) ]
-
-  with G the Kaplan-Meier estimate of the censoring distribution of the fold's **training cases only**
-  (:class:`IBSReference`; at a tied time events leave before censorings); IBS = trapezoid integral of BS over the grid / (grid end - grid start)
-  (scikit-survival's ``integrated_brier_score`` formula). Undefined (NaN, with a reason) when a weight
-  needed is 1/0 (every training case still followed had been censored by then).
+* IBS: :func:`training.survival.td_metrics.integrated_brier` (docs/survival.md §6.4, the definition
+  of ``survival_metrics.csv``) on **one time grid per run** (:func:`ibs_time_grid`: :data:`GRID_POINTS`
+  times evenly spaced from the 10th to the 90th percentile of the whole cohort's observed times, ending
+  at the last survival bin cut or ``--ibs_horizon`` when that comes first), with the censoring weights
+  of the fold's **training cases only** (:class:`IBSReference`).
 * Curves: per-bin survival from the hazards is the step S(t) = prod (1 - h_b) over the bins ending at or
   before t (:func:`survival_at_times`); under the Cox loss the risk only fixes a ranking, so a case's curve
   is the Breslow estimate from the fold's training cases, S_i(t) = exp(-H_0(t) exp(r_i))
@@ -27,12 +21,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from sksurv.metrics import concordance_index_censored
 
 from datasets.survival import undefined_reason
+from training.survival.td_metrics import integrated_brier as td_integrated_brier
+from training.survival.td_metrics import kaplan_meier
 
 GRID_POINTS = 20
 GRID_PERCENTILES = (10.0, 90.0)
@@ -73,32 +70,6 @@ def ibs_time_grid(cohort_months, cuts, horizon: float = 0.0, points: int = GRID_
     return np.linspace(float(low), end, points)
 
 
-def kaplan_meier(months, observed, times) -> np.ndarray:
-    """Product-limit estimate at ``times`` (right-continuous): prod over the distinct times s <= t with an
-    observation of (1 - d_s / n_s), d_s = observations at s, n_s = cases with time >= s."""
-    months = np.asarray(months, dtype=np.float64)
-    observed = np.asarray(observed, dtype=bool)
-    at = np.unique(months[observed])
-    d = np.array([np.sum(observed & (months == s)) for s in at], dtype=np.float64)
-    n = np.array([np.sum(months >= s) for s in at], dtype=np.float64)
-    steps = np.concatenate([[1.0], np.cumprod(1.0 - d / n)]) if at.size else np.ones(1)
-    return steps[np.searchsorted(at, np.asarray(times, dtype=np.float64), "right")]
-
-
-def censoring_survival(months, censorship, times) -> np.ndarray:
-    """G at ``times``: the Kaplan-Meier estimate of the censoring distribution, where at a time with both
-    events and censorings the events leave first: prod over censoring times s <= t of
-    (1 - c_s / (n_s - d_s)), c_s censored and d_s events at s, n_s cases with time >= s."""
-    months = np.asarray(months, dtype=np.float64)
-    censored = np.asarray(censorship).astype(int) == 1
-    at = np.unique(months[censored])
-    c = np.array([np.sum(censored & (months == s)) for s in at], dtype=np.float64)
-    d = np.array([np.sum(~censored & (months == s)) for s in at], dtype=np.float64)
-    n = np.array([np.sum(months >= s) for s in at], dtype=np.float64)
-    steps = np.concatenate([[1.0], np.cumprod(1.0 - c / (n - d))]) if at.size else np.ones(1)
-    return steps[np.searchsorted(at, np.asarray(times, dtype=np.float64), "right")]
-
-
 def breslow_survival(train_months, train_censorship, train_risk, risk, times) -> np.ndarray:
     """[n, T] Breslow survival S_i(t) = exp(-H_0(t) exp(r_i)), H_0(t) = sum over the training event
     times s <= t of d_s / sum_{j: T_j >= s} exp(r_j) (training cases; ties: Breslow)."""
@@ -125,46 +96,37 @@ class IBSReference:
     train_months: np.ndarray
     train_censorship: np.ndarray
 
-    def censoring(self, times) -> np.ndarray:
-        """G(t): Kaplan-Meier estimate of the censoring distribution of the training cases."""
-        return censoring_survival(self.train_months, self.train_censorship, times)
-
-    def km_null(self, n: int) -> np.ndarray:
-        """[n, T] the training cases' Kaplan-Meier survival curve, for every one of ``n`` cases."""
-        curve = kaplan_meier(self.train_months, np.asarray(self.train_censorship).astype(int) == 0, self.grid)
-        return np.tile(curve, (n, 1))
+    def km_null(self, n: int) -> Callable[[np.ndarray], np.ndarray]:
+        """Times -> [n, T]: the training cases' Kaplan-Meier survival curve, for every one of ``n`` cases."""
+        curve = kaplan_meier(self.train_months, np.asarray(self.train_censorship).astype(int) == 0)
+        return lambda times: np.tile(curve(times), (n, 1))
 
 
-def integrated_brier(
-    reference: IBSReference, months, censorship, curves: np.ndarray
-) -> tuple[float, str | None]:
-    """(IBS, None) of ``curves`` [n, T] (survival of each evaluated case at ``reference.grid``), or
-    (NaN, why) when it is undefined (module docstring)."""
-    grid = reference.grid
+def integrated_brier(reference: IBSReference, months, censorship, curves) -> tuple[float, str | None]:
+    """(IBS, note) of ``curves`` (times -> [n, T] survival of the evaluated cases) on ``reference.grid``
+    with censoring weights from the training cases: :func:`training.survival.td_metrics.integrated_brier`
+    (the definition of ``survival_metrics.csv``; a grid time where the weights are undefined is cut and
+    the note says so; NaN with the reason when fewer than two remain)."""
     months = np.asarray(months, dtype=np.float64)
-    event = np.asarray(censorship).astype(int) == 0
-    if grid.size < 2:
-        return math.nan, "empty time grid (the horizon is not after the earliest time)"
     if months.size == 0:
         return math.nan, "no case"
-    curves = np.asarray(curves, dtype=np.float64)
-    died = event[:, None] & (months[:, None] <= grid[None, :])
-    alive = months[:, None] > grid[None, :]
-    g_case = reference.censoring(months)[:, None]
-    g_grid = reference.censoring(grid)[None, :]
-    if (died & (g_case <= 0)).any() or (alive & (g_grid <= 0)).any():
-        return math.nan, "censoring weights undefined (every training case followed that long was censored)"
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(died, curves**2 / g_case, 0.0) + np.where(alive, (1.0 - curves) ** 2 / g_grid, 0.0)
-    scores = terms.mean(axis=0)
-    return float(np.trapezoid(scores, grid) / (grid[-1] - grid[0])), None
+    result = td_integrated_brier(
+        reference.train_months,
+        np.asarray(reference.train_censorship).astype(int) == 0,
+        months,
+        np.asarray(censorship).astype(int) == 0,
+        curves,
+        reference.grid,
+    )
+    return result.value, result.note or None
 
 
 def survival_metrics(
-    months, censorship, risk, curves: np.ndarray | None, reference: IBSReference
+    months, censorship, risk, curves, reference: IBSReference
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """``({"cindex", "ibs", "ibs_km"}, {metric: why undefined})`` of one evaluation pass; ``curves``
-    None (a Cox pass before its Breslow baseline) leaves the IBS undefined."""
+    """``({"cindex", "ibs", "ibs_km"}, {metric: why undefined, or what of its grid was cut})`` of one
+    evaluation pass; ``curves`` (times -> [n, T]) None, as a Cox pass before its Breslow baseline, leaves
+    the IBS undefined."""
     notes: dict[str, str] = {}
     cindex = concordance_index(months, censorship, risk)
     if math.isnan(cindex):
@@ -175,9 +137,8 @@ def survival_metrics(
         ibs, why = integrated_brier(reference, months, censorship, curves)
     if why:
         notes["ibs"] = why
-    ibs_km, why_km = integrated_brier(
-        reference, months, censorship, reference.km_null(len(np.atleast_1d(months)))
-    )
+    n = len(np.atleast_1d(months))
+    ibs_km, why_km = integrated_brier(reference, months, censorship, reference.km_null(n))
     if why_km:
         notes["ibs_km"] = why_km
     return {"cindex": cindex, "ibs": ibs, "ibs_km": ibs_km}, notes

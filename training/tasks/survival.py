@@ -32,6 +32,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -340,16 +341,12 @@ def score(
     """Fill ``result.metrics`` and ``result.notes`` (docs/survival.md §6). The curves on the run's grid
     are the per-bin survival steps, or under the Cox loss the Breslow curves from ``baseline`` (the
     fold's training pass; none yet during training: no IBS)."""
-    if cox:
-        curves = (
-            None
-            if baseline is None
-            else breslow_survival(
-                baseline.months, baseline.censorship, baseline.risk, result.risk, reference.grid
-            )
-        )
+    if not cox:
+        curves = partial(survival_at_times, result.survival, cuts)
+    elif baseline is not None:
+        curves = partial(breslow_survival, baseline.months, baseline.censorship, baseline.risk, result.risk)
     else:
-        curves = survival_at_times(result.survival, cuts, reference.grid)
+        curves = None
     result.metrics, result.notes = survival_metrics(
         result.months, result.censorship, result.risk, curves, reference
     )
@@ -591,13 +588,16 @@ class SurvivalTask:
         return passes
 
     def row_extra(self, fold: int, passes: dict) -> dict:
-        """The evaluated part and one note per undefined metric, e.g. ``val c-index: no event among ...``."""
+        """The evaluated part and one note per undefined metric (``val c-index undefined: no event
+        among ...``) or per IBS whose grid was cut (``val IBS: 19 of 20 grid times kept (...)``)."""
         part = self.data.folds[fold].evaluated
-        notes = [
-            f"{name} {METRIC_NAMES.get(metric, metric)} undefined: {why}"
-            for name in dict.fromkeys(("val", part))
-            for metric, why in passes[name].notes.items()
-        ]
+        notes = []
+        for name in dict.fromkeys(("val", part)):
+            for metric, why in passes[name].notes.items():
+                label = f"{name} {METRIC_NAMES.get(metric, metric)}"
+                why = why.removeprefix("ibs: ")
+                undefined = math.isnan(passes[name].metrics.get(metric, math.nan))
+                notes.append(f"{label} undefined: {why}" if undefined else f"{label}: {why}")
         return {"evaluated": part, "notes": notes}
 
     def epoch_line(
