@@ -5,25 +5,27 @@ classification counterpart is :mod:`training.tasks.classification`.
 
 * :meth:`SurvivalTask.prepare` (:func:`prepare_data`) checks everything before any training -- the
   survival CSV (:func:`datasets.survival.read_survival_csv`), the bins, the case-level split files
-  (cases in the CSV, no case in two parts), feature files (``--skip-missing`` drops missing slides with
-  a warning; a case left without slides is an error) and every slide of the used cases
+  (the field's ``,train,val`` or ``,train,val,test``; cases in the CSV, no case in two parts; a part
+  whose c-index cannot be defined is a warning), feature files (``--skip-missing`` drops missing slides
+  with a warning; a case left without slides is an error) and every slide of the used cases
   (:func:`training.run_checks.check_every_slide`) -- and builds one cached
-  :class:`datasets.case_bag.CaseBagDataset`.
-* One fold (docs/survival.md §5.3, §6, §7.2): one optimiser step covers ``batch`` cases
-  (``--surv_batch``; 1 for the NLL loss by default, so a step per case as in classification):
-  per-case losses (NLL) are back-propagated case by case, divided by the step's size (gradient
-  accumulation); the Cox loss needs the step's risks together, so their graphs are kept until the
-  step's loss is formed. The model's auxiliary loss (lambda * MCL for HiLa-style) is added per case.
-  The epoch loop is the classification one (:func:`training.loop.fit`), so case order and its RNG
-  draws are those of classification (:class:`training.loop.ReleasedLoaderDraws`, over the training
-  cases' survival bins; ``--weighted_sample`` balances the bins). Early stopping watches 1 - c-index
-  (``--es-metric error``; an undefined c-index never improves) or the validation loss. Per-case
-  prediction files (:mod:`training.survival.report`).
-* A fold also writes its training cases' predictions (``predictions_train.csv``: censoring weights and a
-  training-data KM threshold for the evaluation).
-* :meth:`SurvivalTask.finish` writes ``summary.csv`` / ``results.csv`` (mean and population std of the
-  c-index and IBS), and through :mod:`training.survival.evaluation` (as ``evaluate_survival.py``)
-  ``survival_metrics.csv`` and ``km_test.png`` from the prediction files of all folds.
+  :class:`datasets.case_bag.CaseBagDataset` and the run's IBS grid.
+* Defaults (:meth:`SurvivalTask.defaults`): the published MCAT / Patch-GCN settings.
+* One fold (docs/survival.md §5.3, §6, §7.2): a loss batch covers ``--surv_batch`` cases (1 for NLL,
+  16 for Cox), an optimiser step ``--gc`` loss batches (gradient accumulation): NLL losses are
+  back-propagated case by case divided by the step's size; the Cox loss needs a batch's risks
+  together, so their graphs are kept until the batch's loss is formed. The model's auxiliary loss
+  (lambda * MCL for HiLa-style) is added per case. The epoch loop is the classification one
+  (:func:`training.loop.fit`), so case order and its RNG draws are those of classification
+  (:class:`training.loop.ReleasedLoaderDraws`, over the (bin x censorship) groups that
+  ``--weighted_sample`` balances). Early stopping watches 1 - c-index (``--es-metric error``; an
+  undefined c-index never improves) or the validation loss. After training the fold's training cases
+  are passed (``predictions_train.csv``; the Cox runs' Breslow baseline), the evaluated part is test,
+  or val without a test part, and every undefined metric is a note of the fold's row.
+* :meth:`SurvivalTask.finish` writes ``summary.csv`` (with the notes) / ``results.csv`` (mean and
+  population std of the c-index and IBS), and through :mod:`training.survival.evaluation` (as
+  ``evaluate_survival.py``) ``survival_metrics.csv`` and ``km_test.png`` from the prediction files of
+  all folds.
 """
 
 from __future__ import annotations
