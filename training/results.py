@@ -184,7 +184,7 @@ def write_summaries(
     summary_extra: dict[str, list] | None = None,
 ) -> tuple[Path, Path]:
     """Write the per-fold summary and the mean/std results CSVs; return their paths. ``na_rep`` writes
-    an undefined value (survival: ``NaN``, never a blank cell); ``summary_extra`` adds columns to the
+    an undefined value (survival: ``nan``, never a blank cell); ``summary_extra`` adds columns to the
     summary (survival: ``note``)."""
     summary, results = summary_frames(rows, metric_columns)
     for name, values in (summary_extra or {}).items():

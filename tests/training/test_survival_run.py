@@ -379,7 +379,7 @@ def test_a_fold_without_events_is_said_at_split_time_and_in_the_results(tmp_path
     assert not any("c-index" in note for note in rows[0]["notes"])
     summary = pd.read_csv(run_dir / "summary.csv", keep_default_na=False)
     assert summary.loc[1, "note"].startswith(f"val c-index undefined: {reason}")
-    assert summary.loc[1, "test_cindex"] == summary.loc[1, "val_cindex"] == "NaN"  # said, not a blank cell
+    assert summary.loc[1, "test_cindex"] == summary.loc[1, "val_cindex"] == "nan"  # said, not a blank cell
     results = pd.read_csv(run_dir / "results.csv").set_index("metric")
     defined = [rows[0]["test_cindex"], rows[2]["test_cindex"]]
     assert results.loc["mean", "test_cindex"] == pytest.approx(sum(defined) / 2)  # over the defined folds

@@ -632,7 +632,7 @@ class SurvivalTask:
         notes = ["; ".join(r.get("notes", [])) for r in rows]
         _, results_path = res.write_summaries(
             run_dir, rows, config.fold_range, config.k, metric_columns=SURVIVAL_METRIC_COLUMNS,
-            na_rep="NaN", summary_extra={"note": notes},
+            na_rep="nan", summary_extra={"note": notes},
         )  # fmt: skip
         summary, results = res.summary_frames(rows, SURVIVAL_METRIC_COLUMNS)
         folds = [int(r["fold"]) for r in rows]
