@@ -1,4 +1,4 @@
-"""Explain one slide's HiVE-MIL prediction: description contributions, slide heatmaps, 5x -> 20x drill-down.
+"""Explain one slide's prediction: HiVE-MIL description contributions and drill-down, or a survival run's maps.
 
     python explain.py --checkpoint RESULTS/<task>/<extractor>/<shots>/<run> --slide SLIDE_ID [--fold 0] \\
         [--config config.json] [--out DIR] [--top 5] [--slide-file SLIDE.svs] [--device auto] [--threads N] \\
@@ -12,6 +12,12 @@
 ``explanation.json`` (all numbers) into ``--out`` (default ``<run folder>/explanations/fold_<k>/<slide>``).
 The heatmaps are drawn by :mod:`interpretability.heatmaps` (as ``predict.py --heatmaps``), over the
 slide's thumbnail with ``--slide-file``.
+
+A **survival run** (docs/survival.md §9): the fold's risk and per-bin survival of the slide, and its
+per-patch maps -- the HiLa-style model's transport plans per attribute and level
+(``heatmap_5x_attr<k>.png``, ``heatmap_20x_attr<k>.png``; attribute names and transport costs in
+``explanation.json``), or the attention of ``ABMIL_surv`` / ``TransMIL_surv`` (``heatmap_5x.png``,
+``heatmap_20x.png``) -- with ``scores.npz`` and ``explanation.json`` (the ``--top`` patches of every map).
 """
 
 from __future__ import annotations
@@ -56,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     threads = read_flags(ThreadFlags, args)
     threads.check()
     from inference.runs import (
-        SUPPORTED_MODEL,
+        explanation_kind,
+        is_survival_run,
         load_fold_model,
         load_prompts,
         load_slide,
         read_run_config,
         resolve_run_files,
+        run_task,
     )
     from interpretability.attribution import explain_slide
     from interpretability.plots import save_report
@@ -69,14 +77,21 @@ def main(argv: list[str] | None = None) -> int:
 
     files = resolve_run_files(args.checkpoint, args.fold, config=args.config)
     # Cheap checks first (model type, task, slide, prompts), then the model.
-    config = read_run_config(files.config, model_types=(SUPPORTED_MODEL,))
+    config = read_run_config(files.config)
+    kind = explanation_kind(config, f"{files.config}: ")
+    survival = is_survival_run(config)
+    if not survival and kind != "class evidence":
+        raise InputError(
+            f"{files.config}: model_type {config.model_type!r} is a classification baseline; explain.py explains "
+            "HiVE_MIL and survival runs (its attention maps: predict.py --heatmaps)"
+        )
     override_keys = {key for group in RUN_OVERRIDES for key in flag_keys(group)}
     overrides = {k: v for k, v in given_values(args).items() if k in override_keys}
     config = with_flag_values(config, overrides)
     device = resolve_device(read_flags(DeviceFlags, args).device)
-    task = config.task_spec()
+    task = run_task(config, files.config)
     bag = load_slide(config, task, args.slide)
-    prompts = load_prompts(config, task)
+    prompts = None if survival else load_prompts(config, task)
     image = None
     if args.slide_file:
         from interpretability.heatmaps import read_thumbnail
@@ -92,12 +107,20 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(threads.threads)
     model = load_fold_model(config, task, files.checkpoint, device)
-    explanation = explain_slide(model, bag, task.class_names, prompts, top_n=args.top)
     out = (
         Path(args.out)
         if args.out
         else files.checkpoint.parent / "explanations" / f"fold_{args.fold}" / args.slide
     )
+    if survival:
+        from inference.survival_explain import explain_survival_slide, save_survival_explanation
+
+        found = explain_survival_slide(config, task, model, bag, args.fold, device)
+        save_survival_explanation(found, out, image=image, top=args.top)
+        curve = ", ".join(f"{b} {v:.3f}" for b, v in zip(found.bins, found.survival))
+        print(f"slide {args.slide}: risk {found.risk:.4f}; survival at the end of each bin: {curve}; wrote {out}")
+        return 0
+    explanation = explain_slide(model, bag, task.class_names, prompts, top_n=args.top)
     save_report(explanation, out, image=image)
     probs = ", ".join(f"{n} {p:.3f}" for n, p in zip(task.class_names, explanation.probabilities))
     print(f"slide {args.slide}: predicted {explanation.predicted_name} ({probs}); wrote {out}")

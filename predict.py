@@ -8,11 +8,14 @@
 extracted with the run's tower into ``DIR/feature_cache/``), folders of tensors or slides, or a CSV
 (``slide_id`` and optional ``path``, ``label``, ``level0_mag``, ``slide_path``); docs/formats.md §8.
 Writes ``DIR/predictions.csv`` (default DIR: ``<run>/predictions/``): per slide each fold's
-probabilities and the ensemble (mean probability) with its predicted class. A rerun reuses rows whose
-inputs and checkpoints are unchanged; a bad slide is reported in one line and the others go on (exit
-code 1). ``--heatmaps`` writes ``DIR/heatmaps/<slide>/fold_<k>/``: HiVE-MIL class evidence or the
-attention of ABMIL / LiteMIL / TransMIL at 5x and 20x, over the slide thumbnail when the raw slide is
-known, top-k tiles and ``scores.npz``.
+probabilities and the ensemble (mean probability) with its predicted class; for a survival run each
+fold's risk and per-bin survival S(t_b) and the ensemble's (the mean survival curve over the folds and
+its risk -sum_b S_b; docs/survival.md §9). A rerun reuses rows whose inputs and checkpoints are
+unchanged; a bad slide (also a non-finite model output) is reported in one line and the others go on
+(exit code 1). ``--heatmaps`` writes ``DIR/heatmaps/<slide>/fold_<k>/``: HiVE-MIL class evidence, the
+attention of ABMIL / LiteMIL / TransMIL / ABMIL_surv / TransMIL_surv at 5x and 20x, or the HiLa-style
+transport plans per attribute and level, over the slide thumbnail when the raw slide is known, top-k
+tiles and ``scores.npz``.
 """
 
 from __future__ import annotations
@@ -126,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(f"reused {outcome.slide_id} (inputs and checkpoints unchanged)")
         else:
             row = outcome.row
-            p = row[f"prob_{row['pred_class']}"]
+            if "risk" in row:  # a survival run
+                what = f"risk {row['risk']:.4f}"
+            else:
+                p = row[f"prob_{row['pred_class']}"]
+                what = f"{row['pred_class']} (p={p:.3f})"
             stages = ", ".join(f"{k} {v:.2f}" for k, v in outcome.stages.items())
-            tqdm.write(
-                f"{outcome.slide_id}: {row['pred_class']} (p={p:.3f}) in {outcome.seconds:.2f} s ({stages})"
-            )
+            tqdm.write(f"{outcome.slide_id}: {what} in {outcome.seconds:.2f} s ({stages})")
 
     start = time.perf_counter()
     try:

@@ -12,26 +12,30 @@ slides are drawn by :mod:`interpretability` (beside this package; it never impor
 
 from inference.demo_run import ensure_demo_run
 from inference.runs import (
-    SUPPORTED_MODEL,
     RunFiles,
+    explanation_kind,
     first_test_slide,
+    is_survival_run,
     load_fold_model,
     load_prompts,
     load_run,
     load_slide,
     read_run_config,
     resolve_run_files,
+    run_task,
 )
 
 __all__ = [
-    "SUPPORTED_MODEL",
     "RunFiles",
     "ensure_demo_run",
+    "explanation_kind",
     "first_test_slide",
+    "is_survival_run",
     "load_fold_model",
     "load_prompts",
     "load_run",
     "load_slide",
     "read_run_config",
     "resolve_run_files",
+    "run_task",
 ]

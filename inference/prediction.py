@@ -3,14 +3,23 @@
 For every slide (:mod:`inference.slide_inputs`) and every selected fold, the fold's model --
 rebuilt from the run's ``config.json`` as training built it, its checkpoint loaded with the identity
 check -- gives class probabilities exactly as the run's evaluation computes them (text features once
-per model, ``--amp`` as trained, softmax of float32 logits). The fold ensemble is the mean probability
-over the folds; its arg-max is the predicted class.
+per model, ``--amp`` as trained, softmax of float32 logits; :func:`models.passes.forward_bag`). The
+fold ensemble is the mean probability over the folds; its arg-max is the predicted class.
+
+A **survival run** (a model with the registry's ``survival`` fact; docs/survival.md §6.1, §9) gives per
+fold the survival curve S_b = prod_{j<=b} (1 - h_j) at the end of every bin; the fold ensemble is the
+**mean curve** over the folds and its risk is the training code's risk of that curve
+(:func:`models.survival.risk_from_survival`: -sum_b S_b; equal to the mean of the folds' risks). A
+``--surv_loss cox`` run's curves only carry the ranking (its loss fixes nothing else), so its rows hold
+the risks only. A slide whose model output is not finite fails (one line), as for classification.
 
 Output folder (default ``<run>/predictions/``):
 
 * ``predictions.csv`` (written atomically after every slide): per slide ``label`` (class index when
   known), ``pred`` / ``pred_class`` and ``prob_<class>`` of the ensemble, ``fold_<k>_pred`` and
-  ``fold_<k>_prob_<class>`` per fold, ``folds``, ``kind`` and ``source`` of the input, and what the row
+  ``fold_<k>_prob_<class>`` per fold (survival: ``risk`` and ``survival_<b>`` of the ensemble,
+  ``fold_<k>_risk`` and ``fold_<k>_survival_<b>`` per fold), ``folds``, ``kind`` and ``source`` of the
+  input, and what the row
   was computed from: ``input_digest`` (the input files' sizes and modification times; for raw slides
   also the extraction settings and the image tower's files) and ``model_digest`` (the run's settings,
   the checkpoints' contents and the text tower's files). A rerun reuses a row whose digests match and
@@ -18,7 +27,9 @@ Output folder (default ``<run>/predictions/``):
 * ``feature_cache/<task>_<extractor>/``: features of raw slides (5x, 20x and hierarchical files, as
   ``extract_features.py`` and ``create_hierarchical_features.py`` write them) and ``sources/<slide>.json``
   recording what they were extracted from (a changed slide file or setting re-extracts it).
-* ``heatmaps/<slide>/fold_<k>/`` with ``--heatmaps`` (:func:`interpretability.heatmaps.save_heatmaps`).
+* ``heatmaps/<slide>/fold_<k>/`` with ``--heatmaps`` (:func:`interpretability.heatmaps.save_heatmaps`):
+  HiVE-MIL class evidence, the attention of the attention baselines (also ``ABMIL_surv``,
+  ``TransMIL_surv``), or the HiLa-style model's transport plans per attribute and level.
 """
 
 from __future__ import annotations
@@ -39,11 +50,12 @@ from datasets.fingerprint import content_record, json_digest, stat_record
 from datasets.hierarchy import patch_px
 from datasets.tensor_bag import read_tensor_bag
 from inference.slide_inputs import RAW, TENSOR, SlideInput, read_feature_bag, run_magnifications
+from models.passes import evaluating, forward_bag
 from models.registry import model_info
+from models.survival import risk_from_survival, survival_from_logits
 from preprocess.wsi.options import TileFlags
 from training.config import RunConfig
 from training.results import CONFIG_FILE, checkpoint_path
-from utils.amp import autocast
 from utils.atomic_io import atomic_path, atomic_write_text
 from utils.cli_flags import DeviceFlags
 from utils.errors import InputError, one_line
@@ -81,12 +93,10 @@ def open_run(run_dir: str | Path, folds: list[int] | None = None) -> RunFolds:
         raise InputError(f"--run {run_dir}: no such run folder")
     if not (run_dir / CONFIG_FILE).is_file():
         raise InputError(f"--run {run_dir}: no {CONFIG_FILE} (not a main.py run folder)")
+    from inference.runs import run_task
+
     config = read_run_config(run_dir / CONFIG_FILE)
-    if model_info(config.model_type).survival:
-        raise InputError(
-            f"--run {run_dir}: {config.model_type} predicts survival, predict.py predicts classes"
-        )
-    task = config.task_spec()
+    task = run_task(config, run_dir / CONFIG_FILE)
     if folds is None:
         folds = [k for k in range(config.k) if checkpoint_path(run_dir, k).is_file()]
         if not folds:
@@ -239,12 +249,40 @@ class RawFeatureCache:
 # ------------------------------------------------------------------------------------------ predictor
 
 
+TRAILING_COLUMNS = ["folds", "kind", "source", "input_digest", "model_digest", "heatmaps"]
+
+
 def prediction_columns(class_names, folds: list[int]) -> list[str]:
-    """Columns of ``predictions.csv``."""
+    """Columns of ``predictions.csv`` (classification runs)."""
     cols = ["slide_id", "label", "pred", "pred_class", *[f"prob_{c}" for c in class_names]]
     for k in folds:
         cols += [f"fold_{k}_pred", *[f"fold_{k}_prob_{c}" for c in class_names]]
-    return [*cols, "folds", "kind", "source", "input_digest", "model_digest", "heatmaps"]
+    return [*cols, *TRAILING_COLUMNS]
+
+
+def survival_columns(n_bins: int, folds: list[int], curves: bool = True) -> list[str]:
+    """Columns of ``predictions.csv`` of a survival run (``curves`` False: risks only, Cox runs)."""
+    bins = [f"survival_{b}" for b in range(n_bins)] if curves else []
+    cols = ["slide_id", "risk", *bins]
+    for k in folds:
+        cols += [f"fold_{k}_risk", *[f"fold_{k}_{c}" for c in bins]]
+    return [*cols, *TRAILING_COLUMNS]
+
+
+def fold_curve(logits: torch.Tensor, fold: int) -> np.ndarray:
+    """[n_bins] survival curve of one fold's hazard logits (as the run's evaluation computes it); a
+    non-finite output is an :class:`InputError` naming the fold."""
+    curve = survival_from_logits(logits.detach().float().reshape(-1)).cpu().numpy().astype(np.float64)
+    if not np.isfinite(curve).all():
+        raise InputError(f"fold {fold}: the model's survival output is not finite ({curve.tolist()})")
+    return curve
+
+
+def ensemble_curve(curves: dict[int, np.ndarray]) -> tuple[np.ndarray, float]:
+    """The fold ensemble: the mean survival curve over the folds and its risk (the training code's
+    :func:`models.survival.risk_from_survival`)."""
+    mean = np.mean(np.stack(list(curves.values())), axis=0)
+    return mean, float(risk_from_survival(torch.from_numpy(mean)))
 
 
 class Predictor:
@@ -259,13 +297,19 @@ class Predictor:
         self.out_dir = Path(out_dir)
         self.options = options
         self.device = resolve_device(options.device)
-        self.columns = prediction_columns(self.task.class_names, run.folds)
         self.info = model_info(self.config.model_type)
+        self.survival = self.info.survival
+        # a Cox run's curves only carry the ranking (docs/survival.md §5.2): its rows hold risks only
+        self.curves = not (self.survival and self.config.surv_loss == "cox")
+        if self.survival:
+            self.columns = survival_columns(self.task.num_classes, run.folds, self.curves)
+        else:
+            self.columns = prediction_columns(self.task.class_names, run.folds)
         self.heatmap_source = self.info.patch_scores
         if options.heatmaps and self.heatmap_source is None:
             raise InputError(
                 f"--heatmaps: model_type {self.config.model_type} has no per-patch scores (HiVE_MIL, ABMIL, "
-                "LiteMIL and TransMIL have, also as _5x)"
+                "LiteMIL and TransMIL have, also as _5x; HiLa its transport plans; ABMIL_surv, TransMIL_surv)"
             )
         if options.top_tiles < 0:
             raise InputError(f"--top-tiles must be >= 0, got {options.top_tiles}")
@@ -336,7 +380,8 @@ class Predictor:
         if self.options.heatmaps and not self.heatmaps_current(inp.slide_id, digest):
             return None
         row = dict(old)
-        row["label"] = "" if inp.label is None else str(inp.label)
+        if not self.survival:
+            row["label"] = "" if inp.label is None else str(inp.label)
         if self.options.heatmaps:
             row["heatmaps"] = f"{HEATMAP_DIRNAME}/{inp.slide_id}"
         return row
@@ -376,7 +421,7 @@ class Predictor:
             if k in self.models:
                 continue
             model = load_fold_model(self.config, self.task, self.run.checkpoint(k), self.device)
-            with torch.no_grad(), autocast(self.config.amp, self.device):
+            with evaluating(model, self.device, self.config.amp):
                 cache = model.precompute()
             self.models[k] = (model, cache)
 
@@ -410,14 +455,17 @@ class Predictor:
             self._check_bag(bag)
             stages["load"] = time.perf_counter() - start
             t = time.perf_counter()
-            probs, extras = self._forward(bag)
+            outputs = self._forward(bag)
+            if self.survival:
+                row = self._survival_row(inp, outputs)
+                pred = None
+            else:
+                row, pred = self._class_row(inp, outputs)
             stages["predict"] = time.perf_counter() - t
-            mean = np.mean(np.stack([probs[k] for k in self.run.folds]), axis=0)
-            pred = int(np.argmax(mean))
             heat = ""
             if self.options.heatmaps:
                 t = time.perf_counter()
-                self._heatmaps(inp, bag, pred, extras, digest)
+                self._heatmaps(inp, bag, pred, row, outputs, digest)
                 heat = f"{HEATMAP_DIRNAME}/{inp.slide_id}"
                 stages["heatmaps"] = time.perf_counter() - t
         except InputError as err:
@@ -426,17 +474,6 @@ class Predictor:
             return SlideOutcome(
                 inp.slide_id, "failed", message=one_line(err, limit=1000), seconds=time.perf_counter() - start
             )
-        names = self.task.class_names
-        row: dict = {
-            "slide_id": inp.slide_id,
-            "label": "" if inp.label is None else inp.label,
-            "pred": pred,
-            "pred_class": names[pred],
-            **{f"prob_{c}": float(mean[i]) for i, c in enumerate(names)},
-        }
-        for k in self.run.folds:
-            row[f"fold_{k}_pred"] = int(np.argmax(probs[k]))
-            row.update({f"fold_{k}_prob_{c}": float(probs[k][i]) for i, c in enumerate(names)})
         row.update(
             {
                 "folds": " ".join(map(str, self.run.folds)),
@@ -449,18 +486,50 @@ class Predictor:
         )
         return SlideOutcome(inp.slide_id, "done", row=row, seconds=time.perf_counter() - start, stages=stages)
 
-    @torch.no_grad()
-    def _forward(self, bag: SlideBag) -> tuple[dict[int, np.ndarray], dict[int, dict]]:
-        """Per fold: class probabilities (as the run's evaluation computes them) and the model's extras."""
+    def _forward(self, bag: SlideBag) -> dict:
+        """Per fold: the model's output (:func:`models.passes.forward_bag`, the evaluation's forward)."""
         on_device = bag.to(self.device)
-        probs, extras = {}, {}
+        return {
+            k: forward_bag(model, on_device, cache, self.device, self.config.amp)
+            for k, (model, cache) in self.models.items()
+            if k in self.run.folds
+        }
+
+    def _class_row(self, inp: SlideInput, outputs: dict) -> tuple[dict, int]:
+        """Class probabilities per fold and of the ensemble (mean probability); non-finite refused."""
+        probs = {}
         for k in self.run.folds:
-            model, cache = self.models[k]
-            with autocast(self.config.amp, self.device):
-                out = model(on_device, cache=cache)
-            probs[k] = torch.softmax(out.logits.float(), dim=1).reshape(-1).cpu().numpy().astype(np.float64)
-            extras[k] = out.extras
-        return probs, extras
+            logits = outputs[k].logits.float()
+            probs[k] = torch.softmax(logits, dim=1).reshape(-1).cpu().numpy().astype(np.float64)
+            if not np.isfinite(probs[k]).all():
+                raise InputError(f"fold {k}: the model's class probabilities are not finite ({probs[k].tolist()})")
+        mean = np.mean(np.stack([probs[k] for k in self.run.folds]), axis=0)
+        pred = int(np.argmax(mean))
+        names = self.task.class_names
+        row: dict = {
+            "slide_id": inp.slide_id,
+            "label": "" if inp.label is None else inp.label,
+            "pred": pred,
+            "pred_class": names[pred],
+            **{f"prob_{c}": float(mean[i]) for i, c in enumerate(names)},
+        }
+        for k in self.run.folds:
+            row[f"fold_{k}_pred"] = int(np.argmax(probs[k]))
+            row.update({f"fold_{k}_prob_{c}": float(probs[k][i]) for i, c in enumerate(names)})
+        return row, pred
+
+    def _survival_row(self, inp: SlideInput, outputs: dict) -> dict:
+        """Risk and per-bin survival per fold and of the ensemble (the mean curve; module docstring)."""
+        curves = {k: fold_curve(outputs[k].logits, k) for k in self.run.folds}
+        mean, risk = ensemble_curve(curves)
+        row: dict = {"slide_id": inp.slide_id, "risk": risk}
+        if self.curves:
+            row.update({f"survival_{b}": float(v) for b, v in enumerate(mean)})
+        for k in self.run.folds:
+            row[f"fold_{k}_risk"] = float(risk_from_survival(torch.from_numpy(curves[k])))
+            if self.curves:
+                row.update({f"fold_{k}_survival_{b}": float(v) for b, v in enumerate(curves[k])})
+        return row
 
     # ---- heatmaps
 
@@ -479,22 +548,30 @@ class Predictor:
         )
         return side, side
 
-    def _scores(self, model, cache, bag: SlideBag, extras: dict, pred: int) -> dict:
-        from interpretability.heatmaps import attention_patch_scores, hivemil_patch_scores
+    def _scores(self, model, cache, bag: SlideBag, output, pred: int | None) -> dict:
+        from interpretability.heatmaps import (
+            attention_patch_scores,
+            hivemil_patch_scores,
+            transport_plan_patch_scores,
+        )
 
         if self.heatmap_source == "class evidence":
             from interpretability.attribution import explain_slide
 
             expl = explain_slide(model, bag, self.task.class_names, self._prompts, top_n=1, cache=cache)
             return {scale: hivemil_patch_scores(expl, scale, pred) for scale in ("5x", "20x")}
+        if self.heatmap_source == "transport plan":
+            return transport_plan_patch_scores(bag, output, model.attributes, self._patch_sides(bag, model))
         scores = attention_patch_scores(
-            bag, extras, self.info.magnification, self.config.model_type, self._patch_sides(bag, model)
+            bag, output.extras, self.info.magnification, self.config.model_type, self._patch_sides(bag, model)
         )
         if not scores:
             raise RuntimeError(f"{self.config.model_type} reported no per-instance attention")
         return scores
 
-    def _heatmaps(self, inp: SlideInput, bag: SlideBag, pred: int, extras: dict, digest: str) -> None:
+    def _heatmaps(
+        self, inp: SlideInput, bag: SlideBag, pred: int | None, row: dict, outputs: dict, digest: str
+    ) -> None:
         from interpretability.heatmaps import read_thumbnail, save_heatmaps
         from preprocess.wsi.reader import open_slide
 
@@ -510,21 +587,26 @@ class Predictor:
         try:
             for k in self.run.folds:
                 model, cache = self.models[k]
-                scores = self._scores(model, cache, bag, extras[k], pred)
+                scores = self._scores(model, cache, bag, outputs[k], pred)
                 meta = {
                     "slide_id": inp.slide_id,
                     "fold": k,
                     "model_type": self.config.model_type,
                     "scores": self.heatmap_source,
-                    "class_index": pred,
-                    "class_name": self.task.class_names[pred],
                     "input_digest": digest,
                     "fold_digest": self.fold_digests[k],
                     "top_k": self.options.top_tiles,
                     "slide_file": None if inp.slide_file is None else str(inp.slide_file),
                     "thumbnail": image is not None,
                 }
-                title = f"{inp.slide_id}, fold {k} (ensemble: {self.task.class_names[pred]}),"
+                if self.survival:
+                    meta["risk"] = row["risk"]
+                    title = f"{inp.slide_id}, fold {k} (ensemble risk {row['risk']:.3f}),"
+                else:
+                    meta.update(class_index=pred, class_name=self.task.class_names[pred])
+                    title = f"{inp.slide_id}, fold {k} (ensemble: {self.task.class_names[pred]}),"
+                if self.heatmap_source == "transport plan":
+                    meta["attributes"] = list(model.attributes)
                 save_heatmaps(
                     scores, self.heatmap_dir(inp.slide_id, k), image=image, reader=reader,
                     top_k=self.options.top_tiles if reader is not None else 0, title=title, meta=meta,

@@ -19,12 +19,11 @@ from pathlib import Path
 
 from datasets.bag import SlideBag
 from datasets.prompt_file import HierarchicalPrompts, load_prompt_file
+from datasets.survival import SurvivalTaskSpec
 from datasets.tasks import TaskSpec
 from training.config import RunConfig
 from training.results import CONFIG_FILE, checkpoint_path
 from utils.errors import InputError
-
-SUPPORTED_MODEL = "HiVE_MIL"
 
 
 @dataclass(frozen=True)
@@ -118,9 +117,73 @@ def load_run(
     """
     files = resolve_run_files(results_dir_or_config, fold, checkpoint, config)
     run_config = read_run_config(files.config, model_types)
-    task = run_config.task_spec()
+    task = run_task(run_config, files.config)
     model = load_fold_model(run_config, task, files.checkpoint, device)
     return model, task, run_config
+
+
+def is_survival_run(config: RunConfig) -> bool:
+    """Whether the run's model predicts survival (the registry's fact, :class:`models.registry.ModelInfo`)."""
+    from models.registry import model_info
+
+    return model_info(config.model_type).survival
+
+
+def run_task(config: RunConfig, config_file: str | Path | None = None) -> TaskSpec:
+    """The task spec the run was trained with.
+
+    Classification: :meth:`RunConfig.task_spec`. Survival (docs/survival.md §3): the survival bins the
+    run stored in its ``config.json`` (``survival.bin_cuts_months``), so a later change of the dataset
+    CSV does not change the model's bins; without that record, the cuts of the task's CSV.
+    """
+    if not is_survival_run(config):
+        return config.task_spec()
+    from datasets.survival import bin_class_names, read_survival_csv, survival_task
+
+    csv_path = Path(config.resolve_path(config.csv_dir)) / f"{config.task}.csv"
+    prompt_dir = config.resolve_path(config.prompt_dir)
+    cuts = None
+    if config_file is not None:
+        try:
+            saved = json.loads(Path(config_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"{config_file}: cannot read run config ({err})") from None
+        record = saved.get("survival") if isinstance(saved, dict) else None
+        cuts = record.get("bin_cuts_months") if isinstance(record, dict) else None
+    if cuts is None:
+        if not csv_path.is_file():
+            raise InputError(
+                f"{config_file}: no survival bins recorded and no dataset CSV {csv_path} to cut them from"
+            )
+        return survival_task(config.task, read_survival_csv(csv_path), prompt_dir, config.n_bins)
+    try:
+        cuts = tuple(float(c) for c in cuts)
+    except (TypeError, ValueError):
+        raise InputError(f"{config_file}: survival.bin_cuts_months must be a list of numbers") from None
+    classes = bin_class_names(len(cuts) + 1)
+    return SurvivalTaskSpec(
+        name=config.task,
+        class_names=classes,
+        csv_path=csv_path,
+        prompt_dir=Path(prompt_dir),
+        label_dict={c: i for i, c in enumerate(classes)},
+        bin_cuts=cuts,
+    )
+
+
+def explanation_kind(config: RunConfig, source: str = "") -> str:
+    """What ``explain.py`` shows for the run's model: the registry's ``patch_scores`` fact (``"class
+    evidence"``, ``"transport plan"`` or ``"attention"``); a model without per-patch scores is one
+    :class:`InputError` line."""
+    from models.registry import model_info
+
+    kind = model_info(config.model_type).patch_scores
+    if kind is None:
+        raise InputError(
+            f"{source}model_type {config.model_type!r} has no per-patch scores to explain (HiVE_MIL, HiLa and "
+            "the attention baselines have)"
+        )
+    return kind
 
 
 def load_fold_model(config: RunConfig, task: TaskSpec, checkpoint: str | Path, device="cpu"):
@@ -146,21 +209,35 @@ def load_prompts(config: RunConfig, task: TaskSpec) -> HierarchicalPrompts:
 
 
 def first_test_slide(config: RunConfig, task: TaskSpec, fold: int = 0) -> str:
-    """The first test slide of fold ``fold``'s split file."""
+    """The first test slide of fold ``fold``'s split file (survival runs: the first slide of its first
+    test case)."""
     from datasets.splits import read_split, split_csv_path
 
     path = split_csv_path(config.resolve_path(config.splits_root), task.name, config.few_shot_num, fold)
+    if isinstance(task, SurvivalTaskSpec):
+        from datasets.survival import read_survival_csv, survival_split_path
+
+        path = survival_split_path(config.resolve_path(config.splits_root), task.name, fold)
+        split = read_split(path, item="case")
+        if not split.test:
+            raise InputError(f"{path}: no test cases")
+        return read_survival_csv(task.csv_path).by_id()[split.test[0]].slides[0]
     split = read_split(path)
     if not split.test:
         raise InputError(f"{path}: no test slides")
     return split.test[0]
 
 
-def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
-    """Read one slide of the run's task (label and ``level0_mag`` from the dataset CSV into the bag)."""
+def _slide_row(task: TaskSpec, slide_id: str) -> tuple[int, int]:
+    """(label index, level0_mag) of ``slide_id`` in the task's dataset CSV (survival: label -1)."""
+    if isinstance(task, SurvivalTaskSpec):
+        from datasets.survival import read_survival_csv
+
+        rows = read_survival_csv(task.csv_path).rows
+        if slide_id not in rows:
+            raise InputError(f"--slide {slide_id}: not in {task.csv_path} (task {task.name}, {len(rows)} slides)")
+        return -1, int(rows[slide_id][3])
     from datasets.dataset_csv import read_dataset_csv
-    from datasets.features import FeatureLayout, missing_feature_slides, read_slide_bag
-    from datasets.slide_check import hierarchy_staleness
 
     frame = read_dataset_csv(task.csv_path, task)
     rows = frame[frame["slide_id"].astype(str) == str(slide_id)]
@@ -169,6 +246,16 @@ def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
             f"--slide {slide_id}: not in {task.csv_path} (task {task.name}, {len(frame)} slides)"
         )
     row = rows.iloc[0]
+    return int(row["label_idx"]), int(row["level0_mag"])
+
+
+def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
+    """Read one slide of the run's task (label and ``level0_mag`` from the dataset CSV into the bag;
+    a survival task's slide gets label -1: its outcome is the case's, not the slide's)."""
+    from datasets.features import FeatureLayout, missing_feature_slides, read_slide_bag
+    from datasets.slide_check import hierarchy_staleness
+
+    label, level0_mag = _slide_row(task, str(slide_id))
     layout = FeatureLayout(
         config.resolve_path(config.data_root_dir),
         task.name,
@@ -183,6 +270,6 @@ def load_slide(config: RunConfig, task: TaskSpec, slide_id: str) -> SlideBag:
     stale = hierarchy_staleness(layout, str(slide_id))
     if stale is not None:
         raise InputError(stale)
-    bag = read_slide_bag(layout, str(slide_id), int(row["label_idx"]), expected_dim=config.feature_dim)
-    bag.meta["level0_mag"] = int(row["level0_mag"])
+    bag = read_slide_bag(layout, str(slide_id), label, expected_dim=config.feature_dim)
+    bag.meta["level0_mag"] = level0_mag
     return bag

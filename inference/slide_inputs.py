@@ -301,13 +301,17 @@ class InputResolver:
             inp.problem = f"no such file or folder, and not a slide of task {self.task.name} (no {low})"
         return inp
 
-    def task_rows(self) -> dict[str, tuple[int, int]]:
-        """``{slide_id: (label index, level0_mag)}`` of the task's dataset CSV (empty when it is absent)."""
+    def task_rows(self) -> dict[str, tuple[int | None, int]]:
+        """``{slide_id: (label index, level0_mag)}`` of the task's dataset CSV (empty when it is absent;
+        a survival task's slides have no label: the outcome belongs to the case)."""
         if self._task_rows is None:
             from datasets.dataset_csv import read_dataset_csv
+            from datasets.survival import SurvivalTaskSpec, read_survival_csv
 
             rows = {}
-            if Path(self.task.csv_path).is_file():
+            if isinstance(self.task, SurvivalTaskSpec) and Path(self.task.csv_path).is_file():
+                rows = {s: (None, int(r[3])) for s, r in read_survival_csv(self.task.csv_path).rows.items()}
+            elif Path(self.task.csv_path).is_file():
                 frame = read_dataset_csv(self.task.csv_path, self.task)
                 rows = {
                     str(s): (int(label), int(mag))

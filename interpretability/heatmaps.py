@@ -12,6 +12,9 @@ Scores (:class:`PatchScores`, one per magnification):
   attention (mean over queries), TransMIL's class-token attention of its last layer (mean over heads,
   square-padding repeats added back onto the instance they repeat). A 20x model also gets a 5x map:
   the attention mass of each 5x patch's 20x children.
+* HiLa-style survival model (:func:`transport_plan_patch_scores`): its OPL transport plans
+  (docs/survival.md §8.4), one map per attribute and level: each node's share of the attribute's
+  feature, P_ik / sum_i P_ik (which patches fed which attribute).
 
 Drawing (:func:`heatmap_figure`): the scores become a raster (:func:`heat_layer`) in level-0 pixel
 coordinates -- over the slide thumbnail (:func:`read_thumbnail`) when the raw slide is at hand, else
@@ -201,6 +204,59 @@ def attention_patch_scores(
             "20x", coords20, scores, patch_px[1], f"{label}, 20x patches", background=coords20
         ),
     }
+
+
+def plan_key(scale: str, attribute: int) -> str:
+    """The name of attribute ``attribute``'s map at ``scale`` (``heatmap_<key>.png``): ``5x_attr0`` ..."""
+    return f"{scale}_attr{attribute}"
+
+
+def transport_plan_patch_scores(
+    bag, output, attributes: Sequence[str], patch_px: tuple[int | None, int | None]
+) -> dict[str, PatchScores]:
+    """The HiLa-style model's transport plans drawn per attribute and level.
+
+    ``output`` is the model's :class:`models.hila.model.HiLaOutput` for ``bag``: ``plan_region`` [N5, K]
+    over the 5x rows, ``plan_patch`` [N20, K] over the real 20x children (``patch_rows``,
+    ``patch_slots``; a bag without children used its 5x rows as patches). A node's value for attribute
+    k is P_ik / sum_i P_ik, its weight in the attribute's visual feature z_k (docs/survival.md §8.4), so
+    each map sums to 1. Returns ``{plan_key(scale, k): PatchScores}`` for scales ``5x`` and ``20x``.
+    """
+    plans = (output.plan_region, output.plan_patch)
+    if any(p is None for p in plans):
+        raise ValueError("the model output carries no transport plans (a HiLa-style output is needed)")
+    region, patch = (p.detach().float().cpu().numpy().astype(np.float64) for p in plans)
+    if region.shape[1] != len(attributes) or patch.shape[1] != len(attributes):
+        raise ValueError(f"transport plans over {region.shape[1]} attributes, {len(attributes)} named")
+    coords5 = None if bag.coords5 is None else bag.coords5.cpu().numpy()
+    rows = output.patch_rows.cpu().numpy()
+    slots = output.patch_slots.cpu().numpy()
+    has_children = bool(bag.child_mask.any())
+    if has_children:
+        coords20 = None if bag.coords20 is None else bag.coords20.cpu().numpy()[rows, slots]
+        background20, side20, nodes20 = coords20, patch_px[1], "20x patches"
+    else:  # the model used the 5x rows as their own patches (docs/survival.md §8.3)
+        coords20 = None if coords5 is None else coords5[rows]
+        background20, side20, nodes20 = coords5, patch_px[0], "5x rows standing in for 20x patches"
+    levels = (
+        ("5x", region, coords5, coords5, patch_px[0], "5x regions"),
+        ("20x", patch, coords20, background20, side20, nodes20),
+    )
+    scores: dict[str, PatchScores] = {}
+    for scale, plan, coords, background, side, nodes in levels:
+        mass = plan.sum(axis=0)
+        shares = plan / np.where(mass > 0, mass, np.nan)
+        for k, name in enumerate(attributes):
+            scores[plan_key(scale, k)] = PatchScores(
+                scale,
+                coords,
+                shares[:, k],
+                side,
+                f"share of attribute '{name}' ({nodes}; OPL transport plan)",
+                background=background,
+                vmin=0.0,
+            )
+    return scores
 
 
 # ------------------------------------------------------------------------------------------ rasters
@@ -409,9 +465,12 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
 # ------------------------------------------------------------------------------------------ saving
 
 
-def save_top_tiles(scores: PatchScores, reader, out_dir: str | Path, k: int) -> list[dict]:
+def save_top_tiles(
+    scores: PatchScores, reader, out_dir: str | Path, k: int, name: str | None = None
+) -> list[dict]:
     """The ``k`` highest-scoring patches cut from the slide at their own magnification (256 px, as the
-    feature extractor reads them), as ``top_<scale>_<rank>.png``; returns one record per tile."""
+    feature extractor reads them), as ``top_<name>_<rank>.png`` (``name``: the map's key, default its
+    scale); returns one record per tile."""
     from PIL import Image
 
     from preprocess.wsi.encode import tile_image
@@ -424,7 +483,7 @@ def save_top_tiles(scores: PatchScores, reader, out_dir: str | Path, k: int) -> 
     for rank, index in enumerate(scores.top(k), start=1):
         x, y = (int(v) for v in scores.coords[index])
         tile: Image.Image = tile_image(reader, (x, y), level)
-        path = Path(out_dir) / f"top_{scores.scale}_{rank}.png"
+        path = Path(out_dir) / f"top_{name or scores.scale}_{rank}.png"
         with atomic_path(path, suffix=".png") as tmp:
             tile.save(tmp, format="PNG")
         records.append(
@@ -444,7 +503,8 @@ def save_heatmaps(
     meta: dict | None = None,
 ) -> list[Path]:
     """Write ``heatmap_<scale>.png`` per scale, the top-``top_k`` tiles (needs the open slide ``reader``)
-    and ``scores.npz`` (written last: its presence marks a finished folder).
+    and ``scores.npz`` (written last: its presence marks a finished folder). The keys of ``scores``
+    name the maps (a scale, or e.g. ``5x_attr0`` for one of several maps at a scale).
 
     ``scores.npz`` holds per scale ``coords_<s>`` [n, 2], ``values_<s>`` [n], ``patch_px_<s>``, the drawn
     raster ``raster_<s>`` [h, w] (NaN where no patch), ``raster_origin_<s>`` (level-0 x, y) and
@@ -470,7 +530,7 @@ def save_heatmaps(
             arrays[f"raster_origin_{scale}"] = np.asarray(layer.origin, dtype=np.float64)
             arrays[f"raster_downsample_{scale}"] = np.array(layer.downsample, dtype=np.float64)
         if reader is not None and top_k > 0:
-            tiles[scale] = save_top_tiles(item, reader, out_dir, top_k)
+            tiles[scale] = save_top_tiles(item, reader, out_dir, top_k, name=scale)
             written.extend(out_dir / t["file"] for t in tiles[scale])
     arrays["meta"] = np.array(json.dumps({**(meta or {}), "top_tiles": tiles}, sort_keys=True))
     with atomic_path(out_dir / SCORES_FILE, suffix=".npz") as tmp:

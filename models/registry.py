@@ -68,7 +68,7 @@ class ModelInfo:
         variants: results depend on ``--variant`` and the per-behaviour switches (run folders carry the
             variant tag; grids run it once per variant).
         patch_scores: what the model's per-patch scores show in a heatmap (``"attention"``, ``"class
-            evidence"``), None when it has none.
+            evidence"``, ``"transport plan"``: HiLa-style OPL plans per attribute), None when it has none.
         hierarchy: the model needs the 5x/20x hierarchy (a flat [N, D] bag cannot feed it).
         magnification: which patches the instances of a flat bag are (``"5x"`` for the ``<name>_5x``
             instance baselines, else ``"20x"``).

@@ -22,6 +22,11 @@ def survival_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.cumsum(F.logsigmoid(-logits), dim=-1))
 
 
+def risk_from_survival(survival: torch.Tensor) -> torch.Tensor:
+    """[...] risk score -sum_b S_b of [..., n_bins] survival curves (e.g. a fold ensemble's mean curve)."""
+    return -survival.sum(dim=-1)
+
+
 def risk_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """[...] risk score -sum_b S_b."""
-    return -survival_from_logits(logits).sum(dim=-1)
+    return risk_from_survival(survival_from_logits(logits))

@@ -155,7 +155,7 @@ class HiLaSurvival(FrozenTowerClassifier):
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(TOWER_PREFIX)]
 
 
-@register_model("HiLa", text_tower=True, survival=True, hierarchy=True)
+@register_model("HiLa", text_tower=True, survival=True, patch_scores="transport plan", hierarchy=True)
 def build_hila(spec: ModelSpec) -> HiLaSurvival:
     """Registry builder: the spec's text tower, the task's HiLa prompt file and ``spec.hila`` options."""
     if spec.prompt_file is None:

@@ -35,6 +35,8 @@ def test_model_facts():
     assert model_info("ABMIL").bag_loss("svm", "reference") == "svm"
     hila = model_info("HiLa")
     assert hila.survival and hila.text_tower and hila.hierarchy and not hila.variants
+    assert hila.patch_scores == "transport plan"
+    assert model_info("ABMIL_surv").patch_scores == model_info("TransMIL_surv").patch_scores == "attention"
     for name in ("ABMIL", "TransMIL", "LiteMIL", "abmil", "TransMIL_5x"):
         assert model_info(name).patch_scores == "attention", name
     for name in ("mean_pool", "max_pool", "MIL_fc", "mil_fc", "ViLa_MIL", "zero_shot"):
