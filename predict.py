@@ -7,10 +7,11 @@
 ``.h5`` files, ``.pt``/``.pth`` tensor files, raw slides (``.svs``, ``.tif``, ``.ndpi``, ...: features
 extracted with the run's tower into ``DIR/feature_cache/``), folders of tensors or slides, or a CSV
 (``slide_id`` and optional ``path``, ``label``, ``level0_mag``, ``slide_path``); docs/formats.md §8.
+For a survival run, a case id of its task names the case bag of all its slides (as training built it).
 Writes ``DIR/predictions.csv`` (default DIR: ``<run>/predictions/``): per slide each fold's
 probabilities and the ensemble (mean probability) with its predicted class; for a survival run each
 fold's risk and per-bin survival S(t_b) and the ensemble's (the mean survival curve over the folds and
-its risk -sum_b S_b; docs/survival.md §9). A rerun reuses rows whose inputs and checkpoints are
+its risk -sum_b S_b; docs/survival.md §11). A rerun reuses rows whose inputs and checkpoints are
 unchanged; a bad slide (also a non-finite model output) is reported in one line and the others go on
 (exit code 1). ``--heatmaps`` writes ``DIR/heatmaps/<slide>/fold_<k>/``: HiVE-MIL class evidence, the
 attention of ABMIL / LiteMIL / TransMIL / ABMIL_surv / TransMIL_surv at 5x and 20x, or the HiLa-style

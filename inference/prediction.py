@@ -6,7 +6,7 @@ check -- gives class probabilities exactly as the run's evaluation computes them
 per model, ``--amp`` as trained, softmax of float32 logits; :func:`models.passes.forward_bag`). The
 fold ensemble is the mean probability over the folds; its arg-max is the predicted class.
 
-A **survival run** (a model with the registry's ``survival`` fact; docs/survival.md §6.1, §9) gives per
+A **survival run** (a model with the registry's ``survival`` fact; docs/survival.md §6.1, §11) gives per
 fold the survival curve S_b = prod_{j<=b} (1 - h_j) at the end of every bin; the fold ensemble is the
 **mean curve** over the folds and its risk is the training code's risk of that curve
 (:func:`models.survival.risk_from_survival`: -sum_b S_b; equal to the mean of the folds' risks). A
@@ -49,7 +49,15 @@ from datasets.features import FeatureLayout, hier_file_is_complete
 from datasets.fingerprint import content_record, json_digest, stat_record
 from datasets.hierarchy import patch_px
 from datasets.tensor_bag import read_tensor_bag
-from inference.slide_inputs import RAW, TENSOR, SlideInput, read_feature_bag, run_magnifications
+from inference.slide_inputs import (
+    CASE,
+    RAW,
+    TENSOR,
+    SlideInput,
+    read_case_bag,
+    read_feature_bag,
+    run_magnifications,
+)
 from models.passes import evaluating, forward_bag
 from models.registry import model_info
 from models.survival import risk_from_survival, survival_from_logits
@@ -433,6 +441,8 @@ class Predictor:
             return read_tensor_bag(
                 inp.path, inp.slide_id, self.config.feature_dim, low, high, inp.level0_mag, inp.label
             )
+        if inp.kind == CASE:
+            return read_case_bag(inp, self.config.feature_dim)
         layout = self.cache.ensure(inp, progress) if inp.kind == RAW else inp.layout
         return read_feature_bag(inp, layout, self.config.feature_dim)
 
@@ -451,6 +461,11 @@ class Predictor:
         try:
             if inp.problem:
                 raise InputError(inp.problem)
+            if inp.kind == CASE and self.options.heatmaps:
+                raise InputError(
+                    f"case {inp.slide_id}: heatmaps are drawn per slide (the slides' coordinates are separate "
+                    f"frames); name its slides ({', '.join(inp.case.slides)}) or leave out --heatmaps"
+                )
             bag = self.load_bag(inp, progress)
             self._check_bag(bag)
             stages["load"] = time.perf_counter() - start

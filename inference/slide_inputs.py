@@ -11,6 +11,9 @@
 * **raw slides** (``.svs``, ``.tif``, ``.ndpi``, ... -- see :data:`preprocess.wsi.sources.SLIDE_EXTENSIONS`):
   features are extracted with the run's tower into a cache (:mod:`inference.prediction`);
 * a **folder** of tensor files and/or raw slides (searched recursively);
+* **case ids** of a survival run's task (docs/survival.md §11): the case's slides concatenated into one
+  case bag exactly as training builds it (:func:`datasets.case_bag.concat_case_bag`); a name that is
+  a slide id of the task stays that slide;
 * a **CSV** with ``slide_id`` and optional ``path`` (any of the above but a CSV, relative to the CSV's
   folder), ``label`` (class name or index), ``level0_mag`` and ``slide_path`` (the raw slide, for
   heatmaps drawn over its thumbnail). A row without ``path`` names a slide of the run's task.
@@ -38,7 +41,7 @@ from training.config import RunConfig
 from utils.errors import InputError, one_line
 from utils.magnification import magnification_label, magnification_value
 
-TASK, FEATURES, TENSOR, RAW = "task", "features", "tensor", "raw"
+TASK, FEATURES, TENSOR, RAW, CASE = "task", "features", "tensor", "raw", "case"
 TENSOR_SUFFIXES = (".pt", ".pth")
 _BAD_ID = re.compile(r"[/\\]|^\.\.?$|^$")
 
@@ -59,8 +62,8 @@ class SlideInput:
     """One slide to predict.
 
     Attributes:
-        slide_id: the row's id in ``predictions.csv`` (also the heatmap folder name).
-        kind: ``task``, ``features``, ``tensor`` or ``raw``.
+        slide_id: the row's id in ``predictions.csv`` (also the heatmap folder name; a case: its id).
+        kind: ``task``, ``features``, ``tensor``, ``raw`` or ``case``.
         source: how the slide was named (a path or ``task:<name>``).
         path: the tensor file or raw slide (``tensor``/``raw``).
         layout: where the 5x and hierarchical files are (``task``/``features``).
@@ -68,6 +71,7 @@ class SlideInput:
         level0_mag: level-0 magnification when known (CSV column or dataset CSV).
         slide_file: the raw slide, when at hand (heatmaps over its thumbnail, top tiles).
         problem: why the slide cannot be predicted (reported as a failed slide).
+        case: a survival task's case (:class:`datasets.survival.SurvivalCase`; kind ``case``).
     """
 
     slide_id: str
@@ -80,9 +84,12 @@ class SlideInput:
     slide_file: Path | None = None
     problem: str | None = None
     extra: dict = field(default_factory=dict)
+    case: object | None = None
 
     def input_files(self) -> list[Path]:
         """The files the prediction reads (their size and mtime make the row's input record)."""
+        if self.kind == CASE and self.layout is not None:
+            return [f for s in self.case.slides for f in (self.layout.low_file(s), self.layout.hier_file(s))]
         if self.kind in (TASK, FEATURES) and self.layout is not None:
             return [self.layout.low_file(self.slide_id), self.layout.hier_file(self.slide_id)]
         return [self.path] if self.path is not None else []
@@ -113,6 +120,7 @@ class InputResolver:
             self.high,
         )
         self._task_rows: dict[str, tuple[int, int]] | None = None
+        self._cases: dict | None = None
         self._slide_files: dict[str, Path] | None = None
         self.slide_dir = None if slide_dir is None else Path(slide_dir).expanduser()
         if self.slide_dir is not None and not self.slide_dir.is_dir():
@@ -279,6 +287,8 @@ class InputResolver:
 
     def _task_slide(self, slide_id: str, source: str, **known) -> SlideInput:
         layout = self.run_layout
+        if slide_id not in self.task_rows() and slide_id in self.task_cases():
+            return self._task_case(self.task_cases()[slide_id], source)
         csv_label, csv_mag = self.task_rows().get(slide_id, (None, None))
         label = known.pop("label", None)
         mag = known.pop("level0_mag", None)
@@ -299,6 +309,28 @@ class InputResolver:
             inp.problem = f"features of task {self.task.name} missing ({low} / {hier})"
         else:
             inp.problem = f"no such file or folder, and not a slide of task {self.task.name} (no {low})"
+        return inp
+
+    def task_cases(self) -> dict:
+        """``{case_id: SurvivalCase}`` of a survival task's dataset CSV (empty for other tasks)."""
+        if self._cases is None:
+            from datasets.survival import SurvivalTaskSpec, read_survival_csv
+
+            self._cases = {}
+            if isinstance(self.task, SurvivalTaskSpec) and Path(self.task.csv_path).is_file():
+                self._cases = read_survival_csv(self.task.csv_path).by_id()
+        return self._cases
+
+    def _task_case(self, case, source: str) -> SlideInput:
+        """A survival task's case: all its slides as one case bag (the run's feature folder)."""
+        layout = self.run_layout
+        inp = self._checked(SlideInput(case.case_id, CASE, f"{source} case", layout=layout, case=case))
+        missing = [s for s in case.slides if not (layout.low_file(s).is_file() and layout.hier_file(s).is_file())]
+        if inp.problem is None and missing:
+            inp.problem = (
+                f"case {case.case_id}: features of slide(s) {', '.join(missing)} missing ({layout.low_dir} / "
+                f"{layout.hier_dir})"
+            )
         return inp
 
     def task_rows(self) -> dict[str, tuple[int | None, int]]:
@@ -400,6 +432,15 @@ def read_feature_bag(inp: SlideInput, layout: FeatureLayout, feature_dim: int) -
     if mag:
         bag.meta["level0_mag"] = int(mag)
     return bag
+
+
+def read_case_bag(inp: SlideInput, feature_dim: int) -> SlideBag:
+    """The case bag of a ``case`` input: its slides read as training reads them and concatenated in the
+    case's slide order (:func:`datasets.case_bag.concat_case_bag`; label -1, the outcome is not used)."""
+    from datasets.case_bag import concat_case_bag
+
+    bags = [read_slide_bag(inp.layout, s, -1, expected_dim=feature_dim) for s in inp.case.slides]
+    return concat_case_bag(inp.case, bags, -1)
 
 
 def run_magnifications(config: RunConfig) -> tuple[float, float]:

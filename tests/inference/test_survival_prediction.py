@@ -1,4 +1,4 @@
-"""predict.py and explain.py on survival runs (docs/survival.md §9): risk and per-bin survival per case
+"""predict.py and explain.py on survival runs (docs/survival.md §11): risk and per-bin survival per case
 bag, the fold ensemble as the mean curve, transport-plan and attention heatmaps, one-line failures."""
 
 from __future__ import annotations
@@ -106,6 +106,26 @@ def test_predict_matches_the_runs_own_test_predictions(runs, tmp_path):
     assert row["risk"] == pytest.approx(single["risk"], abs=1e-5)
     for b in range(N_BINS):
         assert row[f"survival_{b}"] == pytest.approx(single[f"survival_{b}"], abs=1e-5)
+
+
+def test_a_case_id_is_the_case_bag_as_training_built_it(runs, tmp_path, capsys):
+    """A case with two slides, named by its id, is one row equal to its fold's test prediction."""
+    run = runs["hila"]
+    for fold in (0, 1):
+        tested = pd.read_csv(run / f"fold_{fold}" / "predictions_test.csv")
+        multi = tested[tested["slides"].str.contains(";")]
+        if len(multi):
+            break
+    case = multi.iloc[0]
+    out = tmp_path / "case"
+    assert _predict(["--run", run, "--slides", case["case_id"], "--folds", fold, "--out", out]) == 0
+    row = pd.read_csv(out / "predictions.csv").iloc[0]
+    assert row["slide_id"] == case["case_id"] and row["kind"] == "case"
+    assert row["risk"] == pytest.approx(case["risk"], abs=1e-5)
+    assert row["survival_3"] == pytest.approx(case["survival_3"], abs=1e-5)
+    capsys.readouterr()
+    assert _predict(["--run", run, "--slides", case["case_id"], "--out", tmp_path / "h", "--heatmaps"]) == 1
+    assert "heatmaps are drawn per slide" in capsys.readouterr().err
 
 
 def test_attention_baseline_heatmaps(runs, tmp_path):
