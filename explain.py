@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         found = explain_survival_slide(config, task, model, bag, args.fold, device)
         save_survival_explanation(found, out, image=image, top=args.top)
         curve = ", ".join(f"{b} {v:.3f}" for b, v in zip(found.bins, found.survival))
-        print(f"slide {args.slide}: risk {found.risk:.4f}; survival at the end of each bin: {curve}; wrote {out}")
+        print(
+            f"slide {args.slide}: risk {found.risk:.4f}; survival at the end of each bin: {curve}; wrote {out}"
+        )
         return 0
     explanation = explain_slide(model, bag, task.class_names, prompts, top_n=args.top)
     save_report(explanation, out, image=image)

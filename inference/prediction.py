@@ -517,7 +517,9 @@ class Predictor:
             logits = outputs[k].logits.float()
             probs[k] = torch.softmax(logits, dim=1).reshape(-1).cpu().numpy().astype(np.float64)
             if not np.isfinite(probs[k]).all():
-                raise InputError(f"fold {k}: the model's class probabilities are not finite ({probs[k].tolist()})")
+                raise InputError(
+                    f"fold {k}: the model's class probabilities are not finite ({probs[k].tolist()})"
+                )
         mean = np.mean(np.stack([probs[k] for k in self.run.folds]), axis=0)
         pred = int(np.argmax(mean))
         names = self.task.class_names

@@ -235,7 +235,9 @@ def _slide_row(task: TaskSpec, slide_id: str) -> tuple[int, int]:
 
         rows = read_survival_csv(task.csv_path).rows
         if slide_id not in rows:
-            raise InputError(f"--slide {slide_id}: not in {task.csv_path} (task {task.name}, {len(rows)} slides)")
+            raise InputError(
+                f"--slide {slide_id}: not in {task.csv_path} (task {task.name}, {len(rows)} slides)"
+            )
         return -1, int(rows[slide_id][3])
     from datasets.dataset_csv import read_dataset_csv
 

@@ -325,7 +325,9 @@ class InputResolver:
         """A survival task's case: all its slides as one case bag (the run's feature folder)."""
         layout = self.run_layout
         inp = self._checked(SlideInput(case.case_id, CASE, f"{source} case", layout=layout, case=case))
-        missing = [s for s in case.slides if not (layout.low_file(s).is_file() and layout.hier_file(s).is_file())]
+        missing = [
+            s for s in case.slides if not (layout.low_file(s).is_file() and layout.hier_file(s).is_file())
+        ]
         if inp.problem is None and missing:
             inp.problem = (
                 f"case {case.case_id}: features of slide(s) {', '.join(missing)} missing ({layout.low_dir} / "

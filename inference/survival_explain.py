@@ -103,7 +103,10 @@ def explain_survival_slide(
         model_type=config.model_type,
         scores_kind=str(info.patch_scores),
         bins=bin_labels(task.bin_cuts),
-        hazards=hazards_from_logits(output.logits.detach().float().reshape(-1)).cpu().numpy().astype(np.float64),
+        hazards=hazards_from_logits(output.logits.detach().float().reshape(-1))
+        .cpu()
+        .numpy()
+        .astype(np.float64),
         survival=curve,
         risk=float(risk_from_survival(torch.from_numpy(curve))),
     )
@@ -115,7 +118,9 @@ def explain_survival_slide(
             "20x": [float(v) for v in output.cost_patch.float().cpu()],
         }
     elif info.patch_scores == "attention":
-        expl.scores = attention_patch_scores(on_device, output.extras, info.magnification, config.model_type, sides)
+        expl.scores = attention_patch_scores(
+            on_device, output.extras, info.magnification, config.model_type, sides
+        )
         if not expl.scores:
             raise ValueError(f"{config.model_type} reported no per-instance attention")
     else:
@@ -133,7 +138,12 @@ def save_survival_explanation(
     out_dir = Path(out_dir)
     ensure_output_dir(out_dir)
     title = f"{expl.slide_id}, fold {expl.fold} (risk {expl.risk:.3f}),"
-    meta = {"slide_id": expl.slide_id, "fold": expl.fold, "model_type": expl.model_type, "scores": expl.scores_kind}
+    meta = {
+        "slide_id": expl.slide_id,
+        "fold": expl.fold,
+        "model_type": expl.model_type,
+        "scores": expl.scores_kind,
+    }
     if expl.attributes:
         meta["attributes"] = expl.attributes
     written = save_heatmaps(expl.scores, out_dir, image=image, title=title, meta=meta)

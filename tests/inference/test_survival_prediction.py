@@ -70,7 +70,7 @@ def test_predict_survival_run_writes_risk_and_curves_with_plan_heatmaps(runs, tm
     assert "failed no_such_slide: " in captured.err and "slide_00_0: risk " in captured.out
     frame = pd.read_csv(out / "predictions.csv")
     bins = [f"survival_{b}" for b in range(N_BINS)]
-    assert list(frame.columns[:2 + N_BINS]) == ["slide_id", "risk", *bins]
+    assert list(frame.columns[: 2 + N_BINS]) == ["slide_id", "risk", *bins]
     assert list(frame["slide_id"]) == slides[:2]
     assert frame["folds"].tolist() == ["0 1", "0 1"]
     for _, row in frame.iterrows():
@@ -91,7 +91,9 @@ def test_predict_survival_run_writes_risk_and_curves_with_plan_heatmaps(runs, tm
     assert meta["attributes"] == list(PROMPTS) and meta["scores"] == "transport plan"
     assert meta["risk"] == pytest.approx(frame.loc[0, "risk"])
     # a rerun reuses both rows (inputs and checkpoints unchanged)
-    assert _predict(["--run", run, "--slides", *slides[:2], "--out", out, "--heatmaps", "--device", "cpu"]) == 0
+    assert (
+        _predict(["--run", run, "--slides", *slides[:2], "--out", out, "--heatmaps", "--device", "cpu"]) == 0
+    )
     assert "reused slide_00_0" in capsys.readouterr().out
 
 
