@@ -204,3 +204,19 @@ def test_explain_refuses_a_survival_model_without_patch_scores(runs, tmp_path):
         explain_cli.main(["--checkpoint", str(run), "--slide", "slide_05_0"])
     with pytest.raises(InputError, match="--heatmaps: model_type mean_pool_surv has no per-patch scores"):
         _predict(["--run", run, "--slides", "slide_05_0", "--heatmaps"])
+
+
+def test_load_run_of_a_survival_run_uses_its_recorded_bins(runs):
+    from datasets.survival import SurvivalTaskSpec
+    from inference.runs import first_test_slide, load_run, load_slide
+    from models.hila.model import HiLaSurvival
+
+    model, task, config = load_run(runs["hila"], fold=1)
+    saved = json.loads((runs["hila"] / "config.json").read_text())["survival"]
+    assert isinstance(model, HiLaSurvival) and not model.training
+    assert isinstance(task, SurvivalTaskSpec) and list(task.bin_cuts) == saved["bin_cuts_months"]
+    slide = first_test_slide(config, task, 1)
+    tested = pd.read_csv(runs["hila"] / "fold_1" / "predictions_test.csv")
+    assert slide in {s for cell in tested["slides"] for s in cell.split(";")}
+    bag = load_slide(config, task, slide)
+    assert bag.label == -1 and bag.meta["level0_mag"] == 40
