@@ -19,8 +19,7 @@ Output folder (default ``<run>/predictions/``):
   known), ``pred`` / ``pred_class`` and ``prob_<class>`` of the ensemble, ``fold_<k>_pred`` and
   ``fold_<k>_prob_<class>`` per fold (survival: ``risk`` and ``survival_<b>`` of the ensemble,
   ``fold_<k>_risk`` and ``fold_<k>_survival_<b>`` per fold), ``folds``, ``kind`` and ``source`` of the
-  input, and what the row
-  was computed from: ``input_digest`` (the input files' sizes and modification times; for raw slides
+  input, and what the row was computed from: ``input_digest`` (the input files' sizes and modification times; for raw slides
   also the extraction settings and the image tower's files) and ``model_digest`` (the run's settings,
   the checkpoints' contents and the text tower's files). A rerun reuses a row whose digests match and
   recomputes any other; rows of slides not named this time are kept when their model digest matches.

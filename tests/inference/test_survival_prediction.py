@@ -220,3 +220,19 @@ def test_load_run_of_a_survival_run_uses_its_recorded_bins(runs):
     assert slide in {s for cell in tested["slides"] for s in cell.split(";")}
     bag = load_slide(config, task, slide)
     assert bag.label == -1 and bag.meta["level0_mag"] == 40
+
+
+def test_a_cox_run_writes_risks_only(runs, tmp_path):
+    """A Cox run's curves carry only the ranking (docs/survival.md §5.2): no survival columns."""
+    from inference.prediction import survival_columns
+
+    data = runs["data"]
+    argv = [*data["argv"], "--results_dir", str(tmp_path / "r"), "--max_epochs", "1", "--k_end", "1"]
+    config = parse_config([*argv, "--surv_loss", "cox"])
+    experiment.run_experiment(config, RunLog(quiet=True))
+    out = tmp_path / "cox"
+    assert _predict(["--run", task_for(config).run_dir(config), "--slides", "slide_06_0", "--out", out]) == 0
+    frame = pd.read_csv(out / "predictions.csv")
+    assert list(frame.columns) == survival_columns(N_BINS, [0], curves=False)
+    assert list(frame.columns[:3]) == ["slide_id", "risk", "fold_0_risk"]
+    assert frame.loc[0, "risk"] == pytest.approx(frame.loc[0, "fold_0_risk"])
