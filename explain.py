@@ -13,7 +13,7 @@
 The heatmaps are drawn by :mod:`interpretability.heatmaps` (as ``predict.py --heatmaps``), over the
 slide's thumbnail with ``--slide-file``.
 
-A **survival run** (docs/survival.md §11): the fold's risk and per-bin survival of the slide, and its
+A **survival run** (docs/survival.md §12): the fold's risk and per-bin survival of the slide, and its
 per-patch maps -- the HiLa-style model's transport plans per attribute and level
 (``heatmap_5x_attr<k>.png``, ``heatmap_20x_attr<k>.png``; attribute names and transport costs in
 ``explanation.json``), or the attention of ``ABMIL_surv`` / ``TransMIL_surv`` (``heatmap_5x.png``,

@@ -11,7 +11,7 @@ For a survival run, a case id of its task names the case bag of all its slides (
 Writes ``DIR/predictions.csv`` (default DIR: ``<run>/predictions/``): per slide each fold's
 probabilities and the ensemble (mean probability) with its predicted class; for a survival run each
 fold's risk and per-bin survival S(t_b) and the ensemble's (the mean survival curve over the folds and
-its risk -sum_b S_b; docs/survival.md §11). A rerun reuses rows whose inputs and checkpoints are
+its risk -sum_b S_b; docs/survival.md §12). A rerun reuses rows whose inputs and checkpoints are
 unchanged; a bad slide (also a non-finite model output) is reported in one line and the others go on
 (exit code 1). ``--heatmaps`` writes ``DIR/heatmaps/<slide>/fold_<k>/``: HiVE-MIL class evidence, the
 attention of ABMIL / LiteMIL / TransMIL / ABMIL_surv / TransMIL_surv at 5x and 20x, or the HiLa-style

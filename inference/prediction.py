@@ -6,7 +6,7 @@ check -- gives class probabilities exactly as the run's evaluation computes them
 per model, ``--amp`` as trained, softmax of float32 logits; :func:`models.passes.forward_bag`). The
 fold ensemble is the mean probability over the folds; its arg-max is the predicted class.
 
-A **survival run** (a model with the registry's ``survival`` fact; docs/survival.md §6.1, §11) gives per
+A **survival run** (a model with the registry's ``survival`` fact; docs/survival.md §6.1, §12) gives per
 fold the survival curve S_b = prod_{j<=b} (1 - h_j) at the end of every bin; the fold ensemble is the
 **mean curve** over the folds and its risk is the training code's risk of that curve
 (:func:`models.survival.risk_from_survival`: -sum_b S_b; equal to the mean of the folds' risks). A

@@ -11,7 +11,7 @@
 * **raw slides** (``.svs``, ``.tif``, ``.ndpi``, ... -- see :data:`preprocess.wsi.sources.SLIDE_EXTENSIONS`):
   features are extracted with the run's tower into a cache (:mod:`inference.prediction`);
 * a **folder** of tensor files and/or raw slides (searched recursively);
-* **case ids** of a survival run's task (docs/survival.md §11): the case's slides concatenated into one
+* **case ids** of a survival run's task (docs/survival.md §12): the case's slides concatenated into one
   case bag exactly as training builds it (:func:`datasets.case_bag.concat_case_bag`); a name that is
   a slide id of the task stays that slide;
 * a **CSV** with ``slide_id`` and optional ``path`` (any of the above but a CSV, relative to the CSV's

@@ -1,4 +1,4 @@
-"""Explaining one slide of a survival run (``explain.py`` on a survival run; docs/survival.md §11).
+"""Explaining one slide of a survival run (``explain.py`` on a survival run; docs/survival.md §12).
 
 A fold's model gives the slide's hazards, its survival curve S(t_b) at the end of every bin and the risk
 -sum_b S_b exactly as ``predict.py`` computes them (:func:`inference.prediction.fold_curve`, the

@@ -1,4 +1,4 @@
-"""predict.py and explain.py on survival runs (docs/survival.md §11): risk and per-bin survival per case
+"""predict.py and explain.py on survival runs (docs/survival.md §12): risk and per-bin survival per case
 bag, the fold ensemble as the mean curve, transport-plan and attention heatmaps, one-line failures."""
 
 from __future__ import annotations
