@@ -8,6 +8,8 @@ cell, shorter columns padded with blanks::
     1,,slideD,slideF
 
 Splits are patient-level: all slides of a case go to the same part, so no case appears in two parts.
+The same holds for the case-level, label-stratified cross-validation folds of ``--cv nested``
+(:func:`stratified_case_folds`, :func:`cross_validation_splits`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,6 +30,7 @@ from utils.errors import InputError, listed
 from utils.safe_names import check_name
 
 PARTS = ("train", "val", "test")
+T = TypeVar("T")
 
 
 @dataclass
@@ -232,3 +237,51 @@ def _part_size(frac: float, n: int) -> int:
     if frac <= 0:
         return 0
     return min(n, max(1, int(round(frac * n))))
+
+
+# ------------------------------------------------------------------------------- cross-validation folds
+def stratified_case_folds(
+    cases: Sequence[tuple[str, Hashable, Sequence[T]]], k: int, seed: int, salt: Sequence[int] = ()
+) -> list[list[T]]:
+    """Deal whole cases into ``k`` folds, stratified by label; return each fold's items.
+
+    ``cases`` holds ``(case_id, label, items)`` (items: slide ids, dataset positions, ...). Per label
+    (in sorted order), the cases sorted by id are shuffled by ``numpy.random.default_rng((seed, *salt))``
+    and each goes to the fold with the fewest items of that label so far (ties: fewest items in all,
+    then the lowest fold), so the folds partition the items, no case is split, and every label is spread
+    as evenly as whole cases allow. The result depends only on the cases, ``seed`` and ``salt``.
+    """
+    if k < 2:
+        raise InputError(f"cross-validation needs at least 2 folds (got {k})")
+    if len(cases) < k:
+        raise InputError(
+            f"{len(cases)} case(s) cannot fill {k} cross-validation folds (each fold needs at least one case)"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(int(s) for s in salt)]))
+    by_label: dict[Hashable, list[tuple[str, Sequence[T]]]] = {}
+    for case_id, label, items in sorted(cases, key=lambda c: str(c[0])):
+        by_label.setdefault(label, []).append((case_id, items))
+    folds: list[list[T]] = [[] for _ in range(k)]
+    for label in sorted(by_label, key=str):
+        group = by_label[label]
+        of_label = [0] * k
+        for i in rng.permutation(len(group)):
+            _, items = group[int(i)]
+            target = min(range(k), key=lambda f: (of_label[f], len(folds[f]), f))
+            folds[target].extend(items)
+            of_label[target] += len(items)
+    return folds
+
+
+def cross_validation_splits(df: pd.DataFrame, k: int, seed: int) -> list[Split]:
+    """``k`` case-level, label-stratified folds of every slide of the dataset table ``df``: split ``i``
+    tests fold ``i`` and trains on the others (no val part), so the test parts partition the slides."""
+    grouped = _cases_by_class(df).items()
+    cases = [(case_id, label, slides) for label, group in grouped for case_id, slides in group]
+    tests = stratified_case_folds(cases, k, seed)
+    splits = []
+    for test in tests:
+        held = set(test)
+        train = [s for _, _, slides in cases for s in slides if s not in held]
+        splits.append(Split(train=train, val=[], test=list(test)))
+    return splits

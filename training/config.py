@@ -51,9 +51,11 @@ GROUPS = {
     "variant": "HiVE-MIL variant: released-code behaviours (README, Known divergences)",
     "run": "run control (added by this project)",
     "survival": "survival tasks and the HiLa-style model (docs/survival.md)",
+    "cv": "cross-validation (added by this project; README, Nested cross-validation)",
 }
 
 TASK_KINDS = ("auto", "classification", "survival")
+CV_MODES = ("given", "nested")
 SURVIVAL_LOSS_NAMES = ("nll", "cox")
 
 
@@ -268,6 +270,20 @@ class RunConfig:
     )  # fmt: skip
     hila: HiLaOptions = field(default_factory=HiLaOptions)  # HiLa flags (declared on HiLaOptions)
 
+    # --- cross-validation (training.nested) ---
+    cv: str = flag(
+        *_both("cv"), default="given", choices=CV_MODES, group="cv",
+        help="given: the split files; nested: --k case-level stratified outer folds over the dataset CSV, "
+        "each selecting its training length (and with --inner_grid lr / weight decay) on --inner_k inner folds",
+    )  # fmt: skip
+    inner_k: int = flag(
+        *_both("inner_k"), default=3, group="cv", help="--cv nested: inner folds per outer training part"
+    )
+    inner_grid: bool = flag(
+        *_both("inner_grid"), default=False, group="cv",
+        help="--cv nested: the inner folds also choose lr (x1/3, x1, x3 of --lr) and weight decay (1e-5, 1e-3)",
+    )  # fmt: skip
+
     # ---- derived values ----
     @property
     def fold_range(self) -> range:
@@ -306,8 +322,14 @@ class RunConfig:
         return self.run_folder()
 
     def run_folder(self, shots: str | int | None = None) -> Path:
-        """:attr:`run_dir` with ``shots`` in place of ``--few_shot_num`` (survival runs: ``survival``)."""
+        """:attr:`run_dir` with ``shots`` in place of ``--few_shot_num`` (survival runs: ``survival``).
+
+        A ``--cv nested`` run uses no split files and no shot number: its label is
+        ``nested<k>x<inner_k>`` (``...grid`` with ``--inner_grid``), so it never shares a folder with a
+        run on the given splits or with another number of folds."""
         label = self.few_shot_num if shots is None else shots
+        if self.cv == "nested":
+            label = f"nested{self.k}x{self.inner_k}{'grid' if self.inner_grid else ''}"
         return (
             Path(self.results_dir)
             / str(self.task)
@@ -476,6 +498,9 @@ def validate_config(config: RunConfig) -> None:
             "--opl_epsilon must be a positive number",
         ),
         (config.hila.opl_iterations >= 1, "--opl_iterations must be >= 1"),
+        (config.cv != "nested" or config.k >= 2, "--cv nested needs --k >= 2 outer folds"),
+        (config.cv != "nested" or config.inner_k >= 2, "--cv nested needs --inner_k >= 2 inner folds"),
+        (config.cv == "nested" or not config.inner_grid, "--inner_grid needs --cv nested"),
     ]
     for ok, message in checks:
         if not ok:

@@ -16,7 +16,8 @@ Order of work (docs/method.md §8, docs/survival.md §7):
    text tower, feature files) are unchanged; other folds are (re)trained by :func:`train_fold` under a
    fold lock (:func:`training.fold.run_fold`: seed reset, model, optimiser, training with validation
    every epoch and early stopping, best state restored, checkpoint with its identity, val/test
-   predictions).
+   predictions). With ``--cv nested`` each fold is an outer fold whose inner folds choose the training
+   length first (:mod:`training.nested`).
 5. :func:`finish_run`: the task's summary CSVs (mean and population std) and one-screen table.
 """
 
@@ -34,6 +35,7 @@ from training import results as res
 from training.config import RunConfig, validate_config
 from training.fingerprints import changed_inputs, read_fold_inputs
 from training.fold import PreparedRun, run_fold, seeded_model
+from training.nested import run_nested_fold
 from training.run_checks import check_writable as _check_writable
 from training.tasks import task_for
 from training.tasks.classification import effective_bag_loss, resolve_prompts, run_task
@@ -180,14 +182,17 @@ def open_run_folder(
 
 def train_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | None = None) -> dict:
     """Train fold ``fold`` under its own lock (``.fold_<k>.lock`` in the run folder): a fold is never
-    trained twice at once, also when several workers share one run."""
+    trained twice at once, also when several workers share one run. With ``--cv nested`` the fold is an
+    outer fold: its inner units, choice and retraining (:func:`training.nested.run_nested_fold`) all
+    happen under that lock."""
     lock = FolderLock(run.run_dir, name=f".fold_{fold}.lock")
     try:
         lock.acquire()
     except LockHeld as err:
         raise InputError(f"fold {fold}: {err}") from None
     try:
-        return run_fold(run, fold, log, model)
+        body = run_nested_fold if run.config.cv == "nested" else run_fold
+        return body(run, fold, log, model)
     finally:
         lock.release()
 

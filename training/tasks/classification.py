@@ -31,7 +31,15 @@ from datasets.bag import SlideBag
 from datasets.bag_dataset import BagDataset
 from datasets.dataset_csv import read_dataset_csv
 from datasets.features import FeatureLayout, missing_feature_slides
-from datasets.splits import PARTS, Split, check_split_against_csv, read_split, split_csv_path, split_leakage
+from datasets.splits import (
+    PARTS,
+    Split,
+    check_split_against_csv,
+    cross_validation_splits,
+    read_split,
+    split_csv_path,
+    split_leakage,
+)
 from datasets.tasks import TaskSpec
 from models.passes import forward_pass
 from models.registry import model_info
@@ -84,7 +92,12 @@ class PreparedData:
 
 
 def _read_fold_splits(config: RunConfig, task: TaskSpec, df) -> dict[int, Split]:
-    """Read and check the split file of every fold to run."""
+    """Read and check the split file of every fold to run; with ``--cv nested`` make the outer folds
+    instead (:func:`datasets.splits.cross_validation_splits` over every slide of the CSV, seeded by
+    ``--seed``; no val part: the inner folds of :mod:`training.nested` choose the training length)."""
+    if config.cv == "nested":
+        outer = cross_validation_splits(df, config.k, config.seed)
+        return {fold: outer[fold] for fold in config.fold_range}
     splits_root = config.resolve_path(config.splits_root)
     folder = split_csv_path(splits_root, task.name, config.few_shot_num, 0).parent
     if not folder.is_dir():
@@ -154,12 +167,16 @@ def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
             f: Split(*[[s for s in sp.part(p) if s not in gone] for p in PARTS]) for f, sp in splits.items()
         }
         used = [s for s in used if s not in gone]
+    needed = ("train", "test") if config.cv == "nested" else PARTS
     for fold, split in splits.items():
-        empty = [p for p in PARTS if not split.part(p)]
+        empty = [p for p in needed if not split.part(p)]
         if empty:
-            raise InputError(
-                f"fold {fold}: no slides left in {', '.join(empty)} (split of --few_shot_num {config.few_shot_num})"
+            source = (
+                "outer fold of --cv nested"
+                if config.cv == "nested"
+                else f"split of --few_shot_num {config.few_shot_num}"
             )
+            raise InputError(f"fold {fold}: no slides left in {', '.join(empty)} ({source})")
         trained = {label_of[s] for s in split.train}
         absent = [name for c, name in enumerate(task.class_names) if c not in trained]
         if absent:

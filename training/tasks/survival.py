@@ -477,6 +477,10 @@ class SurvivalTask:
 
     @staticmethod
     def check_model(config: RunConfig) -> None:
+        if config.cv == "nested":
+            raise InputError(
+                "--cv nested is implemented for classification tasks only; survival runs use their case split files"
+            )
         if not model_info(config.model_type).survival:
             raise InputError(
                 f"--model_type {config.model_type!r} is not a survival model; task {config.task} is a survival "
