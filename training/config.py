@@ -324,12 +324,9 @@ class RunConfig:
     def run_folder(self, shots: str | int | None = None) -> Path:
         """:attr:`run_dir` with ``shots`` in place of ``--few_shot_num`` (survival runs: ``survival``).
 
-        A ``--cv nested`` run uses no split files and no shot number: its label is
-        ``nested<k>x<inner_k>`` (``...grid`` with ``--inner_grid``), so it never shares a folder with a
-        run on the given splits or with another number of folds."""
-        label = self.few_shot_num if shots is None else shots
-        if self.cv == "nested":
-            label = f"nested{self.k}x{self.inner_k}{'grid' if self.inner_grid else ''}"
+        A ``--cv nested`` run uses no split files and no shot number: its label is :attr:`cv_label`, so
+        it never shares a folder with a run on the given splits or with another number of folds."""
+        label = self.cv_label or (self.few_shot_num if shots is None else shots)
         return (
             Path(self.results_dir)
             / str(self.task)
@@ -337,6 +334,14 @@ class RunConfig:
             / str(label)
             / f"{self.experiment_code(label)}_s{self.seed}{self.variant_tag}"
         )
+
+    @property
+    def cv_label(self) -> str | None:
+        """``nested<k>x<inner_k>`` (``...grid`` with ``--inner_grid``) for a ``--cv nested`` run, else None:
+        what its folder and result tables show in place of the shot number."""
+        if self.cv != "nested":
+            return None
+        return f"nested{self.k}x{self.inner_k}{'grid' if self.inner_grid else ''}"
 
     @property
     def slide_limit(self) -> int | None:

@@ -54,7 +54,7 @@ class RunRecord:
 
     task: str
     extractor: str
-    few_shot: int | str  # shots per class; "survival" for a survival run (its folds are not few-shot)
+    few_shot: int | str  # shots per class; "survival" / "nested3x2" (RunConfig.cv_label): folds not few-shot
     method: str
     variant: str  # "reference", "corrected", "corrected_<switch>-<value>"...; "" for models without variants
     seed: int
@@ -164,7 +164,7 @@ def read_run(run_dir: Path) -> RunRecord | None:
     return RunRecord(
         task=str(config.task),
         extractor=config.feature_extractor,
-        few_shot=SURVIVAL if kind == SURVIVAL else int(config.few_shot_num),
+        few_shot=SURVIVAL if kind == SURVIVAL else (config.cv_label or int(config.few_shot_num)),
         method=config.model_type,
         variant=variant_name(config),
         seed=int(config.seed),
@@ -252,7 +252,7 @@ def markdown_tables(records: list[RunRecord]) -> str:
             seeds.setdefault((r.method, r.variant), set()).add(r.seed)
         metrics = ordered_metrics(rows)
         lines = [
-            f"## {task} / {extractor} / {few_shot if few_shot == SURVIVAL else f'{few_shot}-shot'}",
+            f"## {task} / {extractor} / {few_shot if isinstance(few_shot, str) else f'{few_shot}-shot'}",
             "",
             "| Method | " + " | ".join(METRIC_TITLES.get(m, m) for m in metrics) + " |",
             "|---|" + "---|" * len(metrics),
