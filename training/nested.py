@@ -200,6 +200,10 @@ def run_nested_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassi
     fold's row. ``model`` (a fresh :func:`seeded_model`) is not needed: every unit builds its own."""
     del model
     config = run.config
+    if config.early_stopping:
+        log.info(
+            f"fold {fold}: notice: --early_stopping has no effect with --cv nested (the inner folds choose the epochs)"
+        )
     settings = inner_settings(config)
     folds = inner_folds(run, fold)
     scores: dict[tuple[int, int], list[dict]] = {}
