@@ -202,6 +202,20 @@ def test_partial_then_resumed_run_reuses_units_and_matches(toy, reference, monke
         assert (run_dir / name).read_bytes() == (reference["run_dir"] / name).read_bytes(), name
 
 
+def test_grid_run_scores_every_setting_and_retrains_the_chosen_one(toy):
+    config = _nested(toy, toy["tmp"] / "grid", inner_grid=True, k_end=1, max_epochs=1)
+    experiment.run_experiment(config, RunLog(quiet=True))
+    assert config.run_dir.parent.name == "nested3x2grid"
+    table = pd.read_csv(config.run_dir / "fold_0" / nested.INNER_SCORES)
+    settings = nested.inner_settings(config)
+    assert table.lr.tolist() == pytest.approx([s.lr for s in settings])
+    assert table.reg.tolist() == pytest.approx([s.reg for s in settings])
+    assert len(list((config.run_dir / "fold_0" / "inner").glob("setting_*_fold_*.json"))) == 6 * 2
+    chosen = table[table.chosen == 1].iloc[0]
+    log = (config.run_dir / "log.txt").read_text()
+    assert f"fold 0: inner folds chose lr {chosen.lr:g}, reg {chosen.reg:g}, 1 epoch(s)" in log
+
+
 # ------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize(
     ("changes", "message"),
