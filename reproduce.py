@@ -17,7 +17,9 @@ run's ``log.txt``, reuses the folds finished earlier with unchanged inputs (main
 submits the others. When all folds of a configuration are done it writes ``summary.csv``/``results.csv``
 and refreshes ``RESULTS/table.md``, ``table.csv`` (one row per task, extractor, shots, model, variant,
 seed: mean ± std of every test metric) and ``table_folds.csv`` (one row per fold). A failed fold is
-retried (``--retries``), then reported in one line; the other folds go on; the exit code is then 1.
+retried (``--retries``), then reported in one line; the other folds go on; the exit code is then 1. A
+fold whose training diverged (a loss or logit that is not finite) is reported after one attempt, never
+retried: a rerun diverges the same way.
 
 Resources per fold: ``--threads`` CPUs (1 when not given) and ``--gpus-per-fold`` GPUs (1 when this
 machine has CUDA). Without ``--address`` a local Ray instance is started (``--local-cpus``,

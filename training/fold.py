@@ -9,7 +9,9 @@ final passes (test; survival: also the training cases with the restored model, a
 test part), the fold's row (``test_*`` / ``val_*`` metrics and losses, ``best_epoch``, ``epochs_run``;
 ``final/*`` scalars and the task's extra entries), the predictions of those passes, the fold's input
 record, and the row last (marking the
-fold finished). What differs between kinds comes from ``run.task`` (:mod:`training.tasks`).
+fold finished). What differs between kinds comes from ``run.task`` (:mod:`training.tasks`). A loss or
+logit that is not finite stops the fold before its row exists (:class:`utils.errors.NonFiniteError`,
+one line naming the fold): no table ever claims a number for it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from training.loop import (
 )
 from training.tasks.classification import ClassificationTask
 from training.tasks.survival import SurvivalTask
+from utils.errors import NonFiniteError
 from utils.run_logging import RunLog, ScalarLog, progress_enabled
 from utils.seed import seed_everything
 
@@ -150,6 +153,8 @@ def run_fold(run: PreparedRun, fold: int, log: RunLog, model: SlideClassifier | 
             if name not in ("fold", "best_epoch", "epochs_run"):
                 scalars.add(f"final/{name}", value, fitted.best_epoch)
         row.update(task.row_extra(fold, passes))
+    except NonFiniteError as err:  # a diverged fold: one line naming it; no row, so no result claims it
+        raise NonFiniteError(f"fold {fold}, {err}") from None
     finally:
         scalars.close()
     for part, result in passes.items():

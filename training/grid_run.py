@@ -7,7 +7,9 @@ header, finished folds with unchanged inputs reused) and submits the other folds
 (:func:`train_one_fold`, the training code of ``main.py``). When all folds of a configuration are done
 it writes ``summary.csv``/``results.csv`` and refreshes ``RESULTS/table.md``, ``table.csv`` and
 ``table_folds.csv`` (:mod:`training.tables`). A failed fold is retried, then reported in one line; the
-other folds go on.
+other folds go on. A fold whose training diverged (a loss or logit that is not finite,
+:class:`utils.errors.NonFiniteError`) is deterministic: :func:`train_one_fold` returns it instead of
+raising, so Ray does not retry it, and it is reported after one attempt.
 
 The grid itself (axes, TOML file, command lines) is :mod:`training.grid`; the task defaults of the demo
 tasks come from the caller (``reproduce.py`` passes :func:`preprocess.demo_tasks.task_defaults`).
@@ -41,7 +43,7 @@ from training.grid import GridPoint
 from training.results import fold_dir
 from training.tables import metric_names, read_run, write_tables
 from training.tasks import task_for
-from utils.errors import InputError
+from utils.errors import InputError, NonFiniteError
 from utils.locking import FolderLock
 from utils.ray_cluster import error_line, import_ray, start_ray
 from utils.run_logging import RunLog, progress_enabled
@@ -90,6 +92,9 @@ def train_one_fold(argv: list[str], fold: int, cwd: str, task_defaults: TaskDefa
     try:
         run = prepare_run(config, log)
         row = train_fold(run, fold, log)
+    except NonFiniteError as err:  # deterministic: returned, not raised, so Ray does not retry it
+        log.info(f"error: {err}")
+        return {"diverged": str(err), "host": socket.gethostname(), "seconds": time.perf_counter() - start}
     except BaseException as err:
         log.info(f"error: {error_line(err, limit=2000)}")
         raise
@@ -321,6 +326,13 @@ def collect_fold(ray, ref, job: Job, fold: int, retries: int, progress: Progress
         attempts = f"{retries + 1} attempt{'s' if retries else ''}"
         job.log.info(f"error: fold {fold} failed after {attempts}: {message}", console=False)
         tqdm.write(f"failed: {job.label} fold {fold} ({attempts}): {message}", file=sys.stderr)
+        return
+    if "diverged" in result:  # a deterministic divergence (NonFiniteError): one attempt, never retried
+        message = f"{result['diverged']} (not retried: a rerun diverges the same way)"
+        job.failed[fold] = message
+        progress.failed += 1
+        job.log.info(f"error: {message}", console=False)
+        tqdm.write(f"failed: {job.label} fold {fold}: {message}", file=sys.stderr)
         return
     row = result["row"]
     job.rows[fold] = row

@@ -18,11 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from datasets.bag import SlideBag
 from training.early_stopping import EarlyStopping
+from utils.errors import NonFiniteError
 from utils.run_logging import ScalarLog, bar
 
 
@@ -61,6 +63,32 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def check_finite_loss(value: float, step: int, item: str, optimizer: torch.optim.Optimizer) -> None:
+    """Stop training at a loss that is not finite (:class:`utils.errors.NonFiniteError`, one line).
+
+    ``value`` is the step's loss as the loop already reads it back for its log (no extra host
+    synchronisation), ``step`` its position in the epoch (from 0), ``item`` the slide or case(s) it
+    covers; :func:`fit` puts the epoch in front of the line.
+    """
+    if not math.isfinite(value):
+        lr = optimizer.param_groups[0]["lr"] if optimizer.param_groups else None
+        now = f" (now {lr:g})" if isinstance(lr, float | int) else ""
+        raise NonFiniteError(
+            f"step {step} ({item}): training loss is {value}; training diverged -- try a lower --lr{now}"
+        )
+
+
+def check_finite_logits(logits: np.ndarray, part: str, item: str) -> None:
+    """Refuse an evaluated slide or case whose logits (on the host already) are not all finite: one line
+    naming the part (``val``, ``test``, ...) and the item (:class:`utils.errors.NonFiniteError`)."""
+    if not np.isfinite(logits).all():
+        shown = ", ".join(f"{v:g}" for v in np.asarray(logits, dtype=np.float64).reshape(-1)[:4])
+        raise NonFiniteError(
+            f"{part}: {item}: the model's logits are not finite ({shown}); training diverged or the "
+            "features are out of range -- try a lower --lr or check the feature files"
+        )
 
 
 def draw_int64() -> int:
@@ -195,7 +223,9 @@ def fit(
     history as ``train_<field>`` and to the scalars as ``train/<field>``; the validation loss and all
     validation metrics go into the history, ``val/loss`` and ``task.val_scalars(val)`` to the scalars;
     ``task.epoch_line`` is the epoch's log line. ``validate()`` returns a result with ``loss``,
-    ``error`` and ``metrics``; with ``task.nan_is_worst`` a NaN monitored value never improves. With ``early_stopping`` the state of the first epoch with the
+    ``error`` and ``metrics``; with ``task.nan_is_worst`` a NaN monitored value never improves. A
+    training loss that is not finite stops the fit (:func:`check_finite_loss`, the epoch named).
+    With ``early_stopping`` the state of the first epoch with the
     lowest validation ``es_metric`` (``error`` or ``loss``) is kept and training ends when the stopper
     says so; without it the last epoch's state is kept. Data order and its RNG draws:
     ``draws``, by default :class:`ReleasedLoaderDraws` over ``train_labels``; a caller whose validation
@@ -210,9 +240,12 @@ def fit(
     for epoch in bar(range(max_epochs), desc="epochs", enabled=options.progress, leave=False):
         start = time.perf_counter()
         order = [train_indices[i] for i in draws.epoch_order()]
-        stats = task.train_epoch(
-            model, load, order, optimizer, loss_fn, device, options, desc=f"epoch {epoch}"
-        )
+        try:
+            stats = task.train_epoch(
+                model, load, order, optimizer, loss_fn, device, options, desc=f"epoch {epoch}"
+            )
+        except NonFiniteError as err:
+            raise NonFiniteError(f"epoch {epoch}, {err}") from None
         draws.validation_pass()
         val = validate()
         trained = dataclasses.asdict(stats)

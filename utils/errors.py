@@ -1,8 +1,10 @@
-"""One exception type for bad user input.
+"""One exception type for bad user input, and its kind for numbers that are not finite.
 
 Every problem caused by the user's files or flags is raised as :class:`InputError` with a single-line
 message that names the file (or flag) and the problem. Entry points catch it and print
-``error: <message>`` without a traceback (see :func:`run_cli`).
+``error: <message>`` without a traceback (see :func:`run_cli`). :class:`NonFiniteError` is the
+InputError of a loss or model output that is not finite (a diverged run, overflowing features): a
+rerun with the same inputs gives the same, so drivers that retry failures do not retry it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ class InputError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class NonFiniteError(InputError):
+    """A training loss or a model output that is NaN or infinite: deterministic, never retried."""
 
 
 def listed(items, limit: int = 5) -> str:

@@ -2,7 +2,8 @@
 
 AUC follows the published evaluation: binary tasks use the positive-class probability; multi-class
 tasks average the one-vs-rest AUC over the classes present in the labels. Whenever AUC is undefined
-(a single class in the labels, no slides) it is NaN -- never an exception.
+(a single class in the labels, no slides) it is NaN; probabilities that are not finite are an error
+(:class:`utils.errors.NonFiniteError`), never a NaN metric.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import math
 
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
+
+from utils.errors import NonFiniteError
 
 
 def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
@@ -48,5 +51,11 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, f
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim == 1:
         probs = probs.reshape(len(labels), -1)
+    bad = ~np.isfinite(probs).all(axis=1) if probs.size else np.zeros(0, dtype=bool)
+    if bad.any():
+        raise NonFiniteError(
+            f"{int(bad.sum())} of {len(bad)} slide(s) with probabilities that are not finite (first: row "
+            f"{int(np.flatnonzero(bad)[0])}); no metric is computed from them"
+        )
     preds = probs.argmax(axis=1) if len(labels) else np.zeros(0, dtype=np.int64)
     return {"acc": accuracy(labels, preds), "auc": auc(labels, probs), "f1": macro_f1(labels, preds)}

@@ -4,7 +4,8 @@
   ``concordance_index_censored`` on the risk scores (-sum of the predicted survival). A pair (i, j) is
   comparable when case i had the event and t_i < t_j (or t_i = t_j and j is censored); it is concordant
   when r_i > r_j and counts 1/2 when the risks tie. A censored case is never the earlier event of a pair.
-  NaN when no pair is comparable.
+  NaN when no pair is comparable (fewer than two cases, no event); times or risks that are not finite
+  are an error (:class:`utils.errors.NonFiniteError`), never a NaN; so are predicted survival curves.
 * IBS: :func:`training.survival.td_metrics.integrated_brier` (docs/survival.md §6.4, the definition
   of ``survival_metrics.csv``) on **one time grid per run** (:func:`ibs_time_grid`: :data:`GRID_POINTS`
   times evenly spaced from the 10th to the 90th percentile of the whole cohort's observed times, ending
@@ -25,29 +26,47 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from sksurv.exceptions import NoComparablePairException
 from sksurv.metrics import concordance_index_censored
 
 from datasets.survival import undefined_reason
 from training.survival.td_metrics import integrated_brier as td_integrated_brier
 from training.survival.td_metrics import kaplan_meier
+from utils.errors import NonFiniteError
 
 GRID_POINTS = 20
 GRID_PERCENTILES = (10.0, 90.0)
 
 
+def _require_finite(name: str, values) -> None:
+    """A metric of numbers that are not finite is an error, never a NaN result."""
+    bad = ~np.isfinite(np.asarray(values, dtype=np.float64))
+    if bad.any():
+        raise NonFiniteError(
+            f"{name}: {int(bad.sum())} of {bad.size} value(s) not finite (first at position "
+            f"{int(np.flatnonzero(bad.reshape(-1))[0])}); no metric is computed from them"
+        )
+
+
 def concordance_index(months, censorship, risk) -> float:
-    """Harrell's c-index of ``risk`` (higher = earlier event) against times and censorship (1 censored)."""
+    """Harrell's c-index of ``risk`` (higher = earlier event) against times and censorship (1 censored).
+
+    NaN exactly where it is undefined: fewer than two cases, no event, or no comparable pair. Times or
+    risks that are not finite raise :class:`utils.errors.NonFiniteError`; any other error propagates.
+    """
     months = np.asarray(months, dtype=np.float64)
     event = np.asarray(censorship).astype(int) == 0
     risk = np.asarray(risk, dtype=np.float64)
+    _require_finite("c-index times", months)
+    _require_finite("c-index risks", risk)
     if months.size < 2 or not event.any():
         return math.nan
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return float(concordance_index_censored(event, months, risk)[0])
-    except (ValueError, ZeroDivisionError):
-        return math.nan  # no comparable pair
+    except NoComparablePairException:
+        return math.nan
 
 
 def survival_at_times(survival_bins: np.ndarray, cuts, times: np.ndarray) -> np.ndarray:
@@ -110,12 +129,19 @@ def integrated_brier(reference: IBSReference, months, censorship, curves) -> tup
     months = np.asarray(months, dtype=np.float64)
     if months.size == 0:
         return math.nan, "no case"
+    _require_finite("IBS times", months)
+
+    def checked(times):
+        values = curves(times)
+        _require_finite("IBS predicted survival", values)
+        return values
+
     result = td_integrated_brier(
         reference.train_months,
         np.asarray(reference.train_censorship).astype(int) == 0,
         months,
         np.asarray(censorship).astype(int) == 0,
-        curves,
+        checked,
         reference.grid,
     )
     return result.value, result.note or None

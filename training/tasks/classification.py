@@ -47,7 +47,7 @@ from training import results as res
 from training.bag_losses import build_bag_loss
 from training.config import RunConfig, with_values
 from training.fingerprints import fold_inputs
-from training.loop import LoopOptions
+from training.loop import LoopOptions, check_finite_logits, check_finite_loss
 from training.run_checks import check_every_slide as _check_every_slide
 from training.run_checks import check_feature_dim as _check_feature_dim
 from training.run_checks import feature_layout as _feature_layout
@@ -258,12 +258,15 @@ def train_one_epoch(
     desc: str = "train",
 ) -> EpochStats:
     """One pass over ``indices`` (already in visiting order), one slide per optimiser step (docs/method.md
-    §8.1): loss = bag_loss(logits, label) + out.aux_loss (e.g. lambda * HTCL)."""
+    §8.1): loss = bag_loss(logits, label) + out.aux_loss (e.g. lambda * HTCL). A loss that is not finite
+    stops training (:func:`training.loop.check_finite_loss`)."""
     model.train()
     total_loss, wrong = 0.0, 0
     scaler = grad_scaler(options.amp, device)
     bags = prefetch(load, indices, depth=options.prefetch_depth, workers=options.workers)
-    for bag in bar(bags, total=len(indices), desc=desc, enabled=options.progress, leave=False):
+    for step, bag in enumerate(
+        bar(bags, total=len(indices), desc=desc, enabled=options.progress, leave=False)
+    ):
         bag = bag.to(device)
         with autocast(options.amp, device):
             out = model(bag)
@@ -273,7 +276,9 @@ def train_one_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total_loss += float(loss.detach())
+        value = float(loss.detach())  # the one read-back of the loss, logged and checked
+        check_finite_loss(value, step, f"slide {bag.slide_id}", optimizer)
+        total_loss += value
         wrong += int(out.logits.detach().argmax(dim=1).item() != bag.label)
     n = max(len(indices), 1)
     return EpochStats(loss=total_loss / n, error=wrong / n)
@@ -298,7 +303,8 @@ def evaluate(
 
     The reported loss is the mean over slides of the training objective, bag loss + the model's
     auxiliary loss (CE + lambda * HTCL for HiVE-MIL, as the released validation logs it: HTCL varies
-    slightly by slide because text nodes receive image messages).
+    slightly by slide because text nodes receive image messages). A slide whose logits are not finite
+    stops the pass (:func:`training.loop.check_finite_logits`, the slide named).
     """
     slide_ids: list[str] = []
     labels: list[int] = []
@@ -308,8 +314,12 @@ def evaluate(
     def visit(bag: SlideBag, out) -> None:
         nonlocal total_loss
         target = torch.tensor([bag.label], device=out.logits.device)
-        total_loss += float(loss_fn(out.logits.float(), target) + out.aux_loss.float())
-        probs.append(torch.softmax(out.logits.float(), dim=1).reshape(-1).cpu().numpy())
+        logits = out.logits.float()
+        total_loss += float(loss_fn(logits, target) + out.aux_loss.float())
+        # probabilities and logits come back together (one copy); a logit that is not finite stops the pass
+        both = torch.cat([torch.softmax(logits, dim=1), logits], dim=1).reshape(-1).cpu().numpy()
+        check_finite_logits(both[num_classes:], desc, f"slide {bag.slide_id}")
+        probs.append(both[:num_classes])
         labels.append(int(bag.label))
         slide_ids.append(bag.slide_id)
 

@@ -64,7 +64,7 @@ from models.survival import hazards_from_logits, risk_from_logits, survival_from
 from training import results as res
 from training.config import RunConfig
 from training.fingerprints import fold_inputs
-from training.loop import LoopOptions
+from training.loop import LoopOptions, check_finite_logits, check_finite_loss
 from training.run_checks import check_every_slide, check_feature_dim, feature_layout, limit_split
 from training.survival.evaluation import (
     METRICS_FILE,
@@ -303,6 +303,7 @@ def evaluate(
 
     def visit(bag, out) -> None:
         logits.append(out.logits.detach().float().reshape(1, -1).cpu())
+        check_finite_logits(logits[-1].numpy(), desc, f"case {bag.slide_id}")
         aux.append(float(out.aux_loss))
         ids.append(bag.slide_id)
         months.append(float(bag.months))
@@ -375,7 +376,8 @@ def train_one_epoch(
 ) -> SurvivalEpochStats:
     """One pass over ``indices`` (in visiting order): loss batches of ``batch`` cases, ``gc`` loss batches
     (gradient accumulation) per optimiser step, so ``batch * gc`` cases per step (the last step of the
-    epoch may be shorter: it is averaged over its own cases and taken)."""
+    epoch may be shorter: it is averaged over its own cases and taken). A loss that is not finite stops
+    training (:func:`training.loop.check_finite_loss`)."""
     model.train()
     scaler = grad_scaler(options.amp, device)
     per_case = bool(getattr(loss_fn, "per_case", True))
@@ -385,6 +387,7 @@ def train_one_epoch(
     kept_logits: list[torch.Tensor] = []
     kept_targets: list[SurvivalTargets] = []
     kept_aux: list[torch.Tensor] = []
+    kept_ids: list[str] = []
     optimizer.zero_grad(set_to_none=True)
     bags = prefetch(load, indices, depth=options.prefetch_depth, workers=options.workers)
     for position, bag in enumerate(bar(bags, total=n, desc=desc, enabled=options.progress, leave=False)):
@@ -403,11 +406,14 @@ def train_one_epoch(
         if per_case:  # the step's loss is the mean over its cases
             loss = loss_fn(logits, target) + out.aux_loss.float()
             scaler.scale(loss / step_size).backward()
-            total += float(loss.detach())
+            value = float(loss.detach())  # the one read-back of the loss, summed and checked
+            check_finite_loss(value, position // step, f"case {bag.slide_id}", optimizer)
+            total += value
         else:
             kept_logits.append(logits)
             kept_targets.append(target)
             kept_aux.append(out.aux_loss.float())
+            kept_ids.append(bag.slide_id)
             if position - batch_start + 1 == batch_size:  # last case of the loss batch
                 targets = SurvivalTargets(
                     torch.cat([t.bins for t in kept_targets]),
@@ -417,8 +423,10 @@ def train_one_epoch(
                 loss = loss_fn(torch.cat(kept_logits), targets) + torch.stack(kept_aux).mean()
                 batches_in_step = -(-step_size // batch)  # the step's loss is the mean over its batches
                 scaler.scale(loss / batches_in_step).backward()
-                total += float(loss.detach()) * batch_size
-                kept_logits, kept_targets, kept_aux = [], [], []
+                value = float(loss.detach())
+                check_finite_loss(value, position // step, f"cases {listed(kept_ids, 3)}", optimizer)
+                total += value * batch_size
+                kept_logits, kept_targets, kept_aux, kept_ids = [], [], [], []
         if position - step_start + 1 == step_size:  # last case of the step
             scaler.step(optimizer)
             scaler.update()
