@@ -13,7 +13,7 @@ probabilities and the ensemble (mean probability) with its predicted class; for 
 fold's risk and per-bin survival S(t_b) and the ensemble's (the mean survival curve over the folds and
 its risk -sum_b S_b; docs/survival.md §12). A rerun reuses rows whose inputs and checkpoints are
 unchanged; a bad slide (also a non-finite model output) is reported in one line and the others go on
-(exit code 1). ``--heatmaps`` writes ``DIR/heatmaps/<slide>/fold_<k>/``: HiVE-MIL class evidence, the
+(exit code 1). ``--out`` may not be a run folder; the lock is ``DIR/.predict.lock``. ``--heatmaps`` writes ``DIR/heatmaps/<slide>/fold_<k>/``: HiVE-MIL class evidence, the
 attention of ABMIL / LiteMIL / TransMIL / ABMIL_surv / TransMIL_surv at 5x and 20x, or the HiLa-style
 transport plans per attribute and level, over the slide thumbnail when the raw slide is known, top-k
 tiles and ``scores.npz``.
@@ -32,6 +32,8 @@ from preprocess.wsi.options import TileFlags
 from utils.cli_flags import DeviceFlags, ThreadFlags
 from utils.errors import InputError, run_cli
 from utils.flags import add_flags, read_flags
+
+PREDICT_LOCK = ".predict.lock"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out).expanduser() if args.out else run.run_dir / "predictions"
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: not a folder")
+    if (out_dir / "config.json").is_file():  # a run folder: its files and lock are the run's
+        raise InputError(
+            f"--out {out_dir}: a run folder; predictions go in a folder of their own "
+            f"(default: {run.run_dir / 'predictions'})"
+        )
     options = PredictOptions(
         heatmaps=args.heatmaps,
         top_tiles=args.top_tiles,
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads.threads)
     predictor = Predictor(run, out_dir, options)
     try:
-        lock = FolderLock(out_dir)
+        lock = FolderLock(out_dir, PREDICT_LOCK)  # its own lock file: never a run's .lock
         lock.acquire()
     except LockHeld as err:
         raise InputError(f"--out: {err}; wait for it to finish or use another --out") from None

@@ -24,6 +24,12 @@ from utils.errors import InputError, one_line
 
 
 def _tensor(obj, key: str, path: Path, ndim: tuple[int, ...], dtype=None):
+    """``obj[key]`` checked (a tensor of ``ndim`` dimensions) and converted to ``dtype``; None when absent.
+
+    Features (``dtype`` float32) must be real floating point: complex (its imaginary part would be
+    dropped), integer and bool tensors are refused. Coordinates (``dtype`` int64) must be integers or
+    whole real numbers; a mask (no ``dtype``) real.
+    """
     import torch
 
     value = obj.get(key)
@@ -35,7 +41,51 @@ def _tensor(obj, key: str, path: Path, ndim: tuple[int, ...], dtype=None):
         raise InputError(
             f"{path}: '{key}' should have {' or '.join(map(str, ndim))} dimensions, has shape {list(value.shape)}"
         )
+    if value.is_complex() or (dtype == torch.float32 and not value.is_floating_point()):
+        need = "real floating point (float16/32/64)" if dtype == torch.float32 else "real"
+        raise InputError(f"{path}: '{key}' is {str(value.dtype).replace('torch.', '')}; it must be {need}")
+    if dtype == torch.int64:
+        if value.dtype == torch.bool:
+            raise InputError(f"{path}: '{key}' is bool; coordinates must be integers")
+        if value.is_floating_point() and not bool((torch.isfinite(value) & (value == value.round())).all()):
+            raise InputError(
+                f"{path}: '{key}' holds values that are not whole numbers; coordinates are pixels"
+            )
     return value if dtype is None else value.to(dtype)
+
+
+def _refuse_repeated(path: Path, key: str, coords) -> None:
+    """Each patch listed once (as training's hierarchy builder requires): a repeated coordinate in
+    ``coords`` [K, 2] is one line naming its first two rows."""
+    if coords is None or coords.shape[0] < 2:
+        return
+    rows = coords.numpy()
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    repeats = np.flatnonzero(first[inverse.reshape(-1)] != np.arange(len(rows)))  # rows seen earlier
+    if repeats.size:
+        later = int(repeats[0])
+        earlier = int(first[inverse.reshape(-1)[later]])
+        x, y = (int(v) for v in rows[later])
+        raise InputError(
+            f"{path}: duplicate '{key}' coordinate ({x}, {y}) at rows {earlier} and {later} "
+            f"({repeats.size} repeated row(s)); each patch must be listed once"
+        )
+
+
+def _level0_mag(value, path: Path) -> float:
+    """The file's own ``level0_mag``: one positive whole number (a number, a one-element tensor or a
+    numeric string)."""
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    try:
+        mag = float(value) if not isinstance(value, bool | torch.Tensor) else -1.0
+    except (TypeError, ValueError):
+        mag = -1.0
+    if not (mag > 0 and mag == int(mag)):
+        raise InputError(f"{path}: 'level0_mag' must be a positive whole number, got {str(value)[:40]!r}")
+    return mag
 
 
 def read_tensor_bag(
@@ -76,7 +126,7 @@ def read_tensor_bag(
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a dict of tensors or an [N, D] tensor, got {type(obj).__name__}")
     if level0_mag is None and obj.get("level0_mag") is not None:
-        level0_mag = float(obj["level0_mag"])
+        level0_mag = _level0_mag(obj["level0_mag"], path)
     meta: dict = {"format": "tensor", "file": str(path)}
     if "x5" in obj:
         x5 = _tensor(obj, "x5", path, (2,), torch.float32)
@@ -88,7 +138,10 @@ def read_tensor_bag(
         n5 = x5.shape[0]
         if coords5 is not None and tuple(coords5.shape) != (n5, 2):
             raise InputError(f"{path}: 'coords5' has shape {list(coords5.shape)}, expected [{n5}, 2]")
+        _refuse_repeated(path, "coords5", coords5)
         if x20.ndim == 2:
+            if coords20 is not None and coords20.ndim == 2:
+                _refuse_repeated(path, "coords20", coords20)
             x20, child_mask, coords20 = _link_flat_20x(
                 path, slide_id, x5, coords5, x20, coords20, level0_mag, low_mag, high_mag
             )
@@ -109,6 +162,8 @@ def read_tensor_bag(
                 raise InputError(
                     f"{path}: 'coords20' has shape {list(coords20.shape)}, expected {[*x20.shape[:2], 2]}"
                 )
+            if coords20 is not None:
+                _refuse_repeated(path, "coords20", coords20[child_mask])
             x20 = x20 * child_mask.unsqueeze(-1)
         if not bool(child_mask.any()):
             raise InputError(f"{path}: no 20x children")
@@ -121,6 +176,7 @@ def read_tensor_bag(
             raise InputError(
                 f"{path}: 'coords' has shape {list(coords.shape)}, expected [{feats.shape[0]}, 2]"
             )
+        _refuse_repeated(path, "coords", coords)
         x5, x20 = feats, feats.unsqueeze(1)
         child_mask = torch.ones(feats.shape[0], 1, dtype=torch.bool)
         coords5, coords20 = coords, None if coords is None else coords.unsqueeze(1)

@@ -515,9 +515,11 @@ class Predictor:
         for k in self.run.folds:
             logits = outputs[k].logits.float()
             probs[k] = torch.softmax(logits, dim=1).reshape(-1).cpu().numpy().astype(np.float64)
-            if not np.isfinite(probs[k]).all():
+            if not (np.isfinite(probs[k]).all() and bool(torch.isfinite(logits).all())):
+                shown = ", ".join(f"{v:g}" for v in logits.reshape(-1)[:4].tolist())
                 raise InputError(
-                    f"fold {k}: the model's class probabilities are not finite ({probs[k].tolist()})"
+                    f"fold {k}: the model's logits are not finite ({shown}); the features are out of the "
+                    "range the model was trained on (check how they were extracted)"
                 )
         mean = np.mean(np.stack([probs[k] for k in self.run.folds]), axis=0)
         pred = int(np.argmax(mean))
