@@ -24,7 +24,7 @@ from torch import nn
 
 from datasets.bag import SlideBag
 from training.early_stopping import EarlyStopping
-from utils.errors import NonFiniteError
+from utils.errors import NonFiniteError, listed
 from utils.run_logging import ScalarLog, bar
 
 
@@ -70,14 +70,43 @@ def check_finite_loss(value: float, step: int, item: str, optimizer: torch.optim
 
     ``value`` is the step's loss as the loop already reads it back for its log (no extra host
     synchronisation), ``step`` its position in the epoch (from 0), ``item`` the slide or case(s) it
-    covers; :func:`fit` puts the epoch in front of the line.
+    covers; :func:`fit` puts the epoch in front of the line. A finite loss above :data:`LOSS_CEILING`
+    counts as diverged too: log-space losses (the survival NLL) stay finite while the logits run off to
+    1e9 and every prediction saturates to exactly 0 or 1.
     """
-    if not math.isfinite(value):
-        lr = optimizer.param_groups[0]["lr"] if optimizer.param_groups else None
-        now = f" (now {lr:g})" if isinstance(lr, float | int) else ""
+    if not math.isfinite(value) or abs(value) > LOSS_CEILING:
+        beyond = "" if not math.isfinite(value) else f", beyond {LOSS_CEILING:.3g} (2**24)"
         raise NonFiniteError(
-            f"step {step} ({item}): training loss is {value}; training diverged -- try a lower --lr{now}"
+            f"step {step} ({item}): training loss is {value:.6g}{beyond}; training diverged -- try a lower "
+            f"--lr{_lr_note(optimizer)}"
         )
+
+
+# Beyond 2**24 float32 no longer resolves a unit change of the loss; every loss of this project is O(1)-O(100)
+# in a sane run (cross-entropy, survival NLL/Cox, the auxiliary losses), so a loss this large is a divergence.
+LOSS_CEILING = float(2**24)
+
+
+def _lr_note(optimizer: torch.optim.Optimizer) -> str:
+    lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
+    return f" (now {lr:g})" if isinstance(lr, float | int) else ""
+
+
+def check_finite_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """After an epoch's steps every trained parameter is finite, else :class:`NonFiniteError` naming them
+    (one host synchronisation per epoch: a diverged model whose outputs saturate to finite values)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not params:
+        return
+    finite = torch.stack([torch.isfinite(p.detach()).all() for p in params])
+    if bool(finite.all()):
+        return
+    names = {id(p): name for name, p in model.named_parameters()}
+    bad = [names.get(id(p), "?") for p, ok in zip(params, finite.tolist()) if not ok]
+    raise NonFiniteError(
+        f"after its training steps {len(bad)} parameter tensor(s) are not finite ({listed(bad, 3)}); "
+        f"training diverged -- try a lower --lr{_lr_note(optimizer)}"
+    )
 
 
 def check_finite_logits(logits: np.ndarray, part: str, item: str) -> None:
@@ -224,7 +253,8 @@ def fit(
     validation metrics go into the history, ``val/loss`` and ``task.val_scalars(val)`` to the scalars;
     ``task.epoch_line`` is the epoch's log line. ``validate()`` returns a result with ``loss``,
     ``error`` and ``metrics``; with ``task.nan_is_worst`` a NaN monitored value never improves. A
-    training loss that is not finite stops the fit (:func:`check_finite_loss`, the epoch named).
+    training loss that is not finite stops the fit (:func:`check_finite_loss`, the epoch named), as do
+    parameters that are not finite after an epoch's steps (:func:`check_finite_parameters`).
     With ``early_stopping`` the state of the first epoch with the
     lowest validation ``es_metric`` (``error`` or ``loss``) is kept and training ends when the stopper
     says so; without it the last epoch's state is kept. Data order and its RNG draws:
@@ -244,6 +274,7 @@ def fit(
             stats = task.train_epoch(
                 model, load, order, optimizer, loss_fn, device, options, desc=f"epoch {epoch}"
             )
+            check_finite_parameters(model, optimizer)
         except NonFiniteError as err:
             raise NonFiniteError(f"epoch {epoch}, {err}") from None
         draws.validation_pass()
