@@ -10,7 +10,8 @@ process starts the tool as a subprocess. Each outcome falls in one class:
   line per bad slide, or the consistency checker's ``PROBLEM`` lines), no traceback, no training started;
 * ``late error``: exit code != 0 after a fold started training;
 * ``traceback``: an exception escaped, or a traceback was printed;
-* ``unclear error``: exit code != 0 without a one-line reason;
+* ``unclear error``: exit code != 0 without a one-line reason, or with a problem the case found (a
+  misleading reason, a partial file, a result that still claims a number for the refused run);
 * ``warned``: exit code 0 where the case expects a refusal, but a ``warning:`` line names the problem;
 * ``silent``: exit code 0 where the case expects a refusal (without a warning), or exit 0 with outputs
   inconsistent with the inputs (each succeeding case checks its outputs);
@@ -60,6 +61,8 @@ CLIS = {
     "extract": "extract_features",
     "explain": "explain",
     "convert": "models.convert_checkpoint",
+    "predict": "predict",
+    "reproduce": "reproduce",
 }
 TRAINING_STARTED = re.compile(r"^(fold \d+: .*trainable parameters|epoch\s+\d+)", re.MULTILINE)
 
@@ -219,6 +222,8 @@ def classify(case: Case, res: Result, problem: str | None) -> tuple[str, str]:
     if res.code != 0:
         if case.expect == SUCCEED:
             return FALSE_REFUSAL, first or f"exit {res.code}"
+        if problem:  # refused, but with a misleading reason or a result left that claims a number
+            return UNCLEAR, f"{first} [{problem}]"
         if res.trained:
             return LATE, first
         return (CLEAR, first) if errors else (UNCLEAR, f"exit {res.code}: {res.err.strip()[-120:]}")
