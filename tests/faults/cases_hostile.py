@@ -388,3 +388,13 @@ def _(ctx):
 @case("more: --lr inf", "main", REFUSE)
 def _(ctx):
     return demo_case(ctx, None, "--lr", "inf")
+
+
+@case("more: --reg nan", "main", REFUSE)
+def _(ctx):
+    return demo_case(ctx, None, "--reg", "nan")
+
+
+@case("more: --lr 1e300", "main", REFUSE, outcome=LATE)
+def _(ctx):
+    return _diverging(ctx, None, "--lr", "1e300")
