@@ -45,6 +45,7 @@ from utils.flags import both_spellings as _both  # a project-added flag with _ a
 from utils.magnification import magnification_arg, magnification_label, magnification_value
 from utils.paths import resolve_project_path
 
+FLOAT32_MAX = 3.4028234663852886e38  # the optimiser's step sizes must fit the parameters' dtype
 GROUPS = {
     "published": "published flags",
     "hivemil": "HiVE-MIL options",
@@ -472,8 +473,11 @@ def validate_config(config: RunConfig) -> None:
     checks = [
         (config.k >= 1, "--k must be >= 1"),
         (config.max_epochs >= 1, "--max_epochs must be >= 1"),
-        (config.lr > 0 and math.isfinite(config.lr), "--lr must be a positive number"),
-        (config.reg >= 0, "--reg must be >= 0"),
+        (
+            0 < config.lr <= FLOAT32_MAX,
+            f"--lr must be a positive number (at most {FLOAT32_MAX:.3g}, float32's largest)",
+        ),
+        (0 <= config.reg <= FLOAT32_MAX, "--reg must be a finite number >= 0"),
         (0 < config.label_frac <= 1, "--label_frac must be in (0, 1]"),
         (config.feature_dim >= 1, "--feature_dim must be >= 1"),
         (config.few_shot_num >= 1, "--few_shot_num must be >= 1"),

@@ -78,7 +78,7 @@ def check_finite_loss(value: float, step: int, item: str, optimizer: torch.optim
         beyond = "" if not math.isfinite(value) else f", beyond {LOSS_CEILING:.3g} (2**24)"
         raise NonFiniteError(
             f"step {step} ({item}): training loss is {value:.6g}{beyond}; training diverged -- try a lower "
-            f"--lr{_lr_note(optimizer)}"
+            f"--lr{_lr_note(optimizer)}, or check the features of the {item.split()[0]}"
         )
 
 

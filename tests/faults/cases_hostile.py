@@ -395,6 +395,11 @@ def _(ctx):
     return demo_case(ctx, None, "--reg", "nan")
 
 
-@case("more: --lr 1e300", "main", REFUSE, outcome=LATE)
+@case("more: --lr 1e300 (beyond float32)", "main", REFUSE)
 def _(ctx):
-    return _diverging(ctx, None, "--lr", "1e300")
+    return demo_case(ctx, None, "--lr", "1e300")
+
+
+@case("more: --reg inf", "main", REFUSE)
+def _(ctx):
+    return demo_case(ctx, None, "--reg", "inf")

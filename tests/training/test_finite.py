@@ -39,7 +39,7 @@ def test_a_nan_loss_stops_training_naming_epoch_step_slide_and_lr():
     message = str(err.value)
     assert isinstance(err.value, InputError) and "\n" not in message
     assert message.startswith("epoch 0, step ") and "(slide s2): training loss is nan" in message
-    assert message.endswith("try a lower --lr (now 0.01)")
+    assert message.endswith("try a lower --lr (now 0.01), or check the features of the slide")
 
 
 def test_a_loss_beyond_the_ceiling_is_a_divergence_although_finite():
