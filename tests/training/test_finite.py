@@ -109,11 +109,14 @@ def test_ibs_raises_on_predicted_survival_that_is_not_finite():
 
 
 def test_reproduce_reports_a_divergence_once_without_retry(tmp_path, monkeypatch):
-    import reproduce
+    from preprocess.demo_tasks import task_defaults
+    from training import grid_run
 
     data = make_toy_data(tmp_path / "toy", k=1)
     argv = [*data["argv"], "--results_dir", str(tmp_path / "results"), "--lr", "1e9", "--max_epochs", "1"]
-    result = reproduce.train_one_fold(argv, 0, os.getcwd())  # the Ray task's body, in this process
+    result = grid_run.train_one_fold(
+        argv, 0, os.getcwd(), task_defaults
+    )  # the Ray task's body, in this process
     assert "row" not in result and "training diverged" in result["diverged"]
     assert result["diverged"].startswith("fold 0, epoch 0, step ")
     assert not list((tmp_path / "results").rglob("metrics.json"))  # no fold row: nothing claims a number
@@ -123,8 +126,8 @@ def test_reproduce_reports_a_divergence_once_without_retry(tmp_path, monkeypatch
         failed={}, rows={}, label="toy", log=types.SimpleNamespace(info=lambda *a, **k: None)
     )
     progress = types.SimpleNamespace(failed=0, done=0)
-    monkeypatch.setattr(reproduce.tqdm, "write", lambda text, **_: lines.append(text))
+    monkeypatch.setattr(grid_run.tqdm, "write", lambda text, **_: lines.append(text))
     ray = types.SimpleNamespace(get=lambda ref: ref)
-    reproduce.collect_fold(ray, result, job, 0, 3, progress)
+    grid_run.collect_fold(ray, result, job, 0, 3, progress)
     assert progress.failed == 1 and not job.rows and "not retried" in job.failed[0]
     assert lines == [f"failed: toy fold 0: {job.failed[0]}"]
