@@ -15,7 +15,13 @@ from torch import nn
 
 from tests.toy_task import DIM, MeanPoolLinear, make_toy_data, toy_bags
 from training.loop import LOSS_CEILING, build_optimizer, check_finite_parameters, fit
-from training.survival.metrics import concordance_index, integrated_brier
+from training.survival.metrics import (
+    IBSReference,
+    concordance_index,
+    ibs_time_grid,
+    integrated_brier,
+    survival_at_times,
+)
 from training.tasks.classification import ClassificationTask, evaluate
 from utils.errors import InputError, NonFiniteError
 from utils.metrics import classification_metrics
@@ -101,11 +107,13 @@ def test_ibs_raises_on_predicted_survival_that_is_not_finite():
     months = rng.exponential(20, 40) + 0.1
     censorship = (rng.random(40) < 0.3).astype(int)
     cuts = (5.0, 15.0, 30.0)
-    curves = np.tile([0.9, 0.7, 0.4, 0.2], (40, 1))
-    assert 0 < integrated_brier(months, censorship, months, censorship, curves, cuts) < 1
-    curves[5, 1] = np.nan
+    reference = IBSReference(ibs_time_grid(months, cuts), months, censorship)
+    bins = np.tile([0.9, 0.7, 0.4, 0.2], (40, 1))
+    value, _ = integrated_brier(reference, months, censorship, lambda t: survival_at_times(bins, cuts, t))
+    assert 0 < value < 1
+    bins[5, 0] = np.nan
     with pytest.raises(NonFiniteError, match="IBS predicted survival"):
-        integrated_brier(months, censorship, months, censorship, curves, cuts)
+        integrated_brier(reference, months, censorship, lambda t: survival_at_times(bins, cuts, t))
 
 
 def test_reproduce_reports_a_divergence_once_without_retry(tmp_path, monkeypatch):
