@@ -304,6 +304,7 @@ def test_weighted_sampling_balances_bin_and_censorship_groups(toy):
 class _Bag:
     def __init__(self, x, label, months, censorship):
         self.x, self.label, self.months, self.censorship = x, label, months, censorship
+        self.slide_id = f"case_{id(self)}"  # a case bag names its case (the divergence line uses it)
 
     def to(self, device):
         return self
