@@ -45,7 +45,7 @@ from training.fold import PreparedRun, run_fold, seeded_model
 from training.loop import LoopOptions, build_optimizer, fit
 from training.tasks.classification import FoldIndices
 from utils.atomic_io import atomic_path, atomic_write_text
-from utils.errors import InputError
+from utils.errors import InputError, NonFiniteError
 from utils.run_logging import RunLog, progress_enabled
 
 # The --inner_grid search space, declared once: lr = factor x --lr, weight decay replaces --reg.
@@ -137,23 +137,26 @@ def train_inner_unit(run: PreparedRun, log: RunLog, label: str) -> list[dict]:
         scores.append({"epoch": len(scores), "error": float(val.error), "loss": float(val.loss)})
         return val
 
-    fit(
-        model,
-        task,
-        task.data.dataset.__getitem__,
-        idx.train,
-        [task.data.dataset.labels[i] for i in idx.train],
-        validate,
-        build_optimizer(config.opt, trainable, config.lr, config.reg),
-        loss_fn,
-        device,
-        max_epochs=config.max_epochs,
-        weighted_sample=config.weighted_sample,
-        early_stopping=None,
-        es_metric=config.es_metric,
-        options=options,
-        log=lambda line: log.info(f"{label}: {line}", console=False),
-    )
+    try:
+        fit(
+            model,
+            task,
+            task.data.dataset.__getitem__,
+            idx.train,
+            [task.data.dataset.labels[i] for i in idx.train],
+            validate,
+            build_optimizer(config.opt, trainable, config.lr, config.reg),
+            loss_fn,
+            device,
+            max_epochs=config.max_epochs,
+            weighted_sample=config.weighted_sample,
+            early_stopping=None,
+            es_metric=config.es_metric,
+            options=options,
+            log=lambda line: log.info(f"{label}: {line}", console=False),
+        )
+    except NonFiniteError as err:  # a diverging inner setting stops the run, naming the unit
+        raise NonFiniteError(f"{label}, {err}") from None
     return scores
 
 
