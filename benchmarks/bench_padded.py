@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n5", type=int, default=500)
-    parser.add_argument("--padded-share", type=float, default=0.3, help="share of 5x patches with 4-12 children")
+    parser.add_argument(
+        "--padded-share", type=float, default=0.3, help="share of 5x patches with 4-12 children"
+    )
     parser.add_argument("--tower", choices=sorted(TOWERS), default="plip-size")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -76,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         save_tiny_hf_clip(tower_dir, seed=0, **TOWERS[args.tower])
     torch.manual_seed(0)
     tower = load_towers("plip", source=tower_dir, sides=("text",)).text
-    descs = [[f"feature {i} of class {c} : a morphological description number {i}." for i in range(16)] for c in (0, 1)]
+    descs = [
+        [f"feature {i} of class {c} : a morphological description number {i}." for i in range(16)]
+        for c in (0, 1)
+    ]
     model = HiveMIL(tower, descs, HiveMILOptions(switches=VariantSwitches.for_variant("reference")))
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-4)
     label = torch.tensor([1])

@@ -15,7 +15,9 @@ from models.hivemil.options import HiveMILOptions, VariantSwitches
 from models.hivemil.slide_logits import topk_text_scores
 from models.hivemil.tgdf import text_guided_filter
 
-DESCRIPTIONS = [[f"term {c}{i} : explanation of feature {i} for class {c} ." for i in range(16)] for c in range(2)]
+DESCRIPTIONS = [
+    [f"term {c}{i} : explanation of feature {i} for class {c} ." for i in range(16)] for c in range(2)
+]
 N5 = 24
 
 
@@ -30,7 +32,10 @@ def _bag(children: list[int], seed: int = 0) -> SlideBag:
 def _spread(seed: int, zero_rows: int = 0) -> list[int]:
     """30% of the 5x patches with 4-12 children, the rest full; the first ``zero_rows`` without any."""
     g = torch.Generator().manual_seed(seed)
-    counts = [int(torch.randint(4, 13, (1,), generator=g)) if torch.rand(1, generator=g) < 0.3 else 16 for _ in range(N5)]
+    counts = [
+        int(torch.randint(4, 13, (1,), generator=g)) if torch.rand(1, generator=g) < 0.3 else 16
+        for _ in range(N5)
+    ]
     return [0] * zero_rows + counts[zero_rows:]
 
 
@@ -46,7 +51,9 @@ PATTERNS = {
 
 def _model(tower, **kw) -> HiveMIL:
     torch.manual_seed(0)
-    return HiveMIL(tower, DESCRIPTIONS, HiveMILOptions(switches=VariantSwitches.for_variant("reference"), **kw))
+    return HiveMIL(
+        tower, DESCRIPTIONS, HiveMILOptions(switches=VariantSwitches.for_variant("reference"), **kw)
+    )
 
 
 def _run(model: HiveMIL, bag: SlideBag, merge: bool):
