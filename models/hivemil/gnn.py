@@ -76,7 +76,7 @@ def sage_mean(
 def _weighted_sage_mean(conv: SAGEConv, x_src, x_dst, src, dst, src_count) -> torch.Tensor:
     """:func:`sage_mean` where source j counts ``src_count[j]`` times in each mean."""
     n_dst = x_dst.shape[0]
-    weight = src_count.to(x_src.dtype)
+    weight = src_count.float()  # float32 even under autocast: the counts stay exact
     total = scatter(weight[src], dst, dim=0, dim_size=n_dst, reduce="sum").clamp(min=1).unsqueeze(1)
     if x_src.shape[0] < n_dst:
         projected = F.linear(x_src, conv.lin_l.weight) * weight.unsqueeze(1)

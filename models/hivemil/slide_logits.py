@@ -40,10 +40,10 @@ def topk_text_scores(
         return sim.new_zeros(sim.shape[1])
     # Each row is at least one image, so the top k images lie in the top min(k, N) rows.
     values, rows = torch.topk(sim, min(k, sim.shape[0]), dim=0)
-    occurs = counts.to(sim.dtype)[rows]  # [k', M]
+    occurs = counts.float()[rows]  # [k', M]; float32 even under autocast (counts stay exact)
     before = occurs.cumsum(0) - occurs  # images ranked above each row
     taken = torch.minimum(occurs, (k - before).clamp(min=0))
-    return scale * (taken * values).sum(0) / k
+    return scale * ((taken * values.float()).sum(0) / k).to(sim.dtype)
 
 
 def topk_class_logits(

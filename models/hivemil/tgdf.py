@@ -62,7 +62,7 @@ def text_guided_filter(
         std = sim.std(dim=0, keepdim=True) if sim.shape[0] > 1 else torch.full_like(sim[:1], float("nan"))
         mean = sim.mean(dim=0, keepdim=True)
     else:
-        mean, std = _weighted_mean_std(sim, counts.to(sim.dtype))
+        mean, std = (t.to(sim.dtype) for t in _weighted_mean_std(sim.float(), counts.float()))
     threshold = mean + alpha * std
     kept = torch.where(sim >= threshold, sim, torch.zeros_like(sim))
     image_mask = kept.mean(dim=1) > 0
