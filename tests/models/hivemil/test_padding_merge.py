@@ -95,16 +95,17 @@ def test_merge_saves_flops(tiny_text_tower, pattern):
 
 
 def test_no_merge_without_padding_or_with_exact_order(tiny_text_tower):
-    bag = _bag(PATTERNS["many"])
-    for model in (_model(tiny_text_tower, exact_order=True),):
-        children = model._select_children(bag, torch.arange(N5))
-        assert children.padding.any() and model._padding_merge(children) is None
+    rows = torch.arange(N5)
+    padded, full = _bag(PATTERNS["many"]), _bag(PATTERNS["none"])
+    exact = _model(tiny_text_tower, exact_order=True)  # --exact-order promises the released bits
+    assert exact._padding_merge(exact._select_children(padded, rows)) is None
     model = _model(tiny_text_tower)
-    assert model._padding_merge(model._select_children(bag, torch.arange(N5))) is not None
-    assert model._padding_merge(model._select_children(_bag(PATTERNS["none"]), torch.arange(N5))) is None
-    nonzero = _bag(PATTERNS["many"])
-    nonzero.x20[~nonzero.child_mask] = 1.0  # padded slots that are not zero are not merged
-    assert model._padding_merge(model._select_children(nonzero, torch.arange(N5))) is None
+    merge = model._padding_merge(model._select_children(padded, rows))
+    n_pad = int((~padded.child_mask).sum())
+    assert merge is not None and merge.counts[-1] == n_pad and merge.nodes.shape[0] == 16 * N5 - n_pad + 1
+    assert model._padding_merge(model._select_children(full, rows)) is None
+    padded.x20[~padded.child_mask] = 1.0  # padded slots that are not zero are not merged
+    assert model._padding_merge(model._select_children(padded, rows)) is None
 
 
 def test_topk_counts_a_merged_row_as_often_as_it_occurs():
