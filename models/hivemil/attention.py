@@ -17,6 +17,10 @@ Two ways to choose which sources a destination attends to:
 Both use the same parameters (``nn.MultiheadAttention``'s in/out projections, computed here with
 ``scaled_dot_product_attention``), so checkpoints are shared.
 
+Merged keys (``key_log_count`` in :meth:`dense`): a key row that stands for m identical source nodes
+gets ``log m`` added to its scores, so the softmax weighs it as the m copies together (exact algebra:
+``m exp(s) = exp(s + log m)``). Merged queries need nothing: identical queries give identical rows.
+
 Op order (``exact=True`` in :meth:`dense`, ``--exact-order``): the released code applies ``Q_e``/``K_e``
 and then calls ``nn.MultiheadAttention(q, k, k)`` itself (unbatched input, attention weights
 returned, so PyTorch's explicit softmax(q k^T / sqrt(d)) v path). ``exact`` does exactly that and
@@ -88,34 +92,43 @@ class ModalityScaleAttention(nn.Module):
         key_scale: int,
         chunk: int = 0,
         exact: bool = False,
+        key_log_count: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``MHA(q, k, k)`` with all-to-all attention (released behaviour).
 
         With ``chunk > 0`` the queries are processed in blocks of ``chunk`` rows whose attention maps are
         recomputed in the backward pass (activation checkpointing): the same result with memory
         O(chunk x N_keys) instead of O(N_queries x N_keys). With ``exact`` the released op order (module
-        docstring); it materialises the [heads, N_queries, N_keys] attention map.
+        docstring); it materialises the [heads, N_queries, N_keys] attention map. ``key_log_count`` [N_keys]:
+        log multiplicity of each key row (module docstring).
         """
         if exact:
-            return self._released_order(relation, query, key, query_scale, key_scale, chunk)
+            return self._released_order(relation, query, key, query_scale, key_scale, chunk, key_log_count)
         qh, kh, vh = self._projected(relation, query, key, query_scale, key_scale)
+        bias = None if key_log_count is None else key_log_count.to(qh.dtype).unsqueeze(0)
 
         def block(q_part, k_all, v_all):
-            return self._output(F.scaled_dot_product_attention(q_part, k_all, v_all))
+            mask = None if bias is None else bias.expand(q_part.shape[1], -1)
+            return self._output(F.scaled_dot_product_attention(q_part, k_all, v_all, attn_mask=mask))
 
         if chunk <= 0 or qh.shape[1] <= chunk:
             return block(qh, kh, vh)
         parts = [checkpoint(block, q_part, kh, vh, use_reentrant=False) for q_part in qh.split(chunk, dim=1)]
         return torch.cat(parts, dim=0)
 
-    def _released_order(self, relation: str, query, key, query_scale: int, key_scale: int, chunk: int):
+    def _released_order(
+        self, relation: str, query, key, query_scale: int, key_scale: int, chunk: int, key_log_count=None
+    ):
         """The released computation: ``mha(Q_e(h_dst + s), K_e(h_src + s), same)``, op for op."""
         emb = self.scale_embeddings.weight
         q = self.q_projs[relation](query + emb[query_scale])
         k = self.k_projs[relation](key + emb[key_scale])
 
         def block(q_part, k_all):
-            return self.mha(q_part, k_all, k_all)[0]
+            if key_log_count is None:
+                return self.mha(q_part, k_all, k_all)[0]
+            mask = key_log_count.to(q_part.dtype).unsqueeze(0).expand(q_part.shape[0], -1)
+            return self.mha(q_part, k_all, k_all, attn_mask=mask)[0]
 
         if chunk <= 0 or q.shape[0] <= chunk:
             return block(q, k)

@@ -13,6 +13,11 @@ With ``exact_order`` the intra-scale terms are PyG's ``SAGEConv`` itself (aggreg
 the attention follows the released op order (:mod:`models.hivemil.attention`): bit-identical to the
 released forward, at the cost of the two shortcuts (one ``N x D x D`` product each).
 
+Merged nodes (``counts``: node type -> [N] multiplicities): a node that stands for m identical nodes
+counts m times where it is a *source* -- in the SAGE mean (weight m) and as an attention key (log m
+added to its scores); as a destination it needs nothing. Exact algebra: the same outputs as the graph
+with the m copies, at the cost of one node.
+
 Parameter names follow the released checkpoints (``layer1.convs.convs.<src___rel___dst>``,
 ``layer1.attn.mha``, ``layer1.attn.q_projs`` ...), including the four unused ``self`` convolutions.
 """
@@ -43,22 +48,43 @@ _CONV_EDGE_TYPES = (
 
 
 def sage_mean(
-    conv: SAGEConv, x_src: torch.Tensor, x_dst: torch.Tensor, edge_index: torch.Tensor
+    conv: SAGEConv,
+    x_src: torch.Tensor,
+    x_dst: torch.Tensor,
+    edge_index: torch.Tensor,
+    src_count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GraphSAGE with mean aggregation, ``lin_l(mean_{j -> i} x_j) + lin_r(x_i)``, as PyG's ``SAGEConv``.
 
     ``lin_l`` is linear, so ``mean_j(W x_j) + b = W mean_j(x_j) + b``: when there are fewer source nodes
     than destinations (e.g. 96 texts sending to 2,000 image nodes) the sources are projected *before*
     aggregating, which needs far fewer multiplications. A node without neighbours gets ``b + lin_r(x_i)``
-    either way.
+    either way. ``src_count`` [N_src]: multiplicity of each source node (the mean weighs it that often).
     """
     src, dst = edge_index[0], edge_index[1]
     n_dst = x_dst.shape[0]
+    if src_count is not None:
+        return _weighted_sage_mean(conv, x_src, x_dst, src, dst, src_count)
     if x_src.shape[0] < n_dst:
         projected = F.linear(x_src, conv.lin_l.weight)
         aggregated = scatter(projected[src], dst, dim=0, dim_size=n_dst, reduce="mean") + conv.lin_l.bias
     else:
         aggregated = conv.lin_l(scatter(x_src[src], dst, dim=0, dim_size=n_dst, reduce="mean"))
+    return aggregated + conv.lin_r(x_dst)
+
+
+def _weighted_sage_mean(conv: SAGEConv, x_src, x_dst, src, dst, src_count) -> torch.Tensor:
+    """:func:`sage_mean` where source j counts ``src_count[j]`` times in each mean."""
+    n_dst = x_dst.shape[0]
+    weight = src_count.float()  # float32 even under autocast: the counts stay exact
+    total = scatter(weight[src], dst, dim=0, dim_size=n_dst, reduce="sum").clamp(min=1).unsqueeze(1)
+    if x_src.shape[0] < n_dst:
+        projected = F.linear(x_src, conv.lin_l.weight) * weight.unsqueeze(1)
+        aggregated = scatter(projected[src], dst, dim=0, dim_size=n_dst, reduce="sum") / total
+        aggregated = aggregated + conv.lin_l.bias
+    else:
+        summed = scatter((x_src * weight.unsqueeze(1))[src], dst, dim=0, dim_size=n_dst, reduce="sum")
+        aggregated = conv.lin_l(summed / total)
     return aggregated + conv.lin_r(x_dst)
 
 
@@ -86,16 +112,22 @@ class HierGraphLayer(nn.Module):
         self.attention_chunk = attention_chunk
         self.exact_order = exact_order
 
-    def _intra(self, et, h: dict[str, torch.Tensor], edge_index: torch.Tensor) -> torch.Tensor:
+    def _intra(self, et, h: dict[str, torch.Tensor], edge_index: torch.Tensor, counts: dict) -> torch.Tensor:
         conv = self.convs.convs[et]
+        if et[0] in counts:
+            return sage_mean(conv, h[et[0]], h[et[2]], edge_index, counts[et[0]])
         if self.exact_order:
             return conv((h[et[0]], h[et[2]]), edge_index)
         return sage_mean(conv, h[et[0]], h[et[2]], edge_index)
 
-    def forward(self, graph: HeteroData, h: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(
+        self, graph: HeteroData, h: dict[str, torch.Tensor], counts: dict | None = None
+    ) -> dict[str, torch.Tensor]:
+        counts = counts or {}
+        log_counts = {t: c.to(h[t].dtype).log() for t, c in counts.items()}
         new_h = {t: x.clone() for t, x in h.items()}
         conv_out = {
-            et[2]: self._intra(et, h, graph[et].edge_index)
+            et[2]: self._intra(et, h, graph[et].edge_index, counts)
             for et in INTRA_EDGE_TYPES
             if et in graph.edge_types
         }
@@ -106,9 +138,11 @@ class HierGraphLayer(nn.Module):
             if self.dense_attention:
                 out = self.attn.dense(
                     rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], self.attention_chunk,
-                    exact=self.exact_order,
+                    exact=self.exact_order, key_log_count=log_counts.get(src),
                 )  # fmt: skip
             else:
+                if src in counts:
+                    raise ValueError("merged nodes need dense attention (sparse edges differ per copy)")
                 out = self.attn.sparse(
                     rel, h[dst], h[src], NODE_SCALE[dst], NODE_SCALE[src], graph[et].edge_index
                 )
@@ -137,8 +171,11 @@ class HierHeteroGNN(nn.Module):
         self.layer1 = HierGraphLayer(dim, dim, *args)
         self.layer2 = HierGraphLayer(dim, dim, *args)
 
-    def forward(self, graph: HeteroData, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        h = self.layer1(graph, features)
+    def forward(
+        self, graph: HeteroData, features: dict[str, torch.Tensor], counts: dict | None = None
+    ) -> dict[str, torch.Tensor]:
+        """GNN outputs per node type; ``counts``: multiplicities of merged nodes (module docstring)."""
+        h = self.layer1(graph, features, counts)
         h = {t: F.relu(x) for t, x in h.items()}
-        h = self.layer2(graph, h)
+        h = self.layer2(graph, h, counts)
         return {t: F.normalize(x, p=2, dim=-1) for t, x in h.items()}

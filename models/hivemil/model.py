@@ -6,6 +6,13 @@
     top-k slide logits at 5x and 20x, summed                                      (§6)
     aux loss = lambda * HTCL                                                      (§7)
 
+Padded children kept as nodes (reference variant, dense attention) are all the zero vector, so they
+are identical nodes throughout the network. They are merged into one node with their count as
+multiplicity (TGDF statistics, SAGE means, attention keys and the top-k mean count it that often;
+:mod:`~models.hivemil.tgdf`, :mod:`~models.hivemil.gnn`, :mod:`~models.hivemil.slide_logits`), which
+gives the same logits and gradients with the FLOPs of one node; per-node outputs are expanded back.
+``HiveMIL.merge_padding = False`` (and ``--exact-order``, which promises released bits) turns it off.
+
 Released-code behaviours are selected by :class:`models.hivemil.options.VariantSwitches`.
 The frozen text tower is a submodule (it follows ``.to(device)``) but is left out of ``state_dict``:
 checkpoints hold only the learned context and the GNN (the tower comes from its own weights).
@@ -45,6 +52,16 @@ class ChildNodes:
     rows: torch.Tensor  # [N20] bag row (5x patch) each node is a child of
     slots: torch.Tensor  # [N20] child slot within that row
     padding: torch.Tensor  # [N20] True for a zero-padded slot kept as a node (released pipeline)
+
+
+@dataclass
+class PaddingMerge:
+    """The padded 20x nodes merged into one (see the module docstring)."""
+
+    nodes: torch.Tensor  # [U] the 20x nodes computed: every real one, then the first padded one
+    counts: torch.Tensor  # [U] float multiplicity of each (1, and the number of padded nodes last)
+    inverse: torch.Tensor  # [N20] computed node of each 20x node
+    num_images: int  # N20
 
 
 @dataclass
@@ -93,6 +110,7 @@ class HiveMIL(FrozenTowerClassifier):
     """
 
     frozen_prefix = TOWER_PREFIX  # the frozen text tower is left out of checkpoints
+    merge_padding = True  # merge the identical zero-padded 20x nodes (module docstring); exact
 
     def __init__(
         self, tower: TextTower, class_descriptions: Sequence[Sequence[str]], options: HiveMILOptions
@@ -171,6 +189,25 @@ class HiveMIL(FrozenTowerClassifier):
             take = valid
         return ChildNodes(rows[take], owner[take], slots[take], ~valid[take])
 
+    def _padding_merge(self, children: ChildNodes) -> PaddingMerge | None:
+        """The merge of the padded 20x nodes into one, or None when there is nothing exact to merge:
+        fewer than two padded nodes, sparse attention (each copy has its own parent edges), padded rows
+        that are not all zero, ``--exact-order`` or ``merge_padding`` off."""
+        sw = self.options.switches
+        if not self.merge_padding or self.options.exact_order or sw.hier_attention != "dense":
+            return None
+        pad = children.padding
+        n_pad = int(pad.sum())
+        if n_pad < 2 or bool(children.features[pad].any()):
+            return None
+        real = (~pad).nonzero().squeeze(1)
+        nodes = torch.cat([real, pad.nonzero()[0]])  # real children in order, then one padded node
+        counts = torch.ones(nodes.shape[0], device=nodes.device)
+        counts[-1] = n_pad
+        inverse = torch.full_like(pad, real.shape[0], dtype=torch.long)
+        inverse[real] = torch.arange(real.shape[0], device=real.device)
+        return PaddingMerge(nodes=nodes, counts=counts, inverse=inverse, num_images=int(pad.shape[0]))
+
     def forward(self, bag: SlideBag, cache: TextFeatures | None = None) -> HiveMILOutput:
         opts, sw = self.options, self.options.switches
         if bag.x5.shape[-1] != self.dim:
@@ -197,24 +234,37 @@ class HiveMIL(FrozenTowerClassifier):
         kept_nodes = kept5.nonzero().squeeze(1)
         children = self._select_children(bag, nodes_5x[kept_nodes])
         x20_parent = torch.searchsorted(nodes_5x, children.rows)  # bag row -> 5x node index
-        stage2 = text_guided_filter(children.features, text.x20, logit_scale, opts.filter_alpha)
+        merge = self._padding_merge(children)
+        x20, parent20, counts = children.features, x20_parent, None
+        if merge is not None:
+            x20, parent20, counts = x20[merge.nodes], x20_parent[merge.nodes], merge.counts
+        stage2 = text_guided_filter(x20, text.x20, logit_scale, opts.filter_alpha, counts)
 
         graph = build_hier_graph(
             stage1.kept,
             stage2.kept,
-            x20_parent,
+            parent20,  # dense attention (the only case with a merge) reads no parent edge
             texts_per_coarse=opts.num_high_mag_subtexts,
             children_per_parent=opts.children_per_parent,
             true_parents=sw.hier_attention == "sparse",
         )
         emb = self.gnn(
-            graph, {X5_TEXT: text.x5, X5_IMAGE: x5, X20_TEXT: text.x20, X20_IMAGE: children.features}
+            graph,
+            {X5_TEXT: text.x5, X5_IMAGE: x5, X20_TEXT: text.x20, X20_IMAGE: x20},
+            None if merge is None else {X20_IMAGE: counts},
         )
 
         scale = logit_scale if sw.logit_scale == "raw" else logit_scale.exp()
         logits_5x = topk_class_logits(emb[X5_IMAGE], emb[X5_TEXT], self.num_classes, opts.topk_low, scale)
-        logits_20x = topk_class_logits(emb[X20_IMAGE], emb[X20_TEXT], self.num_classes, opts.topk_high, scale)
+        logits_20x = topk_class_logits(
+            emb[X20_IMAGE], emb[X20_TEXT], self.num_classes, opts.topk_high, scale, counts,
+            None if merge is None else merge.num_images,
+        )  # fmt: skip
         logits = (logits_5x + logits_20x).unsqueeze(0)
+        x20_kept = stage2.kept.detach()
+        if merge is not None:  # per-node outputs: every padded node reads the merged one
+            emb = {**emb, X20_IMAGE: emb[X20_IMAGE][merge.inverse]}
+            x20_kept = x20_kept[merge.inverse]
         htcl = hierarchical_text_contrastive_loss(
             emb[X5_TEXT], emb[X20_TEXT], self.num_classes, sw.htcl_negatives
         )
@@ -233,7 +283,7 @@ class HiveMIL(FrozenTowerClassifier):
             nodes_20x_padding=children.padding,
             embeddings={t: v.detach() for t, v in emb.items()},
             x5_kept=stage1.kept.detach(),
-            x20_kept=stage2.kept.detach(),
+            x20_kept=x20_kept,
         )
 
     def trainable_parameters(self) -> list[nn.Parameter]:

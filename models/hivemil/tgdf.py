@@ -14,6 +14,11 @@ patches against the 20x texts.
 Edge cases the released code does not survive: with a single image the std is NaN, every comparison
 is false and nothing is kept. ``keep_all_if_empty`` (used by the model) then keeps every 5x patch
 so a one-patch slide still produces a graph; this only triggers where the released code would crash.
+
+Merged images (``counts``): row i stands for ``counts[i]`` identical images (the model merges the
+zero-padded 20x children into one node). The column statistics are then taken over the images, not
+the rows: min and max are unchanged, the mean weights row i by ``counts[i]`` and the unbiased std
+divides by ``sum(counts) - 1``. Exact algebra; the result equals the stage run on the repeated rows.
 """
 
 from __future__ import annotations
@@ -35,9 +40,14 @@ class FilterResult:
 
 
 def text_guided_filter(
-    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, alpha: float
+    image: torch.Tensor,
+    text: torch.Tensor,
+    logit_scale: torch.Tensor,
+    alpha: float,
+    counts: torch.Tensor | None = None,
 ) -> FilterResult:
-    """One TGDF stage (see module docstring). ``logit_scale`` is the log temperature."""
+    """One TGDF stage (see module docstring). ``logit_scale`` is the log temperature; ``counts`` [N]
+    the multiplicity of each image row (None: every row is one image)."""
     sim = (image @ text.t()) * logit_scale.exp()
     if sim.shape[0] == 0:
         empty = sim.new_zeros(0, sim.shape[1])
@@ -47,9 +57,24 @@ def text_guided_filter(
     col_min = sim.amin(dim=0, keepdim=True)
     col_max = sim.amax(dim=0, keepdim=True)
     sim = (sim - col_min) / (col_max - col_min + MINMAX_EPS)
-    # One image: the unbiased std is NaN (as in the released code) and nothing is kept.
-    std = sim.std(dim=0, keepdim=True) if sim.shape[0] > 1 else torch.full_like(sim[:1], float("nan"))
-    threshold = sim.mean(dim=0, keepdim=True) + alpha * std
+    if counts is None:
+        # One image: the unbiased std is NaN (as in the released code) and nothing is kept.
+        std = sim.std(dim=0, keepdim=True) if sim.shape[0] > 1 else torch.full_like(sim[:1], float("nan"))
+        mean = sim.mean(dim=0, keepdim=True)
+    else:
+        mean, std = (t.to(sim.dtype) for t in _weighted_mean_std(sim.float(), counts.float()))
+    threshold = mean + alpha * std
     kept = torch.where(sim >= threshold, sim, torch.zeros_like(sim))
     image_mask = kept.mean(dim=1) > 0
     return FilterResult(kept=kept, image_mask=image_mask, threshold=threshold.squeeze(0))
+
+
+def _weighted_mean_std(sim: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column mean and unbiased std of ``sim`` [N, M] whose row i occurs ``counts[i]`` times ([1, M] each;
+    the std is NaN for a single image, as ``torch.std``)."""
+    weight = counts.unsqueeze(1)
+    total = counts.sum()
+    mean = (weight * sim).sum(dim=0, keepdim=True) / total
+    var = (weight * (sim - mean).square()).sum(dim=0, keepdim=True) / (total - 1)
+    var = torch.where(total > 1, var, torch.full_like(var, float("nan")))
+    return mean, var.sqrt()
