@@ -209,6 +209,12 @@ class RunConfig:
     prefetch_depth: int = flag(
         *_both("prefetch_depth"), default=2, group="run", resumable=True, help="bags loaded ahead (0: off)"
     )
+    chunk_size: int = flag(
+        *_both("chunk_size"), default=0, group="run",
+        help="instance baselines: train on random chunks of at most N instances of a slide, each with the "
+        "slide's label; slide-level metrics from the mean chunk probability, plus chunk-level accuracy "
+        "(0: whole slides; training/chunks.py)",
+    )  # fmt: skip
     max_slides: int | None = flag(
         *_both("max_slides"), default=None, type=int, group="run", help="debug: first N slides per split part"
     )
@@ -333,7 +339,7 @@ class RunConfig:
             / str(self.task)
             / self.feature_extractor
             / str(label)
-            / f"{self.experiment_code(label)}_s{self.seed}{self.variant_tag}"
+            / f"{self.experiment_code(label)}_s{self.seed}{self.variant_tag}{self.chunk_tag}"
         )
 
     @property
@@ -343,6 +349,11 @@ class RunConfig:
         if self.cv != "nested":
             return None
         return f"nested{self.k}x{self.inner_k}{'grid' if self.inner_grid else ''}"
+
+    @property
+    def chunk_tag(self) -> str:
+        """``_chunk<N>`` with ``--chunk_size N`` (chunked and whole-slide runs never share a folder), else ``""``."""
+        return f"_chunk{self.chunk_size}" if self.chunk_size else ""
 
     @property
     def slide_limit(self) -> int | None:
@@ -488,6 +499,7 @@ def validate_config(config: RunConfig) -> None:
         (config.stop_epoch >= 0, "--stop_epoch must be >= 0"),
         (0 <= config.max_orphan_frac <= 1, "--max_orphan_frac must be in [0, 1]"),
         (config.max_slides is None or config.max_slides >= 1, "--max_slides must be >= 1"),
+        (config.chunk_size >= 0, "--chunk_size must be >= 0 (0: whole slides)"),
         (config.threads >= 0, "--threads must be >= 0"),
         (config.hivemil.max_children >= 0, "--max-children must be >= 0"),
         (config.hivemil.attention_chunk >= 0, "--attention-chunk must be >= 0"),

@@ -45,6 +45,7 @@ from models.passes import forward_pass
 from models.registry import model_info
 from training import results as res
 from training.bag_losses import build_bag_loss
+from training.chunks import CHUNK_METRIC_COLUMNS, check_chunkable, evaluate_chunked, train_chunked_epoch
 from training.config import RunConfig, with_values
 from training.fingerprints import fold_inputs
 from training.loop import LoopOptions, check_finite_logits, check_finite_loss
@@ -267,21 +268,48 @@ def train_one_epoch(
     for step, bag in enumerate(
         bar(bags, total=len(indices), desc=desc, enabled=options.progress, leave=False)
     ):
-        bag = bag.to(device)
-        with autocast(options.amp, device):
-            out = model(bag)
-        target = torch.tensor([bag.label], device=out.logits.device)
-        loss = loss_fn(out.logits.float(), target) + out.aux_loss.float()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        value = float(loss.detach())  # the one read-back of the loss, logged and checked
-        check_finite_loss(value, step, f"slide {bag.slide_id}", optimizer)
-        total_loss += value
-        wrong += int(out.logits.detach().argmax(dim=1).item() != bag.label)
+        loss, correct = train_step(
+            model,
+            bag.to(device),
+            optimizer,
+            loss_fn,
+            scaler,
+            device,
+            options.amp,
+            step,
+            f"slide {bag.slide_id}",
+        )
+        total_loss += loss
+        wrong += int(not correct)
     n = max(len(indices), 1)
     return EpochStats(loss=total_loss / n, error=wrong / n)
+
+
+def train_step(
+    model: nn.Module,
+    bag: SlideBag,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    scaler,
+    device: torch.device,
+    amp: str = "off",
+    step: int = 0,
+    item: str | None = None,
+) -> tuple[float, bool]:
+    """One optimiser step on one bag (already on ``device``): ``(loss, prediction == label)``. A loss that
+    is not finite stops training (:func:`training.loop.check_finite_loss`: ``step`` of the epoch and the
+    ``item`` it covers, default the bag's slide)."""
+    with autocast(amp, device):
+        out = model(bag)
+    target = torch.tensor([bag.label], device=out.logits.device)
+    loss = loss_fn(out.logits.float(), target) + out.aux_loss.float()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    value = float(loss.detach())  # the one read-back of the loss, logged and checked
+    check_finite_loss(value, step, item or f"slide {bag.slide_id}", optimizer)
+    return value, int(out.logits.detach().argmax(dim=1).item()) == bag.label
 
 
 def evaluate(
@@ -352,6 +380,13 @@ class ClassificationTask:
     def __init__(self, config: RunConfig | None = None, data: PreparedData | None = None):
         self.config = config
         self.data = data
+        if self.chunk_size:  # chunked runs add chunk-level accuracy (training.chunks)
+            self.metric_columns = res.METRIC_COLUMNS + CHUNK_METRIC_COLUMNS
+
+    @property
+    def chunk_size(self) -> int:
+        """``--chunk_size`` (0: whole slides; :mod:`training.chunks`)."""
+        return self.config.chunk_size if self.config is not None else 0
 
     # ---- the run (before data)
     @staticmethod
@@ -374,6 +409,7 @@ class ClassificationTask:
                 f"--model_type {config.model_type} predicts survival, but task {config.task} is run as a "
                 f"classification task ({why}; docs/survival.md §2)"
             )
+        check_chunkable(config.model_type, config.chunk_size)
 
     @staticmethod
     def resolve(config: RunConfig) -> RunConfig:
@@ -408,7 +444,7 @@ class ClassificationTask:
         return build_bag_loss(effective_bag_loss(self.config), self.data.task.num_classes)
 
     def start_note(self) -> str:
-        return ""
+        return f"; chunks of at most {self.chunk_size} instances" if self.chunk_size else ""
 
     def prediction_parts(self, fold: int) -> tuple[str, ...]:
         return ("val", "test")
@@ -418,9 +454,24 @@ class ClassificationTask:
         return [self.data.dataset.labels[i] for i in indices]
 
     def train_epoch(self, model, load, order, optimizer, loss_fn, device, options, desc: str = "train"):
+        if self.chunk_size:
+            loss, error = train_chunked_epoch(
+                model, load, order, optimizer, loss_fn, device, options, self.chunk_size, train_step,
+                mag=model_info(self.config.model_type).magnification, desc=desc,
+            )  # fmt: skip
+            return EpochStats(loss=loss, error=error)
         return train_one_epoch(model, load, order, optimizer, loss_fn, device, options, desc=desc)
 
     def evaluate(self, model, fold: int, indices, loss_fn, device, options: LoopOptions, desc: str = "eval"):
+        if self.chunk_size:
+            return EvalResult(
+                *evaluate_chunked(
+                    model, self.data.dataset.__getitem__, indices, loss_fn, device, self.data.task.num_classes,
+                    self.chunk_size, self.config.seed, mag=model_info(self.config.model_type).magnification,
+                    prefetch_depth=options.prefetch_depth, workers=options.workers, progress=options.progress,
+                    desc=desc, amp=options.amp,
+                )
+            )  # fmt: skip
         return evaluate(
             model, self.data.dataset.__getitem__, indices, loss_fn, device, self.data.task.num_classes,
             prefetch_depth=options.prefetch_depth, workers=options.workers, progress=options.progress,
@@ -438,21 +489,37 @@ class ClassificationTask:
         return (
             f"epoch {epoch:3d}  train loss {stats.loss:.4f} err {stats.error:.4f}  "
             f"val loss {val.loss:.4f} acc {val.metrics['acc']:.4f} auc {_fmt(val.metrics['auc'])}"
+            + (f" chunk acc {val.metrics['chunk_acc']:.4f}" if "chunk_acc" in val.metrics else "")
         )
 
     def val_scalars(self, val: EvalResult) -> list[tuple[str, float]]:
-        return [("val/error", val.error), ("val/auc", val.metrics["auc"]), ("val/f1", val.metrics["f1"])]
+        extra = [("val/chunk_acc", val.metrics["chunk_acc"])] if "chunk_acc" in val.metrics else []
+        return [
+            ("val/error", val.error),
+            ("val/auc", val.metrics["auc"]),
+            ("val/f1", val.metrics["f1"]),
+            *extra,
+        ]
 
     def write_predictions(self, path: Path, result: EvalResult) -> None:
         res.write_predictions(path, result, self.data.task.class_names)
 
     def test_summary(self, row: dict) -> str:
-        return f"test acc {row['test_acc']:.4f} auc {row['test_auc']:.4f} f1 {row['test_f1']:.4f}"
+        chunk = f" (chunk acc {row['test_chunk_acc']:.4f})" if "test_chunk_acc" in row else ""
+        return f"test acc {row['test_acc']:.4f} auc {row['test_auc']:.4f} f1 {row['test_f1']:.4f}{chunk}"
 
     # ---- the run's summary
     def finish(self, run_dir: Path, rows: list[dict], log: RunLog) -> Path:
-        _, results_path = res.write_summaries(run_dir, rows, self.config.fold_range, self.config.k)
+        _, results_path = res.write_summaries(
+            run_dir, rows, self.config.fold_range, self.config.k, self.metric_columns
+        )
         log.info("")
         log.info(res.format_summary_table(rows))
+        if self.chunk_size:
+            chunk_acc = np.array([float(r["test_chunk_acc"]) for r in rows])
+            log.info(
+                f"chunk-level test ACC {chunk_acc.mean():.4f} ± {chunk_acc.std():.4f} (chunks of at most "
+                f"{self.chunk_size}; the table above is slide-level, mean chunk probability per slide)"
+            )
         log.info(f"results: {results_path}")
         return results_path

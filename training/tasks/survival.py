@@ -494,6 +494,11 @@ class SurvivalTask:
                 f"--model_type {config.model_type!r} is not a survival model; task {config.task} is a survival "
                 f"task (its dataset CSV has survival_months), choose one of: {', '.join(survival_models())}"
             )
+        if config.chunk_size:
+            raise InputError(
+                f"--chunk_size applies to classification tasks; task {config.task} is a survival task "
+                "(its steps are batches of whole cases)"
+            )
 
     @staticmethod
     def resolve(config: RunConfig) -> RunConfig:
