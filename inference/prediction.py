@@ -29,6 +29,7 @@ Output folder (default ``<run>/predictions/``):
 * ``heatmaps/<slide>/fold_<k>/`` with ``--heatmaps`` (:func:`interpretability.heatmaps.save_heatmaps`):
   HiVE-MIL class evidence, the attention of the attention baselines (also ``ABMIL_surv``,
   ``TransMIL_surv``), or the HiLa-style model's transport plans per attribute and level.
+  With the detailed figure and the top-k patch grid per map (:mod:`interpretability.detail`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from utils.errors import InputError, one_line
 PREDICTIONS_FILE = "predictions.csv"
 CACHE_DIRNAME = "feature_cache"
 HEATMAP_DIRNAME = "heatmaps"
+DETAIL_FIGURES = "detail+top_grid"  # which figures a heatmap folder holds (older folders are redrawn)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -355,11 +357,12 @@ class Predictor:
 
         for k in self.run.folds:
             meta = read_scores_meta(self.heatmap_dir(slide_id, k) / SCORES_FILE)
-            if not meta or (meta.get("input_digest"), meta.get("fold_digest"), meta.get("top_k")) != (
-                digest,
-                self.fold_digests[k],
-                self.options.top_tiles,
-            ):
+            if not meta or (
+                meta.get("input_digest"),
+                meta.get("fold_digest"),
+                meta.get("top_k"),
+                meta.get("figures"),
+            ) != (digest, self.fold_digests[k], self.options.top_tiles, DETAIL_FIGURES):
                 return False
         return True
 
@@ -587,9 +590,23 @@ class Predictor:
             raise RuntimeError(f"{self.config.model_type} reported no per-instance attention")
         return scores
 
+    def _statement(self, row: dict, fold: int):
+        """What fold ``fold``'s detailed figure says about the prediction (its own and the ensemble's)."""
+        from interpretability.detail import Prediction, RiskPrediction
+
+        several = len(self.run.folds) > 1
+        if self.survival:
+            return RiskPrediction(row[f"fold_{fold}_risk"], fold, row["risk"] if several else None)
+        name = self.task.class_names[int(row[f"fold_{fold}_pred"])]
+        return Prediction(
+            name, row[f"fold_{fold}_prob_{name}"], fold,
+            row["pred_class"] if several else None, row[f"prob_{row['pred_class']}"] if several else None,
+        )  # fmt: skip
+
     def _heatmaps(
         self, inp: SlideInput, bag: SlideBag, pred: int | None, row: dict, outputs: dict, digest: str
     ) -> None:
+        from interpretability.detail import save_detail_figures
         from interpretability.heatmaps import read_thumbnail, save_heatmaps
         from preprocess.wsi.reader import open_slide
 
@@ -616,6 +633,7 @@ class Predictor:
                     "top_k": self.options.top_tiles,
                     "slide_file": None if inp.slide_file is None else str(inp.slide_file),
                     "thumbnail": image is not None,
+                    "figures": DETAIL_FIGURES,
                 }
                 if self.survival:
                     meta["risk"] = row["risk"]
@@ -625,9 +643,19 @@ class Predictor:
                     title = f"{inp.slide_id}, fold {k} (ensemble: {self.task.class_names[pred]}),"
                 if self.heatmap_source == "transport plan":
                     meta["attributes"] = list(model.attributes)
+                out_dir = self.heatmap_dir(inp.slide_id, k)
+                said = self._statement(row, k)
+
+                def figures(name, item, layer, out_dir=out_dir, said=said, fold=k):
+                    return save_detail_figures(
+                        out_dir, name, item, layer, said, image=image, reader=reader, k=self.options.top_tiles,
+                        title=f"{inp.slide_id}, fold {fold}:",
+                    )  # fmt: skip
+
                 save_heatmaps(
-                    scores, self.heatmap_dir(inp.slide_id, k), image=image, reader=reader,
+                    scores, out_dir, image=image, reader=reader,
                     top_k=self.options.top_tiles if reader is not None else 0, title=title, meta=meta,
+                    figures=figures,
                 )  # fmt: skip
         finally:
             if reader is not None:

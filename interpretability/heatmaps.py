@@ -21,15 +21,16 @@ coordinates -- over the slide thumbnail (:func:`read_thumbnail`) when the raw sl
 over the patch grid (every patch grey, scored ones coloured). Colours: ``viridis`` (perceptually
 uniform, readable with colour-vision deficiencies); a colour bar; a scale bar in µm when the slide
 file records its microns per pixel, else in level-0 pixels. :func:`save_heatmaps` writes
-``heatmap_<scale>.png``, the top-k tiles cut from the slide (``top_<scale>_<rank>.png``) and the raw
-numbers (``scores.npz``, written last).
+``heatmap_<scale>.png``, the top-k tiles cut from the slide (``top_<scale>_<rank>.png``), any further
+figures of the caller (``predict.py``: :mod:`interpretability.detail`) and the raw numbers
+(``scores.npz``, written last).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -394,15 +395,30 @@ def heatmap_figure(
         layer: a precomputed :func:`heat_layer` of ``scores`` (computed when None).
         cmap: matplotlib colour map (default viridis).
     """
-    layer = layer if layer is not None else heat_layer(scores, image)
     fig = new_figure(7.0, 5.6)
-    ax = fig.add_subplot()
+    draw_heatmap(fig, fig.add_subplot(), scores, image, title=title, outline=outline, layer=layer, cmap=cmap)
+    return fig
+
+
+def draw_heatmap(
+    fig: Figure,
+    ax,
+    scores: PatchScores,
+    image: SlideImage | None = None,
+    *,
+    title: str | None = None,
+    outline: Sequence[float] | None = None,
+    layer: HeatLayer | None = None,
+    cmap: str = HEATMAP_CMAP,
+) -> None:
+    """:func:`heatmap_figure`'s drawing on the axes ``ax`` of ``fig`` (its colour bar beside them)."""
+    layer = layer if layer is not None else heat_layer(scores, image)
     if title:
         ax.set_title(title, fontsize=9)
     if layer is None:
         ax.text(0.5, 0.5, "no patch coordinates in this slide", ha="center", va="center")
         ax.set_axis_off()
-        return fig
+        return
     low, high = scores.colour_range()
     norm = Normalize(vmin=low, vmax=high)
     ax.imshow(compose(layer, norm, image, cmap), extent=layer.extent, interpolation="nearest")
@@ -421,7 +437,6 @@ def heatmap_figure(
     ax.tick_params(labelsize=7)
     _add_scale_bar(ax, float(hi[0] - lo[0]) + 2 * pad, image.mpp if image is not None else None)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=_wrap(scores.label), shrink=0.85)
-    return fig
 
 
 def compose(
@@ -501,8 +516,10 @@ def save_heatmaps(
     top_k: int = 0,
     title: str = "",
     meta: dict | None = None,
+    figures: Callable[[str, PatchScores, HeatLayer | None], list[Path]] | None = None,
 ) -> list[Path]:
-    """Write ``heatmap_<scale>.png`` per scale, the top-``top_k`` tiles (needs the open slide ``reader``)
+    """Write ``heatmap_<scale>.png`` per scale, the top-``top_k`` tiles (needs the open slide ``reader``),
+    what ``figures(name, scores, layer)`` writes per map (e.g. :func:`interpretability.detail.save_detail_figures`)
     and ``scores.npz`` (written last: its presence marks a finished folder). The keys of ``scores``
     name the maps (a scale, or e.g. ``5x_attr0`` for one of several maps at a scale).
 
@@ -532,6 +549,8 @@ def save_heatmaps(
         if reader is not None and top_k > 0:
             tiles[scale] = save_top_tiles(item, reader, out_dir, top_k, name=scale)
             written.extend(out_dir / t["file"] for t in tiles[scale])
+        if figures is not None:
+            written.extend(figures(scale, item, layer))
     arrays["meta"] = np.array(json.dumps({**(meta or {}), "top_tiles": tiles}, sort_keys=True))
     with atomic_path(out_dir / SCORES_FILE, suffix=".npz") as tmp:
         with open(tmp, "wb") as handle:

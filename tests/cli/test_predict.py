@@ -292,7 +292,10 @@ def test_heatmap_on_a_raw_slide_is_where_the_planted_signal_is(tmp_path, capsys)
     )
     assert code == 0, err
     folder = out_dir / "heatmaps" / "planted" / "fold_0"
-    for name in ("heatmap_5x.png", "heatmap_20x.png", "top_20x_1.png", "top_5x_1.png", "scores.npz"):
+    for name in (
+        "heatmap_5x.png", "heatmap_20x.png", "top_20x_1.png", "top_5x_1.png", "scores.npz",
+        "detail_5x.png", "detail_20x.png", "top_grid_5x.png", "top_grid_20x.png",
+    ):  # fmt: skip
         assert (folder / name).read_bytes()[:4] in (b"\x89PNG", b"PK\x03\x04"), name
     data = np.load(folder / "scores.npz")
     meta = json.loads(str(data["meta"]))
@@ -337,7 +340,10 @@ def test_hivemil_heatmaps_on_the_patch_grid(demo_run, tmp_path, capsys):
     )
     assert code == 0, err
     folder = tmp_path / "p" / "heatmaps" / "demo_slide_005" / "fold_0"
-    assert sorted(p.name for p in folder.iterdir()) == ["heatmap_20x.png", "heatmap_5x.png", "scores.npz"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "detail_20x.png", "detail_5x.png", "heatmap_20x.png", "heatmap_5x.png", "scores.npz",
+        "top_grid_20x.png", "top_grid_5x.png",
+    ]  # fmt: skip
     data = np.load(folder / "scores.npz")
     meta = json.loads(str(data["meta"]))
     assert meta["scores"] == "class evidence" and not meta["thumbnail"]
