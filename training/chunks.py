@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -70,24 +70,21 @@ def chunk_positions(n: int, size: int, generator: torch.Generator) -> list[torch
     return list(torch.tensor_split(perm, math.ceil(n / size)))
 
 
-def chunk_bags(bag: SlideBag, size: int, generator: torch.Generator, mag: str = "20x") -> list[SlideBag]:
+def chunk_bags(bag: SlideBag, size: int, generator: torch.Generator, mag: str = "20x") -> Iterator[SlideBag]:
     """``bag``'s flat instances at ``mag`` cut into chunks (:func:`chunk_positions`), each a bag of its
     own with the slide's id and label: ``x5`` the chunk [n, D] and ``x20`` the same rows as one real child
-    each, so an instance baseline of either magnification reads exactly the chunk."""
+    each, so an instance baseline of either magnification reads exactly the chunk. The chunks are made
+    one at a time as they are consumed (only one chunk's copy of the features is alive at once)."""
     x = bag_instances(bag, mag)
-    chunks = []
     for rows in chunk_positions(int(x.shape[0]), size, generator):
         part = x[rows.to(x.device)]
-        chunks.append(
-            SlideBag(
-                slide_id=bag.slide_id,
-                x5=part,
-                x20=part.unsqueeze(1),
-                child_mask=torch.ones(part.shape[0], 1, dtype=torch.bool, device=part.device),
-                label=bag.label,
-            )
+        yield SlideBag(
+            slide_id=bag.slide_id,
+            x5=part,
+            x20=part.unsqueeze(1),
+            child_mask=torch.ones(part.shape[0], 1, dtype=torch.bool, device=part.device),
+            label=bag.label,
         )
-    return chunks
 
 
 def epoch_generator() -> torch.Generator:
@@ -170,7 +167,7 @@ def evaluate_chunked(
         bags = prefetch(load, indices, depth=prefetch_depth, workers=workers)
         for bag in bar(bags, total=len(indices), desc=desc, enabled=progress, leave=False):
             bag = bag.to(device)
-            chunks = chunk_bags(bag, chunk_size, slide_generator(seed, bag.slide_id), mag)
+            chunks = list(chunk_bags(bag, chunk_size, slide_generator(seed, bag.slide_id), mag))
             if not chunks:  # an empty slide: one pass over the empty bag, as a whole-slide run would do
                 chunks = [bag]
             chunk_logits = np.stack([model(c).logits.float().reshape(-1).cpu().numpy() for c in chunks])

@@ -42,7 +42,7 @@ def test_chunk_positions_of_an_empty_slide():
 def test_chunk_bags_feed_an_instance_baseline_exactly_the_chunk(mag):
     bag = make_bag(seed=3, dim=8, label=2)  # 38 real 20x children, 8 5x patches
     instances = bag_instances(bag, mag)
-    chunks = chunk_bags(bag, 5, torch.Generator().manual_seed(1), mag)
+    chunks = list(chunk_bags(bag, 5, torch.Generator().manual_seed(1), mag))
     seen = torch.cat([bag_instances(c, mag) for c in chunks])  # what the model reads, at either mag
     assert all(c.label == 2 and c.slide_id == bag.slide_id for c in chunks)
     assert seen.shape == instances.shape
