@@ -380,11 +380,11 @@ class ClassificationTask:
     def __init__(self, config: RunConfig | None = None, data: PreparedData | None = None):
         self.config = config
         self.data = data
-        if self.chunk_size:  # chunked runs add chunk-level accuracy (training.chunks)
+        if self._chunk_size:  # chunked runs add chunk-level accuracy (training.chunks)
             self.metric_columns = res.METRIC_COLUMNS + CHUNK_METRIC_COLUMNS
 
     @property
-    def chunk_size(self) -> int:
+    def _chunk_size(self) -> int:
         """``--chunk_size`` (0: whole slides; :mod:`training.chunks`)."""
         return self.config.chunk_size if self.config is not None else 0
 
@@ -444,7 +444,7 @@ class ClassificationTask:
         return build_bag_loss(effective_bag_loss(self.config), self.data.task.num_classes)
 
     def start_note(self) -> str:
-        return f"; chunks of at most {self.chunk_size} instances" if self.chunk_size else ""
+        return f"; chunks of at most {self._chunk_size} instances" if self._chunk_size else ""
 
     def prediction_parts(self, fold: int) -> tuple[str, ...]:
         return ("val", "test")
@@ -454,20 +454,20 @@ class ClassificationTask:
         return [self.data.dataset.labels[i] for i in indices]
 
     def train_epoch(self, model, load, order, optimizer, loss_fn, device, options, desc: str = "train"):
-        if self.chunk_size:
+        if self._chunk_size:
             loss, error = train_chunked_epoch(
-                model, load, order, optimizer, loss_fn, device, options, self.chunk_size, train_step,
+                model, load, order, optimizer, loss_fn, device, options, self._chunk_size, train_step,
                 mag=model_info(self.config.model_type).magnification, desc=desc,
             )  # fmt: skip
             return EpochStats(loss=loss, error=error)
         return train_one_epoch(model, load, order, optimizer, loss_fn, device, options, desc=desc)
 
     def evaluate(self, model, fold: int, indices, loss_fn, device, options: LoopOptions, desc: str = "eval"):
-        if self.chunk_size:
+        if self._chunk_size:
             return EvalResult(
                 *evaluate_chunked(
                     model, self.data.dataset.__getitem__, indices, loss_fn, device, self.data.task.num_classes,
-                    self.chunk_size, self.config.seed, mag=model_info(self.config.model_type).magnification,
+                    self._chunk_size, self.config.seed, mag=model_info(self.config.model_type).magnification,
                     prefetch_depth=options.prefetch_depth, workers=options.workers, progress=options.progress,
                     desc=desc, amp=options.amp,
                 )
@@ -515,11 +515,11 @@ class ClassificationTask:
         )
         log.info("")
         log.info(res.format_summary_table(rows))
-        if self.chunk_size:
+        if self._chunk_size:
             chunk_acc = np.array([float(r["test_chunk_acc"]) for r in rows])
             log.info(
                 f"chunk-level test ACC {chunk_acc.mean():.4f} ± {chunk_acc.std():.4f} (chunks of at most "
-                f"{self.chunk_size}; the table above is slide-level, mean chunk probability per slide)"
+                f"{self._chunk_size}; the table above is slide-level, mean chunk probability per slide)"
             )
         log.info(f"results: {results_path}")
         return results_path
