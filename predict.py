@@ -16,7 +16,8 @@ unchanged; a bad slide (also a non-finite model output) is reported in one line 
 (exit code 1). ``--out`` may not be a run folder; the lock is ``DIR/.predict.lock``. ``--heatmaps`` writes ``DIR/heatmaps/<slide>/fold_<k>/``: HiVE-MIL class evidence, the
 attention of ABMIL / LiteMIL / TransMIL / ABMIL_surv / TransMIL_surv at 5x and 20x, or the HiLa-style
 transport plans per attribute and level, over the slide thumbnail when the raw slide is known, top-k
-tiles and ``scores.npz``.
+tiles, a detailed figure (overlay, score histogram, statistics, prediction) and a top-k patch grid per
+map, and ``scores.npz``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fold checkpoints to use (default: every fold present)",
     )
-    p.add_argument("--heatmaps", action="store_true", help="per-patch heatmaps, top tiles and scores.npz")
+    p.add_argument(
+        "--heatmaps",
+        action="store_true",
+        help="per-patch heatmaps, detailed figures, top tiles and grid, scores.npz",
+    )
     p.add_argument(
         "--top-tiles", type=int, default=4, help="top patches cut from the slide per scale (default 4)"
     )
