@@ -129,3 +129,25 @@ def test_chunk_size_is_refused_for_hivemil_and_survival_in_one_line(tmp_path):
         ClassificationTask.check_model(toy_config(data, tmp_path / "r", model_type="HiVE_MIL", chunk_size=8))
     with pytest.raises(InputError, match="applies to classification tasks"):
         SurvivalTask.check_model(toy_config(data, tmp_path / "r", model_type="ABMIL_surv", chunk_size=8))
+
+
+def test_nested_cross_validation_with_chunks_reports_slide_and_chunk_metrics(tmp_path):
+    data = make_toy_data(tmp_path / "data", k=2, n_slides=12)
+    config = toy_config(
+        data,
+        tmp_path / "results",
+        model_type="LiteMIL",
+        chunk_size=4,
+        cv="nested",
+        k=2,
+        inner_k=2,
+        max_epochs=1,
+    )
+    rows = run_experiment(config, RunLog(quiet=True))
+    results = pd.read_csv(config.run_dir / "results.csv")
+    assert {"test_acc", "test_auc", "test_f1", "test_chunk_acc"} <= set(results.columns)
+    assert len(rows) == 2 and all(0 <= r["test_chunk_acc"] <= 1 and 0 <= r["test_acc"] <= 1 for r in rows)
+    tested = [
+        set(pd.read_csv(config.run_dir / f"fold_{k}" / "predictions_test.csv").slide_id) for k in (0, 1)
+    ]
+    assert tested[0].isdisjoint(tested[1]) and tested[0] | tested[1] == set(data["slides"])
