@@ -55,7 +55,8 @@ def test_released_state_dict_names():
 
 @pytest.mark.parametrize(("n_src", "n_dst"), [(3, 40), (40, 3)])
 def test_sage_mean_equals_pyg_sageconv_in_both_orders(n_src, n_dst):
-    """Projecting before or after the mean gives PyG's SAGEConv (values and grads); isolated nodes too."""
+    """The masked dense product, projecting before or after the mean, gives PyG's SAGEConv on the same
+    edges (values and grads); repeated edges count as often as they occur; isolated nodes too."""
     from torch_geometric.nn import SAGEConv
 
     from models.hivemil.gnn import sage_mean
@@ -66,7 +67,9 @@ def test_sage_mean_equals_pyg_sageconv_in_both_orders(n_src, n_dst):
     src = torch.randint(0, n_src, (30,))
     dst = torch.randint(0, n_dst - 1, (30,))  # the last destination has no neighbour
     edge_index = torch.stack([src, dst])
-    ours = sage_mean(conv, x_src, x_dst, edge_index)
+    assert len(set(zip(src.tolist(), dst.tolist()))) < 30  # some edges repeat: multiplicities matter
+    adjacency = torch.zeros(n_dst, n_src).index_put_((dst, src), torch.ones(30), accumulate=True)
+    ours = sage_mean(conv, x_src, x_dst, adjacency)
     ours.square().sum().backward()
     grads = {n: p.grad.clone() for n, p in conv.named_parameters()}
     conv.zero_grad()
