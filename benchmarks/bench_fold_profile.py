@@ -172,7 +172,9 @@ def synthetic_run(args, work: Path):
         c: {f"{c} feature {i}": f"a morphological description number {i} of class {c}" for i in range(16)}
         for c in classes
     }
-    task_spec = TaskSpec("bench", classes, work / "bench.csv", work / "text_prompt", {c: i for i, c in enumerate(classes)})
+    task_spec = TaskSpec(
+        "bench", classes, work / "bench.csv", work / "text_prompt", {c: i for i, c in enumerate(classes)}
+    )
     prompt_file = task_spec.prompt_file("curated")
     prompt_file.parent.mkdir(parents=True, exist_ok=True)
     prompt_file.write_text(json.dumps(prompts), encoding="utf-8")
@@ -239,7 +241,9 @@ def fold_flops(run, fold: int, epochs_run: int) -> float:
             fn()
         return counter.get_total_flops()
 
-    step = count(lambda: train_one_epoch(model, load, idx.train[:1], optimizer, loss_fn, run.device, LoopOptions(0)))
+    step = count(
+        lambda: train_one_epoch(model, load, idx.train[:1], optimizer, loss_fn, run.device, LoopOptions(0))
+    )
     one = count(lambda: evaluate(model, load, idx.val[:1], loss_fn, run.device, classes, prefetch_depth=0))
     two = count(lambda: evaluate(model, load, idx.val[:2], loss_fn, run.device, classes, prefetch_depth=0))
     text, per_slide = one - (two - one), two - one
@@ -250,7 +254,9 @@ def fold_flops(run, fold: int, epochs_run: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("shape", choices=("synthetic", "demo"))
     parser.add_argument("--n5", type=int, default=500)
     parser.add_argument("--children", type=int, default=16)
@@ -289,7 +295,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from preprocess.demo_tasks import task_defaults
         from training.config import parse_config
-        from training.fold import PreparedRun
 
         results = Path(tempfile.mkdtemp(prefix="demo-", dir=work))
         config = parse_config(
@@ -324,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         "epochs_run": row["epochs_run"],
     }
     if args.shape == "synthetic":
-        result["shape_args"] = {k: getattr(args, k) for k in ("n5", "children", "dim", "train", "val", "test", "epochs")}
+        result["shape_args"] = {
+            k: getattr(args, k) for k in ("n5", "children", "dim", "train", "val", "test", "epochs")
+        }
     if not args.no_floor:
         from benchmarks.bench_fold import gemm_peak_gflops
 
