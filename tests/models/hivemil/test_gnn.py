@@ -79,3 +79,21 @@ def test_sage_mean_equals_pyg_sageconv_in_both_orders(n_src, n_dst):
     assert torch.allclose(ours[-1], conv.lin_l.bias + conv.lin_r(x_dst[-1]), atol=1e-6)
     for name, p in conv.named_parameters():
         assert torch.allclose(grads[name], p.grad, atol=1e-4), name
+
+
+def test_sage_mean_source_counts_equal_repeated_sources():
+    """A source with multiplicity m gives the mean of the graph holding m copies of it."""
+    from torch_geometric.nn import SAGEConv
+
+    from models.hivemil.gnn import sage_mean
+
+    torch.manual_seed(1)
+    conv = SAGEConv(8, 8, aggr="mean")
+    x_src, x_dst = torch.randn(4, 8), torch.randn(6, 8)
+    adjacency = (torch.rand(6, 4) > 0.4).float()
+    counts = torch.tensor([1, 3, 2, 1])
+    copies = torch.repeat_interleave(torch.arange(4), counts)  # source columns repeated
+    merged = sage_mean(conv, x_src, x_dst, adjacency, counts)
+    expanded = sage_mean(conv, x_src[copies], x_dst, adjacency[:, copies])
+    assert torch.allclose(merged, expanded, atol=1e-6)
+    assert not torch.allclose(merged, sage_mean(conv, x_src, x_dst, adjacency), atol=1e-3)
