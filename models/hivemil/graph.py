@@ -2,8 +2,9 @@
 
 Node types: ``x5image``, ``x5text``, ``x20image``, ``x20text``.
 Intra-scale edges: every kept TGDF entry (image i, text j) gives ``image -> text`` and ``text -> image``
-edges (``x5_intra`` / ``x20_intra``). Hierarchical edges link each 20x image to its 5x parent and each
-fine text to its coarse text, in both directions (``hier_x20tox5_*`` / ``hier_x5tox20_*``).
+edges (``x5_intra`` / ``x20_intra``), held as ``edge_index`` and as the dense 0/1 ``adjacency``
+[N_dst, N_src] (few text nodes: the aggregation is a small masked product). Hierarchical edges link
+each 20x image to its 5x parent and each fine text to its coarse text, in both directions (``hier_x20tox5_*`` / ``hier_x5tox20_*``).
 
 The released code maps the r-th 20x node to 5x node ``r // 16``. After TGDF keeps only some 5x
 patches, the 20x nodes are the children of *kept* patches only, so that stride mapping points to the
@@ -79,6 +80,8 @@ def build_hier_graph(
 
     for (src, rel, dst), kept in zip(INTRA_EDGE_TYPES, (x5_kept, x20_kept, x5_kept.t(), x20_kept.t())):
         data[(src, rel, dst)].edge_index = kept_entry_edges(kept)
+        # the same edges as a dense 0/1 matrix [N_dst, N_src] (GraphSAGE-mean as a masked product)
+        data[(src, rel, dst)].adjacency = (kept.detach() != 0).t().to(kept.dtype)
 
     if true_parents:
         img_child, img_parent = torch.arange(n20, device=device), x20_parent.to(device)

@@ -55,7 +55,8 @@ def test_released_state_dict_names():
 
 @pytest.mark.parametrize(("n_src", "n_dst"), [(3, 40), (40, 3)])
 def test_sage_mean_equals_pyg_sageconv_in_both_orders(n_src, n_dst):
-    """Projecting before or after the mean gives PyG's SAGEConv (values and grads); isolated nodes too."""
+    """The masked dense product, projecting before or after the mean, gives PyG's SAGEConv on the same
+    edges (values and grads); repeated edges count as often as they occur; isolated nodes too."""
     from torch_geometric.nn import SAGEConv
 
     from models.hivemil.gnn import sage_mean
@@ -66,7 +67,9 @@ def test_sage_mean_equals_pyg_sageconv_in_both_orders(n_src, n_dst):
     src = torch.randint(0, n_src, (30,))
     dst = torch.randint(0, n_dst - 1, (30,))  # the last destination has no neighbour
     edge_index = torch.stack([src, dst])
-    ours = sage_mean(conv, x_src, x_dst, edge_index)
+    assert len(set(zip(src.tolist(), dst.tolist()))) < 30  # some edges repeat: multiplicities matter
+    adjacency = torch.zeros(n_dst, n_src).index_put_((dst, src), torch.ones(30), accumulate=True)
+    ours = sage_mean(conv, x_src, x_dst, adjacency)
     ours.square().sum().backward()
     grads = {n: p.grad.clone() for n, p in conv.named_parameters()}
     conv.zero_grad()
@@ -76,3 +79,21 @@ def test_sage_mean_equals_pyg_sageconv_in_both_orders(n_src, n_dst):
     assert torch.allclose(ours[-1], conv.lin_l.bias + conv.lin_r(x_dst[-1]), atol=1e-6)
     for name, p in conv.named_parameters():
         assert torch.allclose(grads[name], p.grad, atol=1e-4), name
+
+
+def test_sage_mean_source_counts_equal_repeated_sources():
+    """A source with multiplicity m gives the mean of the graph holding m copies of it."""
+    from torch_geometric.nn import SAGEConv
+
+    from models.hivemil.gnn import sage_mean
+
+    torch.manual_seed(1)
+    conv = SAGEConv(8, 8, aggr="mean")
+    x_src, x_dst = torch.randn(4, 8), torch.randn(6, 8)
+    adjacency = (torch.rand(6, 4) > 0.4).float()
+    counts = torch.tensor([1, 3, 2, 1])
+    copies = torch.repeat_interleave(torch.arange(4), counts)  # source columns repeated
+    merged = sage_mean(conv, x_src, x_dst, adjacency, counts)
+    expanded = sage_mean(conv, x_src[copies], x_dst, adjacency[:, copies])
+    assert torch.allclose(merged, expanded, atol=1e-6)
+    assert not torch.allclose(merged, sage_mean(conv, x_src, x_dst, adjacency), atol=1e-3)

@@ -33,3 +33,15 @@ def test_graph_edges_and_parent_mapping_by_hand():
 def test_stride_parents_drops_children_past_last_parent():
     child, parent = stride_parents(7, 3, 2)
     assert child.tolist() == [0, 1, 2, 3, 4, 5] and parent.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_intra_adjacency_holds_the_same_edges_as_edge_index():
+    torch.manual_seed(0)
+    x5_kept = torch.rand(5, 4) * (torch.rand(5, 4) > 0.5)
+    x20_kept = torch.rand(9, 12) * (torch.rand(9, 12) > 0.7)
+    g = build_hier_graph(x5_kept, x20_kept, torch.arange(9) // 2, 3, children_per_parent=2, true_parents=True)
+    for et in INTRA_EDGE_TYPES:
+        src, dst = g[et].edge_index
+        dense = torch.zeros(g[et[2]].num_nodes, g[et[0]].num_nodes)
+        dense[dst, src] = 1.0
+        assert torch.equal(g[et].adjacency, dense), et
