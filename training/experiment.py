@@ -38,14 +38,14 @@ from training.fold import PreparedRun, run_fold, seeded_model
 from training.nested import run_nested_fold
 from training.run_checks import check_writable as _check_writable
 from training.tasks import task_for
-from training.tasks.classification import effective_bag_loss, resolve_prompts, run_task
+from training.tasks.classification import effective_bag_loss, resolve_prompts
 from utils.device import resolve_device
 from utils.errors import InputError
 from utils.locking import FolderLock, LockHeld
 from utils.run_logging import RunLog
 from utils.seed import configure_determinism
 
-__all__ = [  # run_task, resolve_prompts and seeded_model are re-exported for the callers of this module
+__all__ = [  # resolve_prompts and seeded_model are re-exported for the callers of this module
     "OpenRunFolder",
     "PreparedRun",
     "RunFolderLocked",
@@ -56,7 +56,6 @@ __all__ = [  # run_task, resolve_prompts and seeded_model are re-exported for th
     "resolve_prompts",
     "reusable_fold_row",
     "run_experiment",
-    "run_task",
     "seeded_model",
     "train_fold",
     "write_run_header",

@@ -121,19 +121,14 @@ def _read_fold_splits(config: RunConfig, task: TaskSpec, df) -> dict[int, Split]
     return splits
 
 
-def run_task(config: RunConfig) -> TaskSpec:
-    """The task named by ``config`` (:meth:`RunConfig.task_spec`)."""
-    return config.task_spec()
-
-
 def resolve_prompts(config: RunConfig) -> RunConfig:
     """``config`` with ``--LLM`` resolved (released default gpt4o when its file exists, else curated)."""
-    return config if config.LLM else with_values(config, LLM=run_task(config).default_llm())
+    return config if config.LLM else with_values(config, LLM=config.task_spec().default_llm())
 
 
 def prepare_data(config: RunConfig, log: RunLog) -> PreparedData:
     """Check all inputs of the run (one-line :class:`InputError` each) and build the shared dataset."""
-    task = run_task(config)
+    task = config.task_spec()
     df = read_dataset_csv(task.csv_path, task)
     empty_classes = [c for c in task.class_names if not (df["label"] == c).any()]
     if empty_classes:
