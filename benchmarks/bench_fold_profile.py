@@ -158,6 +158,7 @@ def synthetic_run(args, work: Path):
     """A :class:`training.fold.PreparedRun` over random slides of the requested shape (files in ``work``)."""
     import torch
 
+    from benchmarks.bench_padded import child_counts
     from datasets.tasks import TaskSpec
     from models.towers.tiny import save_tiny_hf_clip
     from training.config import parse_config
@@ -182,15 +183,18 @@ def synthetic_run(args, work: Path):
     n = args.train + args.val + args.test
     ids = [f"slide_{i:03d}" for i in range(n)]
     labels = [i % 2 for i in range(n)]
-    bags = work / f"bags_{args.n5}x{args.children}_{args.dim}"
+    share = getattr(args, "padded_share", 0.0)
+    bags = work / (f"bags_{args.n5}x{args.children}_{args.dim}" + (f"_padded{share:g}" if share else ""))
     bags.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(1)
-    for slide in ids:
+    for i, slide in enumerate(ids):
         path = bags / f"{slide}.pt"
         if path.is_file():
             continue
         mask = torch.zeros(args.n5, 16, dtype=torch.bool)
         mask[:, : args.children] = True
+        if share:  # the realistic shape: ``share`` of the 5x patches hold 4-12 children, zero padded
+            mask = torch.arange(16)[None, :] < child_counts(args.n5, share, seed=i)[:, None]
         x20 = torch.randn(args.n5, 16, args.dim, generator=g) * mask.unsqueeze(-1)
         torch.save((torch.randn(args.n5, args.dim, generator=g), x20, mask), path)
 
@@ -261,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n5", type=int, default=500)
     parser.add_argument("--children", type=int, default=16)
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument(
+        "--padded-share", type=float, default=0.0,
+        help="synthetic: share of 5x patches holding 4-12 zero-padded children (the realistic shape)",
+    )  # fmt: skip
     parser.add_argument("--train", type=int, default=8)
     parser.add_argument("--val", type=int, default=24)
     parser.add_argument("--test", type=int, default=24)
@@ -276,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.experiment import run_experiment
 
     torch.set_num_threads(args.threads)
+    from utils.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as training.experiment.prepare_run does for a run
     import training.fold  # noqa: F401  (imported before the clock starts: start-up is reported apart)
 
     clock = FoldClock()
@@ -330,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.shape == "synthetic":
         result["shape_args"] = {
-            k: getattr(args, k) for k in ("n5", "children", "dim", "train", "val", "test", "epochs")
+            k: getattr(args, k)
+            for k in ("n5", "children", "dim", "padded_share", "train", "val", "test", "epochs")
         }
     if not args.no_floor:
         from benchmarks.bench_fold import gemm_peak_gflops

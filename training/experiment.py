@@ -39,6 +39,7 @@ from training.nested import run_nested_fold
 from training.run_checks import check_writable as _check_writable
 from training.tasks import task_for
 from training.tasks.classification import effective_bag_loss, resolve_prompts
+from utils.allocator import keep_freed_memory
 from utils.device import resolve_device
 from utils.errors import InputError
 from utils.locking import FolderLock, LockHeld
@@ -72,6 +73,7 @@ def prepare_run(config: RunConfig, log: RunLog) -> PreparedRun:
     config = kind.resolve(config)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    keep_freed_memory()
     configure_determinism(config.deterministic)
     device = resolve_device(config.device)
     if not config.overwrite:

@@ -137,6 +137,7 @@ class HiveMIL(FrozenTowerClassifier):
             )
         self.text_tower = tower
         self.dim = tower.embed_dim
+        self._constant_text: tuple[tuple, TextFeatures] | None = None  # see encode_text
         # The released model builds the GNN before it draws the learnable context: same seed, same weights.
         self.gnn = HierHeteroGNN(
             self.dim,
@@ -158,15 +159,45 @@ class HiveMIL(FrozenTowerClassifier):
 
     # ----- text side -------------------------------------------------------------------------------
     def encode_text(self) -> TextFeatures:
-        """Text features of all prompts with the current context (differentiable w.r.t. ``ctx``)."""
+        """Text features of all prompts with the current context (differentiable w.r.t. ``ctx``).
+
+        When the tower reads none of the context positions (the released text layout on the Hugging Face
+        towers: each position is encoded on its own and pooled at the end token, so the context never
+        reaches the features and gets an exactly zero gradient), the features are constant: they are
+        computed once and reused, linked to ``ctx`` with that zero gradient so the optimiser treats ``ctx``
+        as the released run does (weight decay still moves it). Same values, no text-tower work per step.
+        """
+        key = self._text_key()
+        if self._constant_text is not None and self._constant_text[0] == key:
+            return self._zero_gradient_link(self._constant_text[1])
         t5 = self.options.num_low_mag_texts
-        feats = [
-            self.text_tower.encode_embeddings(emb, self.prompt_learner.token_ids(c), self.released_text)
-            for c, emb in enumerate(self.prompt_learner())
-        ]
-        x5 = torch.cat([f[:t5] for f in feats])
-        x20 = torch.cat([f[t5:] for f in feats])
-        return TextFeatures(x5=x5, x20=x20)
+        feats, constant = [], True
+        for c, emb in enumerate(self.prompt_learner()):
+            ids = self.prompt_learner.token_ids(c)
+            read = self.text_tower.positions_read(ids, self.released_text)
+            if read is not None and not bool(self.prompt_learner.context_mask(c)[:, read].any()):
+                emb = emb.detach()  # no context vector at a position the tower reads
+            else:
+                constant = False
+            feats.append(self.text_tower.encode_embeddings(emb, ids, self.released_text))
+        text = TextFeatures(x5=torch.cat([f[:t5] for f in feats]), x20=torch.cat([f[t5:] for f in feats]))
+        if not constant:
+            return text
+        self._constant_text = (key, text)
+        return self._zero_gradient_link(text)
+
+    def _text_key(self) -> tuple:
+        """What constant text features depend on besides the frozen weights: device, dtype, autocast, mode."""
+        param = self.text_tower.logit_scale
+        kind = param.device.type
+        amp = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        return (param.device, param.dtype, amp, self.text_tower.training)
+
+    def _zero_gradient_link(self, text: TextFeatures) -> TextFeatures:
+        if not (torch.is_grad_enabled() and self.prompt_learner.ctx.requires_grad):
+            return text
+        ctx = self.prompt_learner.ctx
+        return TextFeatures(x5=ZeroGradient.apply(text.x5, ctx), x20=ZeroGradient.apply(text.x20, ctx))
 
     @torch.no_grad()
     def precompute(self) -> TextFeatures:
@@ -288,6 +319,21 @@ class HiveMIL(FrozenTowerClassifier):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(TOWER_PREFIX)]
+
+
+class ZeroGradient(torch.autograd.Function):
+    """``features`` unchanged, with an exactly zero gradient for ``param``: constant text features
+    computed without the context stay linked to it as the released autograd graph links them."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        ctx.param_like = (param.shape, param.dtype, param.device)
+        return features.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        shape, dtype, device = ctx.param_like
+        return grad, torch.zeros(shape, dtype=dtype, device=device)
 
 
 def capped_child_slots(valid: torch.Tensor, cap: int, seed: int = 0) -> torch.Tensor:

@@ -100,8 +100,19 @@ class PromptLearner(nn.Module):
     def class_embeddings(self, c: int) -> torch.Tensor:
         """[T, L, W] prompt embeddings of class ``c`` with the context spliced in."""
         prefix = getattr(self, f"token_prefix_{c}")
-        suffix = getattr(self, f"token_suffix_{c}")
         ctx = self.class_context(c, prefix.shape[0]).to(prefix.dtype)
+        return self._splice(c, prefix, ctx, getattr(self, f"token_suffix_{c}"))
+
+    def context_mask(self, c: int) -> torch.Tensor:
+        """[T, L] True at the positions of class ``c``'s prompts that hold a context vector."""
+        prefix = getattr(self, f"token_prefix_{c}")
+        suffix = getattr(self, f"token_suffix_{c}")
+        marks = [torch.zeros(t.shape[:2] + (1,), dtype=torch.bool, device=t.device) for t in (prefix, suffix)]
+        ctx = torch.ones(prefix.shape[0], self.n_ctx, 1, dtype=torch.bool, device=prefix.device)
+        return self._splice(c, marks[0], ctx, marks[1]).squeeze(-1)
+
+    def _splice(self, c: int, prefix: torch.Tensor, ctx: torch.Tensor, suffix: torch.Tensor) -> torch.Tensor:
+        """Prefix, context and suffix [T, *, W] of class ``c`` laid out at ``self.position``."""
         if self.position == "end":
             return torch.cat([prefix, ctx, suffix], dim=1)
         rows = []

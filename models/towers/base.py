@@ -63,6 +63,13 @@ class TextTower(nn.Module):
         """
         raise NotImplementedError
 
+    def positions_read(self, token_ids: torch.Tensor, released_layout: bool = False) -> torch.Tensor | None:
+        """Sequence positions whose input embeddings reach :meth:`encode_embeddings`' output for
+        ``token_ids`` [N, L] (the same positions of every row), or None when that is not known or the
+        output is not a deterministic function of them (e.g. active dropout). A caller whose learned
+        inputs sit at none of these positions gets features that do not depend on them."""
+        return None
+
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Plain (unprompted) text features [N, embed_dim] through the tower's own text path."""

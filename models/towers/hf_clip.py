@@ -54,6 +54,7 @@ class HFClipTextTower(TextTower):
         self.embed_dim = int(model.config.projection_dim)
         self.context_length = int(cfg.max_position_embeddings)
         self.eos_token_id = int(cfg.eos_token_id) if cfg.eos_token_id is not None else None
+        self.attention_dropout = float(getattr(cfg, "attention_dropout", 0.0) or 0.0)
         self.tokenizer = ClipBpeTokenizer(self.context_length)
 
     def tokenize(self, texts):
@@ -86,6 +87,13 @@ class HFClipTextTower(TextTower):
         if released_layout:
             return self._encode_released(embeddings, token_ids)
         return self._encode_causal(embeddings, token_ids)
+
+    def positions_read(self, token_ids: torch.Tensor, released_layout: bool = False) -> torch.Tensor | None:
+        if self.training and self.attention_dropout > 0:
+            return None
+        if released_layout:  # each position is encoded on its own (attention runs across the prompts)
+            return pooled_position_groups(token_ids.argmax(dim=-1))[0]
+        return torch.arange(causal_prefix_length(self.pool_positions(token_ids)), device=token_ids.device)
 
     def _encode_causal(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         pool = self.pool_positions(token_ids)
