@@ -38,7 +38,9 @@ RETURNED = textwrap.dedent(
 
 def returned_mib(keep: bool) -> float:
     code = RETURNED.format(root=str(PROJECT), keep=keep)
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    return float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc knobs (Linux)")

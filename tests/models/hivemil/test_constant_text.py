@@ -56,7 +56,9 @@ def test_released_layout_encodes_the_text_once_and_steps_as_before(tiny_text_tow
     assert calls[0] == len(DESCRIPTIONS)  # one encoder call per class, at the first step only
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
-    assert not torch.equal(model.prompt_learner.ctx, make_model(tiny_text_tower, "reference", seed=2).prompt_learner.ctx)
+    assert not torch.equal(
+        model.prompt_learner.ctx, make_model(tiny_text_tower, "reference", seed=2).prompt_learner.ctx
+    )
 
 
 def test_eval_and_train_share_the_constant_features(tiny_text_tower):
