@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -23,7 +24,17 @@ def configure_determinism(enabled: bool = True) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = enabled
-    torch.use_deterministic_algorithms(enabled)
+    deterministic_algorithms(enabled)
+
+
+def deterministic_algorithms(enabled: bool) -> None:
+    """``torch.use_deterministic_algorithms(enabled)`` without its import of ``torch._inductor`` (1.5-2 s
+    of start-up, only to set inductor's own flag): the same switch in PyTorch's core, and inductor's
+    flag too when inductor is loaded. Nothing in this project compiles with inductor."""
+    torch._C._set_deterministic_algorithms(enabled, warn_only=False)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = enabled
 
 
 def check_seed(seed: int, flag: str = "--seed") -> int:

@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torch_geometric.utils import scatter, softmax
 
 HIER_RELATIONS = ("hier_x20tox5_image", "hier_x5tox20_image", "hier_x20tox5_text", "hier_x5tox20_text")
 
@@ -138,6 +137,8 @@ class ModalityScaleAttention(nn.Module):
         self, relation: str, query, key, query_scale: int, key_scale: int, edge_index: torch.Tensor
     ) -> torch.Tensor:
         """Attention output restricted to ``edge_index`` ([2, E]: row 0 source/key, row 1 destination/query)."""
+        from torch_geometric.utils import scatter, softmax  # PyG only where it is used (start-up time)
+
         qh, kh, vh = (
             t.transpose(0, 1) for t in self._projected(relation, query, key, query_scale, key_scale)
         )

@@ -10,7 +10,7 @@ exact order) and A_e
 the modality-scale attention (:mod:`models.hivemil.attention`). The released attention term is
 ``h_dst + MHA(...)``, so the residual is counted twice (``attn_residual="double"``); ``"single"`` adds
 only the attention output. The network is layer 1 -> ReLU -> layer 2 -> L2 normalisation.
-With ``exact_order`` the intra-scale terms are PyG's ``SAGEConv`` itself (aggregate, then ``lin_l``) and
+With ``exact_order`` the intra-scale terms are PyG's ``SAGEConv`` computation (:func:`sage_exact`) and
 the attention follows the released op order (:mod:`models.hivemil.attention`): bit-identical to the
 released forward, at the cost of the two shortcuts (one ``N x D x D`` product each).
 
@@ -20,7 +20,10 @@ added to its scores); as a destination it needs nothing. Exact algebra: the same
 with the m copies, at the cost of one node.
 
 Parameter names follow the released checkpoints (``layer1.convs.convs.<src___rel___dst>``,
-``layer1.attn.mha``, ``layer1.attn.q_projs`` ...), including the four unused ``self`` convolutions.
+``layer1.attn.mha``, ``layer1.attn.q_projs`` ...), including the four unused ``self`` convolutions. The
+GraphSAGE weights are held by :class:`SageWeights` (PyG's ``SAGEConv`` parameters, names and random draws)
+and the convolutions by :class:`SageConvs` (``HeteroConv``'s layout), so building and running the model
+does not import PyG (2-3 s of start-up); ``--exact-order`` computes the mean with PyG's own ``scatter``.
 """
 
 from __future__ import annotations
@@ -28,11 +31,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.data import HeteroData
-from torch_geometric.nn import HeteroConv, SAGEConv
 
 from models.hivemil.attention import ModalityScaleAttention
-from models.hivemil.graph import HIER_EDGE_TYPES, INTRA_EDGE_TYPES, NODE_SCALE
+from models.hivemil.graph import HIER_EDGE_TYPES, INTRA_EDGE_TYPES, NODE_SCALE, SlideGraph
 
 # Released order of the convolutions (the 'self' ones are never fed edges but exist in checkpoints).
 _CONV_EDGE_TYPES = (
@@ -47,14 +48,58 @@ _CONV_EDGE_TYPES = (
 )
 
 
+class SageWeights(nn.Module):
+    """The parameters of PyG's ``SAGEConv(d_in, d_out, aggr="mean")``: ``lin_l`` (with bias) applied to the
+    neighbour mean and ``lin_r`` (no bias) to the destination node, under the same names and drawn in the
+    same order (each linear layer is initialised when it is built and both once more by ``SAGEConv``'s
+    reset; PyG's and PyTorch's linear initialisations draw the same uniform bounds), so one seed gives the
+    released weights."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.lin_l = nn.Linear(in_dim, out_dim)
+        self.lin_r = nn.Linear(in_dim, out_dim, bias=False)
+        self.lin_l.reset_parameters()
+        self.lin_r.reset_parameters()
+
+
+class SageConvs(nn.Module):
+    """PyG ``HeteroConv``'s layout: ``convs`` maps ``"<src___rel___dst>"`` to each edge type's weights."""
+
+    def __init__(self, edge_types, in_dim: int, out_dim: int):
+        super().__init__()
+        self.convs = nn.ModuleDict({edge_key(et): SageWeights(in_dim, out_dim) for et in edge_types})
+
+    def __getitem__(self, edge_type: tuple[str, str, str]) -> SageWeights:
+        return self.convs[edge_key(edge_type)]
+
+
+def edge_key(edge_type: tuple[str, str, str]) -> str:
+    """PyG's ModuleDict key of an edge type (the released checkpoints' names)."""
+    return "<" + "___".join(edge_type) + ">"
+
+
+def sage_exact(
+    conv: SageWeights, x_src: torch.Tensor, x_dst: torch.Tensor, edge_index: torch.Tensor
+) -> torch.Tensor:
+    """PyG ``SAGEConv``'s own computation, op for op: gather each edge's source row, PyG's mean ``scatter``
+    per destination, then ``lin_l`` and ``+ lin_r(x_dst)`` (``--exact-order``: the released bits)."""
+    from torch_geometric.utils import scatter
+
+    messages = x_src.index_select(0, edge_index[0])
+    mean = scatter(messages, edge_index[1], dim=0, dim_size=x_dst.shape[0], reduce="mean")
+    return F.linear(mean, conv.lin_l.weight, conv.lin_l.bias) + F.linear(x_dst, conv.lin_r.weight)
+
+
 def sage_mean(
-    conv: SAGEConv,
+    conv: SageWeights,
     x_src: torch.Tensor,
     x_dst: torch.Tensor,
     adjacency: torch.Tensor,
     src_count: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """GraphSAGE with mean aggregation, ``lin_l(mean_{j -> i} x_j) + lin_r(x_i)``, as PyG's ``SAGEConv``.
+    """GraphSAGE with mean aggregation, ``lin_l(mean_{j -> i} x_j) + lin_r(x_i)``, as PyG's ``SAGEConv``
+    computes it.
 
     ``adjacency`` [N_dst, N_src] holds the weight of each edge ``j -> i`` (1 for an edge, 0 for none;
     an integer multiplicity counts a source that many times). The mean is the masked dense product
@@ -96,9 +141,7 @@ class HierGraphLayer(nn.Module):
         super().__init__()
         if in_dim != out_dim:
             raise ValueError("the residual update needs in_dim == out_dim")
-        self.convs = HeteroConv(
-            {et: SAGEConv(in_dim, out_dim, aggr="mean") for et in _CONV_EDGE_TYPES}, aggr="sum"
-        )
+        self.convs = SageConvs(_CONV_EDGE_TYPES, in_dim, out_dim)
         self.attn = ModalityScaleAttention(in_dim, num_heads, xavier_init=xavier_attention)
         self.dense_attention = dense_attention
         self.double_residual = double_residual
@@ -107,15 +150,15 @@ class HierGraphLayer(nn.Module):
 
     def _intra(self, et, h: dict[str, torch.Tensor], edges, counts: dict) -> torch.Tensor:
         """The SAGE term of intra-scale edge type ``et`` (``edges``: its store in the graph)."""
-        conv = self.convs.convs[et]
+        conv = self.convs[et]
         if et[0] in counts:
             return sage_mean(conv, h[et[0]], h[et[2]], edges.adjacency, counts[et[0]])
         if self.exact_order:
-            return conv((h[et[0]], h[et[2]]), edges.edge_index)
+            return sage_exact(conv, h[et[0]], h[et[2]], edges.edge_index)
         return sage_mean(conv, h[et[0]], h[et[2]], edges.adjacency)
 
     def forward(
-        self, graph: HeteroData, h: dict[str, torch.Tensor], counts: dict | None = None
+        self, graph: SlideGraph, h: dict[str, torch.Tensor], counts: dict | None = None
     ) -> dict[str, torch.Tensor]:
         counts = counts or {}
         log_counts = {t: c.to(h[t].dtype).log() for t, c in counts.items()}
@@ -164,7 +207,7 @@ class HierHeteroGNN(nn.Module):
         self.layer2 = HierGraphLayer(dim, dim, *args)
 
     def forward(
-        self, graph: HeteroData, features: dict[str, torch.Tensor], counts: dict | None = None
+        self, graph: SlideGraph, features: dict[str, torch.Tensor], counts: dict | None = None
     ) -> dict[str, torch.Tensor]:
         """GNN outputs per node type; ``counts``: multiplicities of merged nodes (module docstring)."""
         h = self.layer1(graph, features, counts)

@@ -97,3 +97,67 @@ def test_sage_mean_source_counts_equal_repeated_sources():
     expanded = sage_mean(conv, x_src[copies], x_dst, adjacency[:, copies])
     assert torch.allclose(merged, expanded, atol=1e-6)
     assert not torch.allclose(merged, sage_mean(conv, x_src, x_dst, adjacency), atol=1e-3)
+
+
+def test_sage_weights_draw_pyg_sageconv_parameters_and_sage_exact_is_its_forward_to_the_bit():
+    """Same seed, same weights and names as PyG's SAGEConv; sage_exact gives its output bit for bit."""
+    from torch_geometric.nn import SAGEConv
+
+    from models.hivemil.gnn import SageWeights, sage_exact
+
+    torch.manual_seed(4)
+    ours = SageWeights(8, 6)
+    torch.manual_seed(4)
+    theirs = SAGEConv(8, 6, aggr="mean")
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for name, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], value), name
+    x_src, x_dst = torch.randn(5, 8), torch.randn(7, 8)
+    edge_index = torch.stack([torch.randint(0, 5, (20,)), torch.randint(0, 6, (20,))])
+    assert torch.equal(sage_exact(ours, x_src, x_dst, edge_index), theirs((x_src, x_dst), edge_index))
+
+
+def test_slide_graph_converts_to_the_same_pyg_heterodata():
+    from models.hivemil.graph import INTRA_EDGE_TYPES, build_hier_graph
+
+    torch.manual_seed(2)
+    g = build_hier_graph(torch.rand(4, 2), torch.rand(8, 6), torch.arange(8) // 2, 3, 2, true_parents=True)
+    data = g.to_hetero_data()
+    assert sorted(data.edge_types) == sorted(g.edge_types)
+    for et in g.edge_types:
+        assert torch.equal(data[et].edge_index, g[et].edge_index), et
+    for et in INTRA_EDGE_TYPES:
+        assert torch.equal(data[et].adjacency, g[et].adjacency)
+    assert {t: data[t].num_nodes for t in data.node_types} == {t: g[t].num_nodes for t in g.node_types}
+
+
+def test_building_and_running_hivemil_does_not_import_pyg(tiny_clip_dir):
+    """PyG costs seconds of start-up; the default path does not need it (and seeding does not load
+    torch._inductor, which the Hugging Face tower's import may load anyway)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.paths import PROJECT
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(PROJECT)!r})
+        import torch
+        from utils.seed import seed_everything
+        from models.towers import load_towers
+        from models.hivemil.model import HiveMIL
+        from models.hivemil.options import HiveMILOptions
+        from tests.models.hivemil.test_model import DESCRIPTIONS, make_bag
+        seed_everything(0)
+        assert torch.are_deterministic_algorithms_enabled() and "torch._inductor" not in sys.modules
+        tower = load_towers("plip", source={str(tiny_clip_dir)!r}, sides=("text",)).text
+        out = HiveMIL(tower, DESCRIPTIONS, HiveMILOptions())(make_bag())
+        out.logits.sum().backward()
+        print(sorted(m for m in ("torch_geometric",) if m in sys.modules))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
