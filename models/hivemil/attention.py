@@ -63,16 +63,16 @@ class ModalityScaleAttention(nn.Module):
         """Per-head queries, keys and values ``[heads, N, head_dim]`` of one relation.
 
         Mathematically ``q = W_in_q (Q_e(h_dst + s) ) + b_in_q`` and ``k, v = W_in_{k,v} (K_e(h_src + s))
-        + b_in_{k,v}``: two linear maps back to back. When a side has more rows than it costs to
-        multiply the two weight matrices, their product is applied once instead (exact algebra; the
-        gradient still reaches both parameters): ``(W_in W_e) x + (W_in b_e + b_in)``.
+        + b_in_{k,v}``: two linear maps back to back (:func:`_two_linear`), with the scale embedding ``s``
+        carried in the bias instead of added to every row (its gradient then needs no product over the
+        rows, and first-layer image features, which need no gradient, get none).
         """
         emb = self.scale_embeddings.weight
         w_q, w_k, w_v = self.mha.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.mha.in_proj_bias.chunk(3)
-        q = _two_linear(query + emb[query_scale], self.q_projs[relation], w_q, b_q)
+        q = _two_linear(query, emb[query_scale], self.q_projs[relation], w_q, b_q)
         kv = _two_linear(
-            key + emb[key_scale], self.k_projs[relation], torch.cat([w_k, w_v]), torch.cat([b_k, b_v])
+            key, emb[key_scale], self.k_projs[relation], torch.cat([w_k, w_v]), torch.cat([b_k, b_v])
         )
         k, v = kv.chunk(2, dim=-1)
         heads, head_dim = self.num_heads, self.dim // self.num_heads
@@ -152,14 +152,19 @@ class ModalityScaleAttention(nn.Module):
         return out * has_edge.unsqueeze(-1).to(out.dtype)
 
 
-def _two_linear(x: torch.Tensor, first: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``F.linear(first(x), weight, bias)``, as one product with the folded weights when that is cheaper.
+def _two_linear(
+    x: torch.Tensor, shift: torch.Tensor, first: nn.Linear, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """``F.linear(first(x + shift), weight, bias)`` for rows ``x`` [N, d_in] and one ``shift`` [d_in], as
+    one product with the folded weights when that is cheaper. Exact algebra: ``first(x + shift) =
+    x W_1^T + (W_1 shift + b_1)``, so the shift is folded into the bias and never added to the rows.
 
     Sequential: ``n * d_in * d_mid + n * d_mid * d_out`` multiply-adds; folded: ``d_out * d_mid * d_in``
     to fold plus ``n * d_in * d_out``.
     """
     n, d_in = x.shape[0], x.shape[-1]
     d_mid, d_out = first.weight.shape[0], weight.shape[0]
+    first_bias = F.linear(shift, first.weight, first.bias)  # W_1 shift + b_1
     if n * d_mid * (d_in + d_out) <= d_out * d_mid * d_in + n * d_in * d_out:
-        return F.linear(first(x), weight, bias)
-    return F.linear(x, weight @ first.weight, F.linear(first.bias, weight, bias))
+        return F.linear(F.linear(x, first.weight, first_bias), weight, bias)
+    return F.linear(x, weight @ first.weight, F.linear(first_bias, weight, bias))

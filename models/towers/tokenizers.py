@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,7 @@ class ClipBpeTokenizer:
     """OpenAI CLIP BPE (open_clip's bundled ``SimpleTokenizer``): ids [N, context_length], zero padded."""
 
     def __init__(self, context_length: int = 77):
-        from open_clip.tokenizer import SimpleTokenizer
-
+        SimpleTokenizer = clip_bpe_tokenizer_class()
         self.context_length = int(context_length)
         self._tok = SimpleTokenizer(context_length=self.context_length)
         self.start_id = int(self._tok.sot_token_id)
@@ -43,6 +43,29 @@ class ClipBpeTokenizer:
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` needs, start and end tokens included, before truncation."""
         return len(self._tok.encode(text)) + 2
+
+
+def clip_bpe_tokenizer_class() -> type:
+    """open_clip's ``SimpleTokenizer`` class. Its module stands alone (it imports no other part of
+    open_clip), so it is loaded from its file without running the package's ``__init__``, which imports
+    timm and every open_clip model (about 1 s of every run's start-up); the ordinary import otherwise."""
+    import importlib.util
+    import sys
+
+    name = "_open_clip_tokenizer_module"
+    module = sys.modules.get(name)
+    if module is None:
+        package = importlib.util.find_spec("open_clip")
+        try:
+            spec = importlib.util.spec_from_file_location(name, Path(package.origin).parent / "tokenizer.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except (ImportError, AttributeError, OSError, TypeError):
+            from open_clip.tokenizer import SimpleTokenizer
+
+            return SimpleTokenizer
+        sys.modules[name] = module
+    return module.SimpleTokenizer
 
 
 class ConchTokenizer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -87,12 +88,14 @@ def test_sparse_attention_gives_exactly_zero_without_incoming_edge_not_the_outpu
     assert torch.allclose(out[[0, 2]], dense[[0, 2]], atol=1e-5)
 
 
-def test_folded_projections_equal_two_linear_maps_values_and_grads():
-    """Many rows: the q/k projection and the attention's in-projection are applied as one folded product;
-    values and every parameter's gradient equal the two maps applied back to back (nn.MultiheadAttention)."""
+@pytest.mark.parametrize(("n_query", "n_key"), [(40, 50), (3, 4)])
+def test_folded_projections_equal_two_linear_maps_values_and_grads(n_query, n_key):
+    """Many rows: the q/k projection and the attention's in-projection are applied as one folded product
+    (few rows: one after the other), with the scale embedding carried in the bias; values and every
+    parameter's gradient equal the two maps applied back to back to h + s (nn.MultiheadAttention)."""
     torch.manual_seed(5)
     attn = ModalityScaleAttention(8, num_heads=2)
-    query, key = torch.randn(40, 8), torch.randn(50, 8)  # more rows than the width: the folded path
+    query, key = torch.randn(n_query, 8), torch.randn(n_key, 8)
     relation = "hier_x5tox20_image"
     out = attn.dense(relation, query, key, 1, 0)
     out.square().sum().backward()
@@ -108,4 +111,5 @@ def test_folded_projections_equal_two_linear_maps_values_and_grads():
         f"q_projs.{relation}.weight",
         f"k_projs.{relation}.weight",
         "mha.in_proj_weight",
+        "scale_embeddings.weight",
     }

@@ -400,3 +400,29 @@ def test_demo_tower_is_built_once(tiny):
     assert ensure_demo_text_tower(folder.parent) == folder
     assert (folder / "config.json").stat().st_mtime_ns == stamp
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_clip_bpe_tokenizer_loads_without_the_open_clip_package():
+    """The bundled BPE is read without open_clip's __init__ (timm and every model: ~1 s of start-up),
+    and tokenises exactly as open_clip's own SimpleTokenizer."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.paths import PROJECT
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(PROJECT)!r})
+        from models.towers.tokenizers import ClipBpeTokenizer
+        ids = ClipBpeTokenizer(77)(["X X X X term : a description, with punctuation & numbers 42 ."])
+        print("open_clip" in sys.modules)
+        from open_clip.tokenizer import SimpleTokenizer
+        ref = SimpleTokenizer(context_length=77)(["X X X X term : a description, with punctuation & numbers 42 ."])
+        print(bool((ids == ref.long()).all()))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True"]
