@@ -224,7 +224,8 @@ def synthetic_run(args, work: Path):
 
 # ------------------------------------------------------------------------------------------ FLOP floor
 def fold_flops(run, fold: int, epochs_run: int) -> float:
-    """FLOPs of the fold's work: ``epochs_run`` x (train steps + val slides) + test slides, text once per pass."""
+    """FLOPs of the fold's work: ``epochs_run`` x (train steps + val slides) + test slides, the text features
+    once per evaluation pass, or once per run when they are constant (released layout)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -245,16 +246,21 @@ def fold_flops(run, fold: int, epochs_run: int) -> float:
             fn()
         return counter.get_total_flops()
 
-    step = count(
-        lambda: train_one_epoch(model, load, idx.train[:1], optimizer, loss_fn, run.device, LoopOptions(0))
-    )
+    def one_step() -> int:
+        return count(
+            lambda: train_one_epoch(
+                model, load, idx.train[:1], optimizer, loss_fn, run.device, LoopOptions(0)
+            )
+        )
+
+    first, step = one_step(), one_step()  # constant text features (released layout) only in the first
     one = count(lambda: evaluate(model, load, idx.val[:1], loss_fn, run.device, classes, prefetch_depth=0))
     two = count(lambda: evaluate(model, load, idx.val[:2], loss_fn, run.device, classes, prefetch_depth=0))
-    text, per_slide = one - (two - one), two - one
+    text, per_slide = one - (two - one), two - one  # text features once per evaluation pass (0 if constant)
     passes = epochs_run + 1
     slides = epochs_run * len(idx.val) + len(idx.test)
     del torch
-    return epochs_run * len(idx.train) * step + passes * text + slides * per_slide
+    return (first - step) + epochs_run * len(idx.train) * step + passes * text + slides * per_slide
 
 
 def main(argv: list[str] | None = None) -> int:
