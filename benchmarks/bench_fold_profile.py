@@ -22,7 +22,7 @@ Two shapes:
     python benchmarks/bench_fold_profile.py demo --threads 2      # fold 0 of ``python main.py --task demo``
 
 ``synthetic`` writes random slides (one ``.pt`` file each, read back with ``torch.load`` by the fold's
-prefetching loader), a random CLIP text tower of PLIP's size and a 2-class prompt file into ``--work``,
+prefetching loader, behind the run's bag cache as ``main.py`` reads its feature files: ``--cache_mb``), a random CLIP text tower of PLIP's size and a 2-class prompt file into ``--work``,
 then runs ``run_fold`` on them with the published defaults (fp32, reference variant) and ``--epochs``
 epochs. ``demo`` runs the whole ``main.py --task demo`` path (real feature files) for fold 0.
 """
@@ -136,22 +136,23 @@ class FoldClock:
 
 
 # ------------------------------------------------------------------------------------ the synthetic task
-class PtBags:
-    """Slides stored one ``.pt`` file each, read with ``torch.load`` on every access (no cache)."""
+def pt_bags(folder: Path, slide_ids: list[str], labels: list[int], cache_mb: float):
+    """Slides stored one ``.pt`` file each, read with ``torch.load``, behind the run's bag cache
+    (:class:`datasets.bag_dataset.BagDataset` with ``--cache_mb``, as ``main.py`` reads its feature files)."""
+    import torch
 
-    def __init__(self, folder: Path, slide_ids: list[str], labels: list[int]):
-        self.folder, self.slide_ids, self.labels = folder, slide_ids, labels
+    from datasets.bag import SlideBag
+    from datasets.bag_dataset import BagDataset
 
-    def __len__(self) -> int:
-        return len(self.slide_ids)
+    class PtBags(BagDataset):
+        def _read(self, index: int) -> SlideBag:
+            slide = self.slide_ids[index]
+            x5, x20, mask = torch.load(folder / f"{slide}.pt", weights_only=True)
+            return SlideBag(slide, x5, x20, mask, self.labels[index])
 
-    def __getitem__(self, i: int):
-        import torch
-
-        from datasets.bag import SlideBag
-
-        x5, x20, mask = torch.load(self.folder / f"{self.slide_ids[i]}.pt", weights_only=True)
-        return SlideBag(self.slide_ids[i], x5, x20, mask, self.labels[i])
+    bags = PtBags(None, slide_ids, labels, cache_mb=cache_mb)
+    bags.folder = folder
+    return bags
 
 
 def synthetic_run(args, work: Path):
@@ -212,7 +213,7 @@ def synthetic_run(args, work: Path):
 
     data = PreparedData(
         task=task_spec,
-        dataset=PtBags(bags, ids, labels),
+        dataset=pt_bags(bags, ids, labels, config.cache_mb),
         folds={0: FoldIndices(list(range(args.train)), list(range(args.train, args.train + args.val)),
                               list(range(args.train + args.val, n)))},
     )  # fmt: skip

@@ -43,7 +43,7 @@ def test_items_and_labels(layout):
 
 def test_lru_eviction(layout):
     size_mb = _bag_mb(layout)
-    data = BagDataset(layout, SLIDES, [0] * 4, cache_mb=2.5 * size_mb)  # room for exactly two bags
+    data = BagDataset(layout, SLIDES, [0] * 4, cache_mb=2.5 * size_mb, admit_after=1)  # room for two bags
     first = data[0]
     data[1]
     assert data.cached_slides() == ["a", "b"]
@@ -60,14 +60,14 @@ def test_lru_eviction(layout):
 
 
 def test_bag_bigger_than_cache_is_not_cached(layout):
-    data = BagDataset(layout, SLIDES, [0] * 4, cache_mb=0.5 * _bag_mb(layout))
+    data = BagDataset(layout, SLIDES, [0] * 4, cache_mb=0.5 * _bag_mb(layout), admit_after=1)
     data[0]
     assert data.cached_slides() == [] and data.cached_mb == 0
 
 
 def test_thread_safe_under_concurrent_access(layout):
     size_mb = _bag_mb(layout)
-    data = BagDataset(layout, SLIDES, [0, 1, 2, 3], cache_mb=2.5 * size_mb)
+    data = BagDataset(layout, SLIDES, [0, 1, 2, 3], cache_mb=2.5 * size_mb, admit_after=1)
     errors = []
 
     def worker(seed):
@@ -87,6 +87,18 @@ def test_thread_safe_under_concurrent_access(layout):
     assert not errors
     assert len(data.cached_slides()) <= 2 and data.cached_mb <= 2.5 * size_mb
     assert data.hits + data.misses == 160
+
+
+def test_a_bag_is_kept_from_its_third_read(layout):
+    """Keeping a bag costs first-touching its memory; slides read once or twice are not kept."""
+    data = BagDataset(layout, SLIDES, [0] * 4)
+    first, second = data[0], data[0]
+    assert data.cached_slides() == [] and first is not second
+    third = data[0]
+    assert data.cached_slides() == ["a"] and data[0] is third
+    data[1]
+    assert data.cached_slides() == ["a"]
+    assert (data.hits, data.misses) == (1, 4)
 
 
 def test_length_mismatch(layout):
