@@ -254,14 +254,20 @@ def fold_flops(run, fold: int, epochs_run: int) -> float:
             )
         )
 
+    def eval_slides(n: int) -> int:
+        return count(
+            lambda: evaluate(model, load, idx.val[:n], loss_fn, run.device, classes, prefetch_depth=0)
+        )
+
     first, step = one_step(), one_step()  # constant text features (released layout) only in the first
-    one = count(lambda: evaluate(model, load, idx.val[:1], loss_fn, run.device, classes, prefetch_depth=0))
-    two = count(lambda: evaluate(model, load, idx.val[:2], loss_fn, run.device, classes, prefetch_depth=0))
-    text, per_slide = one - (two - one), two - one  # text features once per evaluation pass (0 if constant)
+    first_eval, one, two = eval_slides(1), eval_slides(1), eval_slides(2)  # likewise for eval mode
+    per_slide = two - one
+    text = one - per_slide  # text features once per evaluation pass (0 when constant)
     passes = epochs_run + 1
     slides = epochs_run * len(idx.val) + len(idx.test)
     del torch
-    return (first - step) + epochs_run * len(idx.train) * step + passes * text + slides * per_slide
+    once = (first - step) + (first_eval - one)  # constant text features, once per mode
+    return once + epochs_run * len(idx.train) * step + passes * text + slides * per_slide
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,7 @@ class HiveMIL(FrozenTowerClassifier):
             )
         self.text_tower = tower
         self.dim = tower.embed_dim
-        self._constant_text: tuple[tuple, TextFeatures] | None = None  # see encode_text
+        self._constant_text: dict[tuple, TextFeatures] = {}  # by _text_key(); see encode_text
         # The released model builds the GNN before it draws the learnable context: same seed, same weights.
         self.gnn = HierHeteroGNN(
             self.dim,
@@ -164,12 +164,12 @@ class HiveMIL(FrozenTowerClassifier):
         When the tower reads none of the context positions (the released text layout on the Hugging Face
         towers: each position is encoded on its own and pooled at the end token, so the context never
         reaches the features and gets an exactly zero gradient), the features are constant: they are
-        computed once and reused, linked to ``ctx`` with that zero gradient so the optimiser treats ``ctx``
+        computed once per :meth:`_text_key` and reused, linked to ``ctx`` with that zero gradient so the optimiser treats ``ctx``
         as the released run does (weight decay still moves it). Same values, no text-tower work per step.
         """
         key = self._text_key()
-        if self._constant_text is not None and self._constant_text[0] == key:
-            return self._zero_gradient_link(self._constant_text[1])
+        if key in self._constant_text:
+            return self._zero_gradient_link(self._constant_text[key])
         t5 = self.options.num_low_mag_texts
         feats, constant = [], True
         for c, emb in enumerate(self.prompt_learner()):
@@ -183,7 +183,9 @@ class HiveMIL(FrozenTowerClassifier):
         text = TextFeatures(x5=torch.cat([f[:t5] for f in feats]), x20=torch.cat([f[t5:] for f in feats]))
         if not constant:
             return text
-        self._constant_text = (key, text)
+        self._constant_text[key] = (
+            text  # one entry per key: train and eval passes alternate without recomputing
+        )
         return self._zero_gradient_link(text)
 
     def _text_key(self) -> tuple:

@@ -90,4 +90,9 @@ def test_constant_features_follow_the_mode_and_autocast(tiny_text_tower):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = model.encode_text()
     assert calls[0] == 3 * len(DESCRIPTIONS)
+    model.train()  # training and evaluation passes alternate every epoch: each keeps its features
+    model.encode_text()
+    model.eval()
+    model.encode_text()
+    assert calls[0] == 3 * len(DESCRIPTIONS)
     assert low.x5.dtype == torch.bfloat16
